@@ -1,0 +1,75 @@
+"""Diagnostic probes, one module per probe, one small class each (DESIGN.md "Probes").
+
+``PROBES`` maps each probe's name to its class. Adding a probe is one file
+under ``probes/`` with a ``@register``-ed :class:`~probes.base.Probe` subclass,
+plus its module name in ``_MODULES`` below. ``DEFAULT_PROBES`` are those cheap
+enough for every epoch (``default = True``); ``resolve_probes`` turns the
+monitor's ``probes=`` argument into probe instances.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Iterable, Mapping
+
+from .base import PROBES, Probe, ProbeContext, ProbeSet, register
+
+# The registry: importing a module registers its class. Order = run order within an event.
+_MODULES = (
+    "robust_acc",
+    "grad_align",
+    "fgsm_pgd_cos",
+    "weight_update",
+    "perturbation_delta",
+    "strength_gap",
+    "instance_grad_norm",
+    "linear_approx",
+    "sign_agreement",
+    "perturbation_norm",
+    "loss_surface",
+    "filters",
+    "method_state",
+)
+for _m in _MODULES:
+    importlib.import_module(f"{__name__}.{_m}")
+
+DEFAULT_PROBES: tuple[str, ...] = tuple(name for name, cls in PROBES.items() if cls.default)
+
+
+def resolve_probes(spec: str | Iterable[str] | None = "default",
+                   options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Probe]:
+    """Instances for ``spec``: "default", "all", "none", a comma-separated string or names.
+
+    Unknown names raise ``codiag.errors.UsageError`` (one clear line for the CLI).
+    """
+    from codiag.errors import UsageError
+
+    options = dict(options or {})
+    if spec is None or spec == "none":
+        names: list[str] = []
+    elif spec == "all":
+        names = list(PROBES)
+    elif spec == "default":
+        names = list(DEFAULT_PROBES)
+    else:
+        raw = spec.split(",") if isinstance(spec, str) else list(spec)
+        names = []
+        for n in (str(s).strip() for s in raw):
+            if n == "default":
+                names.extend(DEFAULT_PROBES)
+            elif n == "all":
+                names.extend(PROBES)
+            elif n:
+                names.append(n)
+    unknown = sorted({n for n in names} - set(PROBES))
+    if unknown:
+        raise UsageError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}, "
+                         "default, all")
+    bad_opts = sorted(set(options) - set(PROBES))
+    if bad_opts:
+        raise UsageError(f"options given for unknown probe(s) {', '.join(bad_opts)}")
+    ordered = [n for n in PROBES if n in set(names)]  # registry order, no duplicates
+    return [PROBES[n](**dict(options.get(n, {}))) for n in ordered]
+
+
+__all__ = ["PROBES", "DEFAULT_PROBES", "Probe", "ProbeContext", "ProbeSet", "register",
+           "resolve_probes"]

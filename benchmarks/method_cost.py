@@ -1,0 +1,131 @@
+"""Training-step cost of each method relative to FGSM, on the same model and batch.
+
+    python benchmarks/method_cost.py                       # PreAct ResNet-18 and cnn4, CPU or GPU
+    python benchmarks/method_cost.py --models cnn4 --reps 30 --batch 128
+    python benchmarks/method_cost.py --device cuda --amp   # bf16 autocast, as `codiag train --amp`
+
+For each model, one ``method.train_step`` per method is timed in turn
+(interleaved round robin, so drifting machine load hits all methods alike),
+``--reps`` rounds after ``--warmup`` untimed rounds; the median time of each
+method is divided by FGSM's. Methods with per-sample state get fixed indices
+(ATAS with its warm-up skipped, so the adaptive path is timed). Free-m does
+``m`` optimizer steps per ``train_step``; its time is divided by ``m``.
+
+Targets (issue 4; PreAct ResNet-18): ZeroGrad and ATAS <= 1.1, APART <= 1.5,
+MultiGrad (N=3) <= 1.6, GradAlign <= 2.3, PGD-10 ~4.5-5.5. cnn4, where
+per-call overhead dominates: below ZeroGrad 1.22, MultiGrad 3.8, GradAlign 3.7,
+PGD-10 7.5. Not part of the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from codiag.methods import get_method
+
+# (label, registry name, hparams, optimizer steps per train_step)
+METHODS: list[tuple[str, str, dict, int]] = [
+    ("fgsm", "fgsm", {}, 1),
+    ("fgsm_rs", "fgsm_rs", {}, 1),
+    ("n_fgsm", "n_fgsm", {}, 1),
+    ("zerograd", "zerograd", {}, 1),
+    ("multigrad", "multigrad", {}, 1),
+    ("multigrad_seq", "multigrad", {"batched": False}, 1),
+    ("gradalign", "gradalign", {"lam": 0.2}, 1),
+    ("grad_penalty", "grad_penalty", {}, 1),
+    ("cure", "cure", {}, 1),
+    ("atta", "atta", {}, 1),
+    ("atas", "atas", {"warmup_epochs": 0}, 1),
+    ("apart", "apart", {}, 1),
+    ("apart_simple", "apart_simple", {}, 1),
+    ("grad_clip", "grad_clip", {}, 1),
+    ("free_m8", "free", {"m": 8}, 8),
+    ("pgd2", "pgd2", {}, 1),
+    ("pgd10", "pgd10", {}, 1),
+]
+
+TARGETS = {
+    "preact_resnet18": {"zerograd": "<= 1.1", "atas": "<= 1.1", "apart": "<= 1.5", "multigrad": "<= 1.6",
+                        "gradalign": "<= 2.3", "pgd10": "4.5-5.5"},
+    "cnn4": {"zerograd": "< 1.22", "multigrad": "< 3.8", "gradalign": "< 3.7", "pgd10": "< 7.5"},
+}
+
+DATASET_OF = {"cnn4": "fashion_mnist", "small_cnn": "fashion_mnist", "preact_resnet18": "cifar10",
+              "wrn28_10": "cifar10", "wrn34_10": "cifar10"}
+
+
+def build(model_name: str, device: torch.device) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    from codiag.data import dataset_spec
+    from codiag.models import build_model
+
+    spec = dataset_spec(DATASET_OF.get(model_name, "cifar10"))
+    model = build_model(model_name, spec).to(device)
+    return model, (spec.channels, spec.size, spec.size)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_model(model_name: str, device: torch.device, batch: int, reps: int, warmup: int, amp: bool,
+                only: set[str] | None) -> dict[str, float]:
+    torch.manual_seed(0)
+    model, shape = build(model_name, device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    idx = torch.arange(batch)
+    chosen = [m for m in METHODS if only is None or m[0] in only or m[0] == "fgsm"]
+    methods = {label: (get_method(name, 8 / 255 if shape[0] == 3 else 0.2, seed=0, num_samples=batch, **hp), k)
+               for label, name, hp, k in chosen}
+    ctx: Callable = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    times: dict[str, list[float]] = {label: [] for label in methods}
+    for rnd in range(warmup + reps):
+        for label, (method, k) in methods.items():
+            sync(device)
+            t0 = time.perf_counter()
+            with ctx():
+                method.train_step(model, opt, x, y, idx)
+            sync(device)
+            if rnd >= warmup:
+                times[label].append((time.perf_counter() - t0) / k)
+    base = statistics.median(times["fgsm"])
+    return {label: statistics.median(ts) / base for label, ts in times.items()} | {"_fgsm_ms": base * 1e3}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["preact_resnet18", "cnn4"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 20 on GPU/cnn4, 5 otherwise)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--only", nargs="*", default=None, help="method labels to time (FGSM always)")
+    args = p.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, batch {args.batch}, amp {args.amp}")
+    for name in args.models:
+        reps = args.reps or (20 if device.type == "cuda" or name == "cnn4" else 5)
+        ratios = bench_model(name, device, args.batch, reps, args.warmup, args.amp,
+                             set(args.only) if args.only else None)
+        print(f"\n{name}: FGSM step {ratios.pop('_fgsm_ms'):.1f} ms (median of {reps})")
+        print(f"  {'method':<15}{'/ FGSM':>8}   target")
+        for label, r in ratios.items():
+            print(f"  {label:<15}{r:>8.2f}   {TARGETS.get(name, {}).get(label, '')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``codiag`` command line: train, demo, report, reproduce.
+
+Bad input exits 2 with one line on stderr and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import UsageError
+
+COMMANDS = ("train", "demo", "report", "reproduce")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as a single line (argparse prints usage + error)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="codiag", description="Diagnose catastrophic overfitting in "
+                     "single-step adversarial training.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"codiag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"codiag.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"codiag {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"codiag {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``codiag report RUN_DIR [RUN_DIR ...] [-o OUT]``: a static HTML report from recorded runs.
+
+Reads only run directories (``codiag.runs.load_run``), never a live model. Writes
+``OUT/index.html`` with PNG and SVG figures under ``OUT/figures/`` and the summary
+table as ``OUT/summary.csv``. A missing or empty run directory is one clear line
+(exit 2); a half-written run gives a partial report and a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write an HTML report with the papers' figures from run directories",
+                       description="Turn recorded run directories into a static HTML report: training "
+                       "curves and every diagnostic figure the runs recorded, the same curves overlaid "
+                       "by method, a summary table (HTML and CSV), and GradAlign's analytic figures. "
+                       "A folder that holds run directories is expanded one level.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by codiag")
+    p.add_argument("-o", "--out", default=None,
+                   help="output folder (default: RUN_DIR/report for one run, ./codiag-report for several)")
+    p.add_argument("--figures", default=None, metavar="KEY[,KEY...]",
+                   help="draw only these figures (see --list-figures)")
+    p.add_argument("--no-analytic", action="store_true", help="leave out the analytic figures (Lemma 1, 2)")
+    p.add_argument("--title", default="codiag report", help="page title")
+    p.add_argument("--list-figures", action="store_true", help="list figure keys and exit")
+    p.set_defaults(func=run)
+
+
+def default_out(runs: Sequence[str]) -> Path:
+    if len(runs) == 1 and (Path(runs[0]) / "run.json").exists():
+        return Path(runs[0]) / "report"
+    return Path("codiag-report")
+
+
+def parse_figures(text: str | None) -> set[str] | None:
+    if text is None:
+        return None
+    from reports import ALL_FIGURES
+    keys = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(keys - set(ALL_FIGURES))
+    if unknown:
+        raise UsageError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(ALL_FIGURES)}")
+    return keys
+
+
+def list_figures() -> None:
+    import reports
+    groups = [("per run", reports.RUN_BUILDERS), ("across runs", {k: v[0] for k, v in reports.MULTI_BUILDERS.items()}),
+              ("analytic", reports.ANALYTIC_BUILDERS)]
+    for title, builders in groups:
+        print(f"{title}:")
+        for key, fn in builders.items():
+            doc = (fn.__doc__ or "").strip().split("\n")[0]
+            print(f"  {key:24s} {doc}")
+
+
+def build_report(run_dirs: Sequence[str | Path], out: str | Path, **kwargs) -> Path:
+    """Build the report (warnings go to stderr) and return the path of index.html."""
+    from reports.build import build
+    return build(run_dirs, out, echo=True, **kwargs).page
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_figures:
+        list_figures()
+        return 0
+    figures = parse_figures(args.figures)
+    out = Path(args.out) if args.out else default_out(args.runs)
+    from reports.build import build
+    report = build(args.runs, out, figures=figures, analytic=not args.no_analytic, title=args.title,
+                   echo=True)
+    drawn = sum(len(v) for v in report.figures.values())
+    for anchor, missing in report.missing.items():
+        if missing and anchor not in ("summary", "comparison", "analytic"):
+            print(f"note: {anchor}: not drawn (the page says why): {', '.join(k for k, _ in missing)}",
+                  file=sys.stderr)
+    print(f"report: {report.page} ({drawn} figures)")
+    if report.summary_csv:
+        print(f"summary: {report.summary_csv}")
+    return 0

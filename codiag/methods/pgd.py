@@ -1,0 +1,64 @@
+"""PGD-k adversarial training (Madry et al., 2018), the multi-step reference.
+
+L-inf PGD with ``steps`` signed-gradient steps of ``alpha`` each, projected onto
+the eps ball and [0, 1] after every step. Registered variants (defaults as used
+as baselines in GradAlign/ZeroGrad/APART):
+
+* ``pgd`` / ``pgd10``: 10 steps, ``alpha = 2 eps / 10``, uniform random start;
+* ``pgd2``: 2 steps, ``alpha = eps / 2``, no random start.
+
+Training perturbations run in the model's current mode and the caller's
+autocast (like the papers' training code), not through ``codiag.attacks.pgd``,
+which is the fp32 eval-mode attack for probes and evaluation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import Method, fgsm_step, register
+
+
+@register
+class PGD(Method):
+    """PGD-k: ``steps`` (10) steps of ``alpha`` (times eps; default 2/steps), ``random_start`` (True)."""
+
+    name = "pgd"
+    defaults: dict[str, Any] = {"steps": 10, "alpha": None, "random_start": True}
+
+    def __init__(self, eps: float, **hparams: Any) -> None:
+        super().__init__(eps, **hparams)
+        self.steps = int(self.steps)
+        if self.steps < 1:
+            raise ValueError(f"PGD needs at least one step, got {self.steps}")
+        if self.alpha is None:
+            self.alpha = 2.0 / self.steps   # Madry/Rice: 2 eps / k
+            self.hparams["alpha"] = self.alpha
+
+    def _start_radius(self) -> float:
+        return 1.0 if self.random_start else 0.0
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        delta = self.start(model, x, y, index, generator)
+        for _ in range(self.steps):
+            delta = fgsm_step(model, x, y, delta, self.alpha * self.eps, self.eps)
+        return delta
+
+
+@register
+class PGD10(PGD):
+    """PGD-10: 10 steps of 2 eps/10 from a uniform random start."""
+
+    name = "pgd10"
+    defaults = {"steps": 10, "alpha": 0.2, "random_start": True}
+
+
+@register
+class PGD2(PGD):
+    """PGD-2: 2 steps of eps/2 from zero (no random start)."""
+
+    name = "pgd2"
+    defaults = {"steps": 2, "alpha": 0.5, "random_start": False}

@@ -1,0 +1,140 @@
+"""ZeroGrad with roll-back (Golgooni et al., ZeroGrad paper, Sec. 5.2 and Appendix B.2).
+
+"We choose an approximate q0 ... save checkpoints during training ... Once faced
+by catastrophic overfitting, we stop the training, increase q to q1 > q0 ... and
+continue the training, resuming from a saved checkpoint at the epoch right
+before catastrophic overfitting." B.2 starts at ``q0 = 0.25`` and raises it to
+``q1 = 0.45`` on CIFAR-10 and CIFAR-100 -- the defaults here (``qs = (0.25, 0.45)``).
+
+Trainer hook (called after the monitor's epoch end, so the CO alarm of this
+epoch is known)::
+
+    rolled_back = method.on_epoch_end(epoch, model, optimizer, mon)   # or co_detected=bool
+
+* without a CO signal it checkpoints model + optimizer state (in memory, on
+  the CPU, or as files under ``checkpoint_dir``) and returns False;
+* on a *new* CO signal it restores the checkpoint taken ``back`` epoch ends
+  before this one (default 1: the end of the previous epoch, "the epoch right
+  before CO"), moves to the next q of ``qs``, records ``self.last_rollback``
+  (a dict for the run's events.jsonl ``rollback`` event) and returns True.
+  ``self.resume_epoch`` is the first epoch after the restored checkpoint, for
+  trainers that want to re-run the lost epochs; continuing with the next epoch
+  is also fine (the lr schedule just moves on).
+
+The signal may be a bool or any object with ``co_detected`` (the monitor). A
+monitor's flag counts as new when its value differs from the one this method
+last acted on (rising edge), so a sticky alarm does not roll back every epoch.
+At most ``max_rollbacks`` (3) roll-backs are made.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from collections import deque
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import StateValue, register
+from .zerograd import ZeroGrad
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+@register
+class ZeroGradRollback(ZeroGrad):
+    """ZeroGrad that starts at q0 = qs[0] (0.25) and, on a CO alarm, restores the last checkpoint
+    before it and continues with the next q (0.45)."""
+
+    name = "zerograd_rollback"
+    defaults: dict[str, Any] = {"qs": (0.25, 0.45), "q": None, "back": 1, "keep": 3,
+                                "max_rollbacks": 3, "checkpoint_dir": None}
+
+    def __init__(self, eps: float, **hparams: Any) -> None:
+        qs = hparams.get("qs", self.defaults["qs"])
+        if isinstance(qs, (int, float)):
+            qs = (float(qs),)
+        hparams["qs"] = tuple(float(q) for q in qs)
+        hparams.setdefault("q", hparams["qs"][0])
+        if hparams["q"] is None:
+            hparams["q"] = hparams["qs"][0]
+        super().__init__(eps, **hparams)
+        self.stage = 0
+        self.rollbacks = 0
+        self.resume_epoch: int | None = None
+        self.last_rollback: dict[str, Any] | None = None
+        self._checkpoints: deque[tuple[int, Any]] = deque(maxlen=max(int(self.keep), int(self.back)))
+        self._acted_on: Any = None
+
+    # ----------------------------------------------------------------- checkpoints
+    def _save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        payload = {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
+                   "q": float(self.q), "epoch": epoch}
+        if self.checkpoint_dir:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            path = os.path.join(self.checkpoint_dir, f"zerograd-rollback-{epoch:04d}.pt")
+            tmp = path + ".tmp"
+            torch.save(payload, tmp)
+            os.replace(tmp, path)        # a killed run never leaves a half-written checkpoint
+            if len(self._checkpoints) == self._checkpoints.maxlen:
+                old = self._checkpoints[0][1]
+                if isinstance(old, str) and os.path.exists(old):
+                    os.remove(old)
+            payload = path
+        self._checkpoints.append((epoch, payload))
+
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int | None:
+        if len(self._checkpoints) < int(self.back):
+            return None
+        epoch, payload = self._checkpoints[-int(self.back)]
+        if isinstance(payload, str):
+            payload = torch.load(payload, map_location="cpu")
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
+        optimizer.load_state_dict(payload["optimizer"])   # moves state to the params' device
+        # drop checkpoints taken after the restored one: they belong to the abandoned branch
+        while self._checkpoints and self._checkpoints[-1][0] > epoch:
+            self._checkpoints.pop()
+        return epoch
+
+    def _new_signal(self, co_detected: Any) -> bool:
+        """A plain bool is taken as given; a monitor's ``co_detected`` only on a rising edge/new value."""
+        if not hasattr(co_detected, "co_detected"):
+            return bool(co_detected)
+        value = co_detected.co_detected
+        previous, self._acted_on = self._acted_on, value
+        if not value:
+            return False
+        if isinstance(value, bool):
+            return not previous
+        return value != previous
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     co_detected: Any = False) -> bool:
+        if self._new_signal(co_detected) and self.rollbacks < int(self.max_rollbacks):
+            restored = self._restore(model, optimizer)
+            old_q = float(self.q)
+            self.stage = min(self.stage + 1, len(self.qs) - 1)
+            self.q = self.qs[self.stage]
+            self.rollbacks += 1
+            self.resume_epoch = None if restored is None else restored + 1
+            self.last_rollback = {"epoch": epoch, "restored_epoch": restored, "q_from": old_q,
+                                  "q_to": float(self.q), "rollbacks": self.rollbacks}
+            return restored is not None or old_q != self.q
+        self._save(epoch, model, optimizer)
+        return False
+
+    def state(self) -> dict[str, StateValue]:
+        out = super().state()
+        out.update(stage=float(self.stage), rollbacks=float(self.rollbacks))
+        return out
+

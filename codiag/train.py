@@ -1,0 +1,202 @@
+"""The reference trainer behind ``codiag train`` and ``codiag demo``.
+
+It is an ordinary single-step adversarial-training loop, wrapped in the public
+``codiag.monitor`` exactly as a user would wrap their own loop, followed by
+the final evaluation (PGD-50-10 in fp32 on the first ``eval_n`` test points,
+GradAlign Appendix B). Defaults reproduce the embedded CO demo of DESIGN.md:
+cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
+(one-cycle) schedule, batch 128, 30k training images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import UsageError
+from .parsing import parse_eps, parse_fraction
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; recorded in run.json."""
+
+    out: str = "runs/demo"
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None
+    download: bool = False
+    model: str = "cnn4"
+    method: str = "fgsm"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    eps: float = 0.2
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    lr_schedule: str = "cyclic"
+    lr_peak_at: float = 0.4
+    lr_milestones: list[float] = field(default_factory=list)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    train_limit: int | None = 30000
+    augment: bool | None = None          # None: on for CIFAR/SVHN, off otherwise (the papers)
+    seed: int = 0
+    amp: bool = False
+    device: str = "auto"
+    probes: Any = "default"
+    every: Any = "epoch"
+    probe_n: int = 256
+    train_probe_n: int = 512
+    eval_n: int = 1000
+    eval_steps: int = 50
+    eval_restarts: int = 10
+    autoattack: bool = False
+    checkpoint: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from .data import DATASETS
+        from .methods import METHODS
+        from .models import MODELS
+        from .schedules import SCHEDULES
+
+        self.eps = parse_eps(self.eps)
+        self.lr = parse_fraction(self.lr, "lr")
+        for name, value, choices in (("dataset", self.dataset, DATASETS), ("model", self.model, MODELS),
+                                     ("method", self.method, METHODS),
+                                     ("lr schedule", self.lr_schedule, (*SCHEDULES, "onecycle")),
+                                     ("optimizer", self.optimizer, ("sgd", "adam"))):
+            if value not in choices:
+                raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(sorted(choices))}")
+        for name in ("epochs", "batch_size", "eval_n", "eval_steps", "eval_restarts", "probe_n",
+                     "train_probe_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name in ("epochs", "eval_n") else 1):
+                raise UsageError(f"{name.replace('_', ' ')} must be a "
+                                 f"{'non-negative' if name in ('epochs', 'eval_n') else 'positive'} "
+                                 f"integer, got {value}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise UsageError(f"train limit must be positive, got {self.train_limit}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda was asked for but no GPU is available")
+    return dev
+
+
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
+          overwrite: bool = False) -> Path:
+    """Train with ``config`` (a dict or TrainConfig); return the run directory."""
+    from tqdm.auto import tqdm
+
+    from . import attacks
+    from .data import load_dataset, make_loader
+    from .methods import get_method
+    from .models import build_model
+    from .monitor import monitor
+    from .schedules import make_schedule
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    train_set = load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
+                             download=cfg.download)
+    test_set = load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download)
+    augment = cfg.augment if cfg.augment is not None else cfg.dataset in ("cifar10", "cifar100", "svhn")
+    train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=augment,
+                               with_index=True, seed=cfg.seed, device=device)
+    test_loader = make_loader(test_set, 500, shuffle=False, device=device)
+
+    model = build_model(cfg.model, train_set.spec).to(device)
+    optimizer = _optimizer(cfg, model)
+    method = get_method(cfg.method, cfg.eps, seed=cfg.seed, num_samples=len(train_set),
+                        **cfg.method_args)
+    lr_at = make_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, cfg.lr_peak_at, cfg.lr_milestones)
+    steps_per_epoch = len(train_loader)
+    use_amp = cfg.amp and device.type == "cuda"
+
+    record = dataclasses.asdict(cfg) | {"device_resolved": str(device), "train_size": len(train_set),
+                                        "augment_resolved": augment}
+    start = time.perf_counter()
+    with monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
+                 train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
+                 probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
+                 config=record, resume=resume, overwrite=overwrite) as mon:
+        epochs = tqdm(range(cfg.epochs), desc=f"{cfg.method} {cfg.dataset}", unit="epoch",
+                      disable=not cfg.progress)
+        for epoch in epochs:
+            method.on_epoch_start(epoch)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            for i, (x, y, meta) in enumerate(train_loader):
+                lr = lr_at(epoch + (i + 1) / steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = method.train_step(model, optimizer, x, y, meta)
+                loss_sum += loss.detach().float()
+            mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
+            mon.epoch_end()
+            if hasattr(method, "on_epoch_end"):
+                method.on_epoch_end(epoch, model, optimizer, mon)
+        train_time = time.perf_counter() - start
+
+        result: dict[str, Any] = {}
+        if cfg.eval_n > 0:
+            result = attacks.evaluate(model, test_loader, cfg.eps, n=cfg.eval_n,
+                                      pgd_steps=cfg.eval_steps, restarts=cfg.eval_restarts,
+                                      seed=cfg.seed)
+            if cfg.autoattack:
+                x, y = _first_points(test_loader, min(cfg.eval_n, 1000))
+                result["aa_acc"] = attacks.autoattack(model, x, y, cfg.eps, seed=cfg.seed)["aa_acc"]
+            mon.log("eval", {k: v for k, v in result.items() if isinstance(v, (int, float))})
+        if cfg.checkpoint:
+            ckpt = Path(cfg.out) / "checkpoints"
+            ckpt.mkdir(exist_ok=True)
+            torch.save(model.state_dict(), ckpt / "final.pt")
+        mon.update(train_time_s=train_time, final=result)
+    return Path(cfg.out)
+
+
+def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys, have = [], [], 0
+    for batch in loader:
+        xs.append(batch[0])
+        ys.append(batch[1])
+        have += len(batch[0])
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]

@@ -1,0 +1,32 @@
+"""``perturbation_norm``: norms of the method's perturbations (ZeroGrad Table 4, ATAS Fig. 11).
+
+Per probe sample: L1, L2 and Linf norms of delta_method (projected to the
+ball and [0, 1]). Scalars: their means, and ``abs_mean`` = mean |delta| per
+coordinate, which is ZeroGrad Table 4's "l1 perturbation norm" once multiplied
+by 255 (e.g. 6.5 for ZeroGrad at eps = 8/255). Arrays
+``perturbation_norm.l1`` and ``perturbation_norm.l2`` keep the per-sample
+values for histograms (ATAS Fig. 11: Linf is eps for nearly all instances,
+the L2 norm is diverse).
+"""
+from __future__ import annotations
+
+from .base import Probe, ProbeContext, register
+
+
+@register
+class PerturbationNorm(Probe):
+    """Keys: l1_mean, l2_mean, linf_mean, abs_mean; arrays perturbation_norm.l1 / .l2."""
+
+    name = "perturbation_norm"
+    needs = frozenset({"method"})
+    paper = "ZeroGrad Table 4, ATAS Fig. 11"
+
+    def run(self, ctx: ProbeContext) -> None:
+        d = ctx.method_delta.flatten(1)
+        l1, l2, linf = d.abs().sum(1), d.norm(dim=1), d.abs().amax(1)
+        ctx.log(self.name, "l1_mean", l1.mean())
+        ctx.log(self.name, "l2_mean", l2.mean())
+        ctx.log(self.name, "linf_mean", linf.mean())
+        ctx.log(self.name, "abs_mean", d.abs().mean())
+        ctx.save_array(f"{self.name}.l1", l1)
+        ctx.save_array(f"{self.name}.l2", l2)

@@ -1,0 +1,51 @@
+"""``strength_gap``: the perturbation strength gap of APART eq. (2), Fig. 2.
+
+    G = L(x + delta_method) - L(x + delta_PGD)      (mean CE over the probe set)
+
+with delta_PGD the event's shared probe PGD (APART uses PGD-10). Following
+eq. (2) literally, G <= 0 when PGD is the stronger attack; at catastrophic
+overfitting the method's perturbation deteriorates towards noise and |G|
+explodes (APART Fig. 2b plots its magnitude; the paper's prose and figure
+caption disagree on the sign, the equation is what we record).
+
+Transfer variant (APART Fig. 2a): with a ``reference_model`` (APART: a model
+trained separately with PGD-10), ``transfer_acc`` is the reference model's
+accuracy on ``x + delta_method`` and ``transfer_acc_random`` its accuracy
+under a random corner of the eps-ball, the "Random" line of the figure.
+The reference model is evaluated in eval mode and its mode restored.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Probe, ProbeContext, clamp_delta, register
+
+
+@register
+class StrengthGap(Probe):
+    """Keys: gap, loss_method, loss_pgd; transfer_acc, transfer_acc_random with a reference model."""
+
+    name = "strength_gap"
+    needs = frozenset({"method", "pgd", "reference"})
+    paper = "APART eq. 2, Fig. 2"
+
+    def run(self, ctx: ProbeContext) -> None:
+        loss_method = ctx.at_method[0].mean()
+        loss_pgd = ctx.at_pgd[0].mean()
+        ctx.log(self.name, "gap", loss_method - loss_pgd)
+        ctx.log(self.name, "loss_method", loss_method)
+        ctx.log(self.name, "loss_pgd", loss_pgd)
+        ref = ctx.reference_model
+        if ref is None:
+            return
+        modes = [(m, m.training) for m in ref.modules()]
+        ref.eval()
+        try:
+            x, y = ctx.x, ctx.y
+            ctx.log(self.name, "transfer_acc", ctx.losses(x + ctx.method_delta, y, ref)[1].float().mean())
+            u = torch.rand(x.shape, generator=ctx.generator("strength_gap.random"), device=x.device)
+            noise = clamp_delta(x, ctx.eps * torch.where(u < 0.5, -1.0, 1.0))
+            ctx.log(self.name, "transfer_acc_random", ctx.losses(x + noise, y, ref)[1].float().mean())
+        finally:
+            for m, mode in modes:
+                m.training = mode

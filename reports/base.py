@@ -1,0 +1,316 @@
+"""What every figure builder shares: the Figure record, saving PNG + SVG, the style,
+the training-progress axis and the catastrophic-overfitting (CO) point of a run.
+
+A *builder* is a function ``build(run, out_dir) -> Figure`` (one run) or
+``build(runs, out_dir) -> Figure`` (several runs). It reads only the run
+directory (``codiag.runs.Run``), never a live model, and raises
+:class:`MissingData` with a one-line reason when the run lacks what it needs;
+the report then lists the figure as "not drawn" with that reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from codiag.runs import Run  # noqa: E402
+
+#: Colours used consistently: ours vs the paper's reference values.
+CO_COLOR = "0.35"
+BLUE, RED = "tab:blue", "tab:red"
+
+
+class MissingData(Exception):
+    """The run does not hold what a figure needs (the message says what)."""
+
+
+@dataclass
+class Figure:
+    """One drawn figure: its files, caption, the paper figure it redraws, and numbers.
+
+    ``table`` holds numbers shown beside the figure (ours), ``paper`` the paper's
+    numbers for the same quantities, always labelled as the paper's.
+    """
+
+    key: str
+    title: str
+    caption: str
+    redraws: str
+    files: dict[str, Path]
+    table: pd.DataFrame | None = None
+    paper: pd.DataFrame | None = None
+    paper_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Seaborn's paper style, without touching global matplotlib state."""
+    with plt.rc_context({"svg.fonttype": "path", "figure.dpi": 100, "savefig.dpi": 110,
+                         "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+                         "xtick.labelsize": 8, "ytick.labelsize": 8}):
+        with sns.axes_style("whitegrid"):
+            yield
+
+
+def save(fig: "plt.Figure", out_dir: Path, stem: str) -> dict[str, Path]:
+    """Write ``stem.png`` and ``stem.svg`` under ``out_dir`` and close the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if fig.get_layout_engine() is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fig.tight_layout()
+            except (ValueError, RuntimeError):
+                pass
+    for ext in ("png", "svg"):
+        path = out_dir / f"{stem}.{ext}"
+        fig.savefig(path, format=ext)
+        files[ext] = path
+    plt.close(fig)
+    return files
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_.")
+    return s or "run"
+
+
+def fmt_eps(eps: Any) -> str:
+    """8/255 for multiples of 1/255, else the number."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        return str(eps)
+    k = e * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        return f"{int(round(k))}/255"
+    return f"{e:g}"
+
+
+def run_label(run: Run) -> str:
+    """Short label: method, eps, seed."""
+    c = run.config
+    parts = [str(c.get("method", "?"))]
+    if "eps" in c:
+        parts.append(f"eps {fmt_eps(c['eps'])}")
+    if "seed" in c:
+        parts.append(f"seed {c['seed']}")
+    return ", ".join(parts)
+
+
+def method_label(run: Run) -> str:
+    """Method name with its non-default hyper-parameters, e.g. ``fgsm_rs (step=2)``."""
+    c = run.config
+    args = c.get("method_args") or {}
+    name = str(c.get("method", "?"))
+    if args:
+        name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(args.items())) + ")"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading curves
+# ---------------------------------------------------------------------------------------------
+def steps_per_epoch(run: Run) -> int | None:
+    """Optimizer steps per epoch from the recorded config (trainer runs), else None."""
+    c = run.config
+    n, b = c.get("train_size"), c.get("batch_size")
+    if isinstance(n, int) and isinstance(b, int) and n > 0 and b > 0:
+        return math.ceil(n / b)
+    spe = c.get("steps_per_epoch") or run.meta.get("steps_per_epoch")
+    return int(spe) if isinstance(spe, (int, float)) and spe > 0 else None
+
+
+def progress(run: Run, df: pd.DataFrame) -> np.ndarray:
+    """Training progress in epochs for rows with step/epoch columns (fractional when
+    probes ran every N steps)."""
+    spe = steps_per_epoch(run)
+    if spe:
+        return df["step"].to_numpy(dtype=float) / spe
+    return df["epoch"].to_numpy(dtype=float)
+
+
+def curve(run: Run, probe: str, key: str) -> pd.DataFrame:
+    """Columns step, epoch, x (progress in epochs), value; finite rows, last per step."""
+    df = run.scalar(probe, key)
+    df = df.drop_duplicates("step", keep="last").reset_index(drop=True)
+    df["x"] = progress(run, df)
+    return df
+
+
+def need(run: Run, probe: str, key: str | None = None) -> None:
+    """Raise MissingData unless the run recorded ``probe`` (and ``key``)."""
+    if not run.has(probe, key):
+        what = f"{probe}/{key}" if key else probe
+        raise MissingData(f"no '{what}' rows (probe {probe} not recorded)")
+
+
+def need_array(run: Run, name: str) -> dict[int, np.ndarray]:
+    """All snapshots of array ``name``; MissingData if there are none."""
+    arrays = run.arrays(name)
+    if not arrays:
+        raise MissingData(f"no '{name}' arrays recorded")
+    return arrays
+
+
+def x_of_step(run: Run, step: int) -> float:
+    """Progress (epochs) of an optimizer step."""
+    spe = steps_per_epoch(run)
+    if spe:
+        return step / spe
+    m = run.metrics
+    rows = m[m["step"] == step]
+    return float(rows["epoch"].iloc[0]) if len(rows) else float(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CO point
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class COPoint:
+    """Where catastrophic overfitting happened: the first probe event after the collapse."""
+
+    step: int
+    epoch: int
+    x: float
+    source: str          # "detector", "alarm" or "fallback"
+    reason: str = ""
+
+
+def co_point(run: Run) -> COPoint | None:
+    """The run's CO point: codiag.detector.detect_co on the metrics, else the first
+    ``co_alarm`` event, else a simple fallback rule on PGD accuracy."""
+    m = run.metrics
+    try:
+        from codiag.detector import detect_co
+    except ImportError:
+        detect_co = None
+    if detect_co is not None and len(m):
+        try:
+            co = detect_co(m)
+        except Exception:  # a detector bug must not break the report: use the events
+            co = False
+        if co:
+            return _co_from(run, co, "detector")
+        if co is None:
+            return None
+    alarms = run.events_of("co_alarm")
+    if alarms:
+        return _co_from(run, alarms[0], "alarm")
+    return _fallback_co(run)
+
+
+def _co_from(run: Run, record: dict[str, Any], source: str) -> COPoint:
+    step = record.get("step")
+    epoch = record.get("epoch")
+    m = run.metrics
+    if step is None and epoch is not None:
+        rows = m[(m["epoch"] == int(epoch)) & (m["probe"] == "robust_acc")]
+        step = int(rows["step"].min()) if len(rows) else 0
+    if epoch is None and step is not None:
+        rows = m[m["step"] == int(step)]
+        epoch = int(rows["epoch"].iloc[0]) if len(rows) else 0
+    step, epoch = int(step or 0), int(epoch or 0)
+    return COPoint(step, epoch, x_of_step(run, step), source, str(record.get("reason", "")))
+
+
+def _fallback_co(run: Run) -> COPoint | None:
+    """First event whose PGD accuracy is below half the best so far and 0.1 lower
+    (only used when codiag.detector is not importable)."""
+    df = run.scalar("robust_acc", "pgd_acc").drop_duplicates("step", keep="last")
+    best = -math.inf
+    for row in df.itertuples():
+        if best > 0 and row.value < 0.5 * best and row.value < best - 0.1:
+            return COPoint(int(row.step), int(row.epoch), x_of_step(run, int(row.step)), "fallback",
+                           "PGD accuracy fell below half its best")
+        best = max(best, row.value)
+    return None
+
+
+def mark_co(ax: "plt.Axes", co: COPoint | None, label: bool = True) -> None:
+    """A dashed vertical line at the CO point."""
+    if co is not None:
+        ax.axvline(co.x, color=CO_COLOR, ls="--", lw=1, label="CO" if label else None)
+
+
+def before_after(df: pd.DataFrame, co: COPoint | None) -> tuple[pd.Series | None, pd.Series | None]:
+    """The rows of a curve just before the CO event and at it (None when absent)."""
+    if co is None or df.empty:
+        return None, None
+    before = df[df["step"] < co.step]
+    after = df[df["step"] >= co.step]
+    return (before.iloc[-1] if len(before) else None), (after.iloc[0] if len(after) else None)
+
+
+def pick_snapshots(steps: Sequence[int], co: COPoint | None, k: int = 6) -> list[int]:
+    """Up to ``k`` snapshot steps spread over training, always including the first, the
+    last, and the ones just before and at the CO point."""
+    steps = sorted(steps)
+    if len(steps) <= k:
+        return steps
+    chosen = {steps[0], steps[-1]}
+    if co is not None:
+        before = [s for s in steps if s < co.step]
+        after = [s for s in steps if s >= co.step]
+        if before:
+            chosen.add(before[-1])
+        if after:
+            chosen.add(after[0])
+    idx = np.linspace(0, len(steps) - 1, k).round().astype(int)
+    for i in idx:
+        if len(chosen) >= k:
+            break
+        chosen.add(steps[i])
+    return sorted(chosen)
+
+
+Builder = Callable[..., Figure]
+
+
+def twin_adv_acc(ax: "plt.Axes", run: Run) -> None:
+    """Test adversarial (PGD) accuracy on a right-hand axis, in red (ZeroGrad Fig. 1, 2)."""
+    df = curve(run, "robust_acc", "pgd_acc")
+    if df.empty:
+        return
+    ax2 = ax.twinx()
+    ax2.plot(df["x"], df["value"], color=RED, marker=".", lw=1.2, label="PGD accuracy")
+    ax2.set_ylabel("test PGD accuracy", color=RED)
+    ax2.tick_params(axis="y", colors=RED)
+    ax2.grid(False)
+    ax2.set_ylim(bottom=0)
+
+
+_INPUT_DIMS = {"fashion_mnist": 784, "mnist": 784, "cifar10": 3072, "cifar100": 3072, "svhn": 3072}
+
+
+def input_dim(run: Run) -> int | None:
+    """Number of input coordinates d of the run's dataset."""
+    name = run.config.get("dataset")
+    try:
+        from codiag.data import dataset_spec
+        spec = dataset_spec(name)
+        return int(spec.channels * spec.size * spec.size)
+    except Exception:
+        return _INPUT_DIMS.get(str(name))
+
+
+def value_at(df: pd.DataFrame, x: float) -> pd.Series | None:
+    """The row of a curve whose progress is closest to ``x`` epochs."""
+    if df.empty:
+        return None
+    return df.iloc[int(np.argmin(np.abs(df["x"].to_numpy() - x)))]

@@ -1,0 +1,154 @@
+"""Turn run directories into the report: figures per run, comparisons across runs,
+analytic figures, the summary table (HTML + CSV) and ``index.html``."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from codiag.errors import UsageError
+from codiag.runs import Run, load_run
+
+from . import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
+from .base import Figure, MissingData, run_label, slug
+from .html import Section, esc, table_html, write_page
+from .summary import write_summary
+
+
+@dataclass
+class Report:
+    """What was written: the page, the summary CSV, the figures drawn, and the warnings."""
+
+    page: Path
+    summary_csv: Path | None
+    figures: dict[str, list[Figure]] = field(default_factory=dict)   # section anchor -> figures
+    missing: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _debug() -> bool:
+    return os.environ.get("CODIAG_DEBUG", "") not in ("", "0")
+
+
+def _draw(key: str, fn: Callable[[], Figure], sec: Section, warnings: list[str], where: str) -> None:
+    try:
+        sec.figures.append(fn())
+    except MissingData as e:
+        sec.missing.append((key, str(e)))
+    except Exception as e:  # one broken figure must not lose the whole report
+        if _debug():
+            raise
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        sec.missing.append((key, f"could not be drawn ({msg})"))
+        warnings.append(f"{where}: figure {key} could not be drawn ({msg})")
+
+
+def load_runs(paths: Iterable[str | os.PathLike], warnings: list[str]) -> list[Run]:
+    """Load every run directory that can be loaded (a folder of runs expands one level);
+    the others become warnings. UsageError (one line) when none loads."""
+    runs: list[Run] = []
+    errors: list[str] = []
+    for p in paths:
+        p = Path(p)
+        kids = sorted(q for q in p.iterdir() if (q / "run.json").exists()) \
+            if p.is_dir() and not (p / "run.json").exists() else []
+        for q in kids or [p]:
+            try:
+                run = load_run(q)
+                _ = run.metrics, run.events   # parse now, so a broken file is reported here
+            except UsageError as e:
+                errors.append(str(e))
+                continue
+            except Exception as e:
+                errors.append(f"unreadable run directory {q}: {type(e).__name__}: {e}".splitlines()[0])
+                continue
+            runs.append(run)
+    if not runs and errors:
+        raise UsageError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more)")
+    warnings.extend(f"skipped: {e}" for e in errors)
+    return runs
+
+
+def _run_warnings(run: Run) -> list[str]:
+    out = []
+    if run.status != "finished":
+        out.append(f"run {run.path} is not finished (status {run.status!r}); the report shows what "
+                   "was recorded so far")
+    if run.metrics.empty:
+        out.append(f"run {run.path} has no metric rows yet (metrics.csv missing or empty)")
+    return out
+
+
+def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                 figures: Iterable[str] | None = None, analytic: bool = True,
+                 title: str = "codiag report", echo: bool = False) -> Path:
+    """Build the report and return the path of ``index.html`` (see :func:`build`)."""
+    return build(run_dirs, out_dir, figures=figures, analytic=analytic, title=title, echo=echo).page
+
+
+def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+          figures: Iterable[str] | None = None, analytic: bool = True, title: str = "codiag report",
+          echo: bool = False, runs: Sequence[Run] | None = None) -> Report:
+    """Draw every figure the runs allow (or only ``figures``, a set of builder keys) into
+    ``out_dir``; with ``echo``, warnings are printed to stderr as they arise."""
+    out = Path(out_dir)
+    warnings: list[str] = []
+    if runs is None:
+        runs = load_runs(run_dirs, warnings)
+    wanted = set(figures) if figures is not None else None
+    keep = (lambda k: True) if wanted is None else (lambda k: k in wanted)
+    fig_root = out / "figures"
+    sections: list[Section] = []
+    summary_csv = None
+
+    if runs:
+        table, summary_csv = write_summary(runs, out)
+        intro = ('<p>One row per run; <a href="summary.csv">summary.csv</a>. Accuracies are the '
+                 "trainer's final evaluation (PGD-k-r on the first n test points); CO epoch is where "
+                 "the detector found the PGD-accuracy collapse.</p>" +
+                 table_html(table, "summary (ours)", "ours"))
+        sections.append(Section("summary", "Summary", intro=intro))
+        comp = Section("comparison", "Across runs")
+        for key, (fn, min_runs) in MULTI_BUILDERS.items():
+            if keep(key) and len(runs) >= min_runs:
+                _draw(key, lambda fn=fn: fn(runs, fig_root / "comparison"), comp, warnings, "comparison")
+        if comp.figures or comp.missing:
+            sections.append(comp)
+
+    used: set[str] = set()
+    for run in runs:
+        for w in _run_warnings(run):
+            warnings.append(w)
+        anchor = slug(run.name)
+        while anchor in used or anchor in ("summary", "comparison", "analytic"):
+            anchor += "_"
+        used.add(anchor)
+        sec = Section(anchor, f"Run {run.name} ({run_label(run)})", config=run.config,
+                      intro=f'<p class="note">{esc(run.path)} · status {esc(run.status)}</p>')
+        for key, fn in RUN_BUILDERS.items():
+            if keep(key):
+                _draw(key, lambda fn=fn, run=run, anchor=anchor: fn(run, fig_root / anchor), sec,
+                      warnings, f"run {run.name}")
+        sections.append(sec)
+
+    if analytic:
+        sec = Section("analytic", "Analytic figures (no run needed)",
+                      intro='<p class="note">Computed from the lemmas by Monte Carlo; they do not '
+                            "depend on the runs above.</p>")
+        for key, fn in ANALYTIC_BUILDERS.items():
+            if keep(key):
+                _draw(key, lambda fn=fn: fn(fig_root / "analytic"), sec, warnings, "analytic")
+        if sec.figures or sec.missing:
+            sections.append(sec)
+
+    if not sections:
+        raise UsageError("nothing to report: no run loaded and no analytic figure asked for")
+    page = write_page(out, sections, warnings, title=title)
+    if echo:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return Report(page=page, summary_csv=summary_csv,
+                  figures={s.anchor: s.figures for s in sections},
+                  missing={s.anchor: s.missing for s in sections}, warnings=warnings)

@@ -1,0 +1,41 @@
+"""The method's own scalar state over training; for APART its learned step sizes.
+Redraws APART Fig. 3."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from codiag.runs import Run
+
+from . import paper
+from .base import Figure, co_point, curve, mark_co, method_label, need, save, style
+
+
+def method_state(run: Run, out_dir: Path) -> Figure:
+    """APART Fig. 3: learned step sizes per perturbation point (any method's scalar state)."""
+    need(run, "method_state")
+    m = run.metrics
+    keys = sorted(set(m.loc[m["probe"] == "method_state", "key"]))
+    apart = str(run.config.get("method", "")).startswith("apart")
+    if apart and any(k.startswith("alpha_") for k in keys):
+        keys = [k for k in keys if k.startswith("alpha_")]   # the learned step sizes
+    co = co_point(run)
+    with style():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in keys:
+            df = curve(run, "method_state", key)
+            ax.plot(df["x"], df["value"], marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("step size" if apart else "value")
+        ax.set_title(f"{method_label(run)}: {'learned step sizes' if apart else 'method state'}")
+        mark_co(ax, co)
+        ax.legend(fontsize=7, ncol=2)
+        files = save(fig, out_dir, "method_state")
+    return Figure(
+        key="method_state", title="Learned step sizes" if apart else "Method state",
+        redraws="APART Fig. 3",
+        caption=("The method's own scalar state at each probe event: for APART, the learned step "
+                 "size of each perturbation point (input and block inputs). Redraws APART Fig. 3."),
+        files=files, paper=paper.APART_FIG3 if apart else None,
+        paper_source=paper.APART_FIG3_SOURCE if apart else "")

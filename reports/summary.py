@@ -1,0 +1,77 @@
+"""The summary table over several runs: method, eps, seed, clean and PGD-50-10
+accuracy, AutoAttack where evaluated, CO epoch if any, training time.
+Written as CSV (``summary.csv``) and as HTML."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from codiag.runs import Run
+
+from .base import co_point, fmt_eps
+
+COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "seed", "clean_acc", "pgd_acc",
+           "pgd_attack", "eval_n", "aa_acc", "co_epoch", "train_time_s", "status"]
+
+
+def _final(run: Run) -> dict[str, float]:
+    """Final evaluation: the trainer's ``eval`` rows, else run.json's ``final``."""
+    out: dict[str, float] = {}
+    final = run.meta.get("final")
+    if isinstance(final, dict):
+        out.update({k: v for k, v in final.items() if isinstance(v, (int, float))})
+    m = run.metrics
+    ev = m[m["probe"] == "eval"]
+    for key, grp in ev.groupby("key"):
+        out[str(key)] = float(grp.sort_values("step")["value"].iloc[-1])
+    return out
+
+
+def _train_time(run: Run) -> float:
+    t = run.meta.get("train_time_s")
+    if isinstance(t, (int, float)):
+        return float(t)
+    try:
+        start = dt.datetime.fromisoformat(run.meta["start_time"])
+        end = dt.datetime.fromisoformat(run.meta["end_time"])
+        return (end - start).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def summary_row(run: Run) -> dict[str, Any]:
+    c = run.config
+    final = _final(run)
+    co = co_point(run)
+    steps, restarts = c.get("eval_steps"), c.get("eval_restarts")
+    args = c.get("method_args") or {}
+    return {
+        "run": run.name, "method": c.get("method", ""),
+        "method_args": " ".join(f"{k}={v}" for k, v in sorted(args.items())),
+        "dataset": c.get("dataset", ""), "model": c.get("model", ""),
+        "eps": fmt_eps(c.get("eps", "")), "seed": c.get("seed", ""),
+        "clean_acc": final.get("clean_acc", math.nan), "pgd_acc": final.get("pgd_acc", math.nan),
+        "pgd_attack": f"PGD-{steps}-{restarts}" if steps and "pgd_acc" in final else "",
+        "eval_n": int(final["n"]) if "n" in final else "",
+        "aa_acc": final.get("aa_acc", math.nan),
+        "co_epoch": "" if co is None else round(co.x, 3),
+        "train_time_s": round(_train_time(run), 1), "status": run.status,
+    }
+
+
+def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run, columns ``COLUMNS``."""
+    return pd.DataFrame([summary_row(r) for r in runs], columns=COLUMNS)
+
+
+def write_summary(runs: Sequence[Run], out_dir: Path) -> tuple[pd.DataFrame, Path]:
+    """Write ``summary.csv`` (one row per run) and return the table and the path."""
+    table = summary_table(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.csv"
+    table.to_csv(path, index=False, float_format="%.4f")
+    return table, path

@@ -1,0 +1,95 @@
+"""The CO detector: rules on hand-made sequences, then online vs offline on real recorded runs.
+
+The real runs are short seeded trainings on Fashion-MNIST slices (shared with
+tests/test_monitor_co.py through the session's temporary directory, so they
+are trained once per test session): the FGSM run collapses and the alarm must
+land where PGD accuracy collapsed; the FGSM-RS-free control at small eps must
+raise no alarm.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from codiag.detector import CODetector, detect_co
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """A tidy metrics frame from per-event dicts {step, epoch, pgd_acc, fgsm_acc, grad_align}."""
+    keys = {"pgd_acc": ("robust_acc", "pgd_acc"), "fgsm_acc": ("robust_acc", "fgsm_acc"),
+            "clean_acc": ("robust_acc", "clean_acc"), "grad_align": ("grad_align", "mean")}
+    out = []
+    for r in rows:
+        for name, (probe, key) in keys.items():
+            if name in r:
+                out.append({"step": r["step"], "epoch": r["epoch"], "probe": probe, "key": key,
+                            "value": r[name]})
+        out.append({"step": r["step"], "epoch": r["epoch"], "probe": "train", "key": "loss", "value": 1.0})
+    return pd.DataFrame(out)
+
+
+def seq(pgd, fgsm=None, align=None):
+    rows = []
+    for i, p in enumerate(pgd):
+        r = {"step": 10 * i, "epoch": i, "pgd_acc": p}
+        if fgsm is not None:
+            r["fgsm_acc"] = fgsm[i]
+        if align is not None:
+            r["grad_align"] = align[i]
+        rows.append(r)
+    return rows
+
+
+def test_pgd_collapse_with_fgsm_jump_is_co():
+    rows = seq(pgd=[0.05, 0.30, 0.41, 0.40, 0.12, 0.01, 0.0],
+               fgsm=[0.10, 0.35, 0.45, 0.46, 0.70, 0.90, 0.92])
+    co = detect_co(frame(rows))
+    assert co["epoch"] == 4 and co["step"] == 40 and co["rule"] == "pgd_collapse"
+    assert co["values"]["pgd_acc"] == pytest.approx(0.12) and co["peak_pgd_acc"] == pytest.approx(0.41)
+    assert "0.410" in co["reason"] and "0.120" in co["reason"]
+
+
+def test_divergence_without_fgsm_gap_and_noise_are_not_co():
+    # both accuracies fall together: the run diverged, it did not overfit to FGSM
+    assert detect_co(frame(seq(pgd=[0.3, 0.4, 0.1, 0.0], fgsm=[0.35, 0.45, 0.12, 0.02]))) is None
+    # a noisy but robust run (drops of < 50 %)
+    assert detect_co(frame(seq(pgd=[0.3, 0.42, 0.30, 0.40, 0.25, 0.41],
+                               fgsm=[0.4, 0.5, 0.45, 0.5, 0.5, 0.5]))) is None
+    # at initialisation PGD accuracy is ~0: no peak to fall from
+    assert detect_co(frame(seq(pgd=[0.08, 0.02, 0.0], fgsm=[0.3, 0.5, 0.9]))) is None
+
+
+def test_grad_align_collapse_needs_the_pgd_accuracy_to_fall_too():
+    align = [0.9, 0.8, 0.7, 0.2, 0.1]
+    co = detect_co(frame(seq(pgd=[0.3, 0.4, 0.4, 0.28, 0.26], fgsm=[0.4, 0.5, 0.5, 0.45, 0.44], align=align)))
+    assert co["rule"] == "grad_align_collapse" and co["epoch"] == 3
+    assert detect_co(frame(seq(pgd=[0.3, 0.4, 0.4, 0.39, 0.40], fgsm=[0.4, 0.5, 0.5, 0.5, 0.5],
+                               align=align))) is None
+    # without robust_acc rows, alignment alone decides
+    rows = [{"step": r["step"], "epoch": r["epoch"], "grad_align": r["grad_align"]}
+            for r in seq(pgd=[0] * 5, align=align)]
+    assert detect_co(frame(rows))["epoch"] == 3
+
+
+def test_online_detector_fires_once_and_rearms_after_reset():
+    det = CODetector()
+    vals = [(0.4, 0.45), (0.1, 0.8), (0.0, 0.9)]
+    alarms = [det.update(i, i, {"pgd_acc": p, "fgsm_acc": f}) for i, (p, f) in enumerate(vals)]
+    assert alarms[0] is None and alarms[1]["step"] == 1 and alarms[2] is None and det.fired
+    det.reset()
+    assert not det.fired and det.update(5, 5, {"pgd_acc": 0.0, "fgsm_acc": 0.9}) is None
+    # NaN values disable the rule instead of firing it
+    det = CODetector()
+    det.update(0, 0, {"pgd_acc": 0.4, "fgsm_acc": 0.5})
+    assert det.update(1, 1, {"pgd_acc": float("nan"), "fgsm_acc": 0.9}) is None
+
+
+def test_detect_co_accepts_a_run_and_empty_metrics(tmp_path):
+    from codiag.runs import RunWriter, load_run
+
+    with RunWriter(tmp_path / "r", {}) as w:
+        for r in seq(pgd=[0.4, 0.41, 0.05], fgsm=[0.5, 0.5, 0.9]):
+            w.log(r["step"], r["epoch"], "robust_acc", "pgd_acc", r["pgd_acc"])
+            w.log(r["step"], r["epoch"], "robust_acc", "fgsm_acc", r["fgsm_acc"])
+    assert detect_co(load_run(tmp_path / "r"))["epoch"] == 2
+    assert detect_co(pd.DataFrame(columns=["step", "epoch", "probe", "key", "value"])) is None
