@@ -66,14 +66,15 @@ class DataSpec:
 
 
 _SPECS = {
-    # Grey-scale sets are not normalised, as in GradAlign's code (mu 0, std 1): the
-    # embedded CO demo's eps = 0.2 is then the same number in pixel and model units.
+    # Grey-scale sets are not normalised, as in GradAlign's code (mu 0, std 1), so the
+    # first-layer filters act on raw pixels, as in GradAlign's filter figures (Fig. 5, 7).
     "fashion_mnist": DataSpec("fashion_mnist", 1, 28, 10, (0.0,), (1.0,)),
     "mnist": DataSpec("mnist", 1, 28, 10, (0.0,), (1.0,)),
     # Wong et al.'s fast_adversarial (cifar10_mean / cifar10_std): per-channel
     # mean and std over all training pixels (checked against the data in the tests).
     "cifar10": DataSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    # The same statistics computed on the CIFAR-100 and SVHN training sets.
+    # The commonly used per-channel statistics of the CIFAR-100 and SVHN training sets
+    # (not checked here: the tests have no copy of those sets).
     "cifar100": DataSpec("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": DataSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
@@ -207,6 +208,7 @@ def _materialise(files: dict[str, Path], cls_name: str) -> Path:
             fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
             with os.fdopen(fd, "wb") as out, (gzip.open if src.suffix == ".gz" else open)(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, 1 << 20)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the source was world-readable
             os.replace(tmp, dst)
     except OSError as e:
         raise UsageError(f"cannot decompress {source} into the cache {root}: {e.strerror or e}; "
@@ -237,7 +239,7 @@ def _idx_root(name: str, root: str | os.PathLike | None) -> Path | None:
     return None
 
 
-def _missing(name: str, root: str | os.PathLike | None, download: bool) -> UsageError:
+def _missing(name: str, root: str | os.PathLike | None, download: bool, train: bool = True) -> UsageError:
     """The one-line error for missing files: the expected path and how to get them."""
     title = _TITLE[name]
     if name == "fashion_mnist":
@@ -248,7 +250,7 @@ def _missing(name: str, root: str | os.PathLike | None, download: bool) -> Usage
     if root is None:
         return UsageError(f"{title} needs --data-root DIR (torchvision's layout) or --download")
     sub = {"mnist": Path("MNIST") / "raw" / "train-images-idx3-ubyte", "cifar10": Path("cifar-10-batches-py"),
-           "cifar100": Path("cifar-100-python"), "svhn": Path("train_32x32.mat")}[name]
+           "cifar100": Path("cifar-100-python"), "svhn": Path(f"{'train' if train else 'test'}_32x32.mat")}[name]
     hint = "" if download else "; pass --download to fetch it"
     return UsageError(f"{title} not found or failed torchvision's integrity check: expected "
                       f"{Path(root) / sub} (torchvision's layout){hint}")
@@ -267,11 +269,11 @@ def _read(name: str, root: str | os.PathLike | None, train: bool, download: bool
                 tv_root = Path(root) if root is not None else cache_dir() / "download"
                 cls(tv_root, train=train, download=True)
             if tv_root is None:
-                raise _missing(name, root, download)
+                raise _missing(name, root, download, train)
             ds = cls(tv_root, train=train, download=False)
             return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
         if root is None and not download:
-            raise _missing(name, root, download)
+            raise _missing(name, root, download, train)
         tv_root = Path(root) if root is not None else cache_dir() / "download"
         if name == "svhn":
             ds = cls(tv_root, split="train" if train else "test", download=download)
@@ -279,12 +281,12 @@ def _read(name: str, root: str | os.PathLike | None, train: bool, download: bool
         ds = cls(tv_root, train=train, download=download)
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         return images, torch.as_tensor(ds.targets, dtype=torch.long)
-    except RuntimeError as e:
-        # torchvision: "Dataset not found or corrupted. You can use download=True to download it"
-        if "not found" in str(e).lower() or "corrupted" in str(e).lower():
-            raise _missing(name, root, download) from None
-        raise
-    except OSError as e:  # a failed download, an unreadable file
+    except (RuntimeError, OSError) as e:
+        if download:  # no network, a failed checksum after the download ...
+            raise UsageError(f"could not download {_TITLE[name]}: {str(e).splitlines()[0]}") from None
+        if isinstance(e, RuntimeError):
+            # torchvision: "Dataset not found or corrupted. You can use download=True to download it"
+            raise _missing(name, root, download, train) from None
         raise UsageError(f"cannot read {_TITLE[name]} under {root}: {e}") from None
 
 
@@ -337,15 +339,19 @@ def as_meta(index: Any) -> SampleMeta:
     return SampleMeta(torch.as_tensor(index, dtype=torch.long), None)
 
 
-def _crop_grid(aug: AugParams, batch: int, size: tuple[int, int], device: torch.device):
-    """Advanced-index tensors (b, rows, cols) that read the crop out of the padded frame."""
+def _flat_index(aug: AugParams, shape: torch.Size, size: tuple[int, int], device: torch.device) -> Tensor:
+    """(B, C, H*W) positions in the flattened padded frame (B, C, Hp*Wp) of each crop pixel.
+
+    One ``gather``/``scatter`` with these is several times faster than advanced
+    indexing with per-sample row and column tensors.
+    """
+    b, c, _, wp = shape
     h, w = size
     rows = aug.top.to(device).view(-1, 1) + torch.arange(h, device=device)          # (B, H)
     cols = aug.left.to(device).view(-1, 1) + torch.arange(w, device=device)         # (B, W)
     # a flipped image's column j is the crop's column w-1-j
     cols = torch.where(aug.flip.to(device).view(-1, 1).bool(), cols.flip(1), cols)
-    b = torch.arange(batch, device=device).view(-1, 1, 1)
-    return b, rows[:, :, None], cols[:, None, :]
+    return (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
 
 
 def crop_like(aug: AugParams | None, padded: Tensor) -> Tensor:
@@ -354,10 +360,10 @@ def crop_like(aug: AugParams | None, padded: Tensor) -> Tensor:
     frame is the image frame and ``padded`` is returned unchanged."""
     if aug is None:
         return padded
-    size = (padded.shape[-2] - 2 * aug.pad, padded.shape[-1] - 2 * aug.pad)
-    b, rows, cols = _crop_grid(aug, padded.shape[0], size, padded.device)
-    # the slice between advanced indices moves the channel dim last: (B, H, W, C)
-    return padded[b, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+    b, c, hp, wp = padded.shape
+    size = (hp - 2 * aug.pad, wp - 2 * aug.pad)
+    index = _flat_index(aug, padded.shape, size, padded.device)
+    return padded.reshape(b, c, hp * wp).gather(2, index).view(b, c, *size)
 
 
 def uncrop_into(aug: AugParams | None, padded: Tensor, cropped: Tensor) -> Tensor:
@@ -365,10 +371,14 @@ def uncrop_into(aug: AugParams | None, padded: Tensor, cropped: Tensor) -> Tenso
     flip and crop (inverse of :func:`crop_like`); pixels outside the crop keep their value.
     Returns ``padded``."""
     if aug is None:
-        padded.copy_(cropped)
-        return padded
-    b, rows, cols = _crop_grid(aug, padded.shape[0], tuple(cropped.shape[-2:]), padded.device)
-    padded[b, :, rows, cols] = cropped.permute(0, 2, 3, 1).to(padded.dtype)
+        return padded.copy_(cropped)
+    b, c, hp, wp = padded.shape
+    index = _flat_index(aug, padded.shape, tuple(cropped.shape[-2:]), padded.device)
+    src = cropped.reshape(b, c, -1).to(padded.dtype)
+    if padded.is_contiguous():
+        padded.view(b, c, hp * wp).scatter_(2, index, src)
+    else:  # reshape would copy: scatter into the copy and write it back
+        padded.copy_(padded.reshape(b, c, hp * wp).scatter(2, index, src).view_as(padded))
     return padded
 
 
@@ -444,14 +454,14 @@ class BatchLoader:
         stop = n - n % self.batch_size if self.drop_last else n
         for s in range(0, stop, self.batch_size):
             idx = order[s:s + self.batch_size]
-            x = images[idx]
+            x = images.index_select(0, idx)  # index_select skips advanced indexing's overhead
             aug = None
             if self.augment:
                 sl = slice(s, s + len(idx))
                 aug = AugParams(top[sl], left[sl], flip[sl], self.pad)
                 x = crop_like(aug, F.pad(x, (self.pad,) * 4))  # zero padding, as the papers' RandomCrop
             x = x.float().div_(255)
-            y = labels[idx]
+            y = labels.index_select(0, idx)
             yield (x, y, SampleMeta(idx, aug)) if self.with_index else (x, y)
 
 

@@ -4,7 +4,8 @@
   Sec. 4 and App. B): 4 convolutional filters of size 3x3 (stride 1, padding 1,
   with bias, as in their ``models.py``), ReLU, no pooling, one linear layer.
 - ``small_cnn``: two conv-BatchNorm-ReLU-max-pool stages and a small MLP head
-  (ours); about 92% clean accuracy on Fashion-MNIST.
+  (ours); 90% clean test accuracy on Fashion-MNIST after two epochs of standard
+  training (Adam 1e-3, 30k images).
 - ``preact_resnet18``: PreAct ResNet-18 (He et al. 2016, "Identity Mappings in
   Deep Residual Networks") as in Wong et al.'s fast_adversarial code, which the
   GradAlign, ZeroGrad and ATAS code copy: 3x3 stem, bias-free convolutions, a

@@ -215,6 +215,8 @@ def extract_probe_set(data: Any, n: int, device: torch.device, source: str):
         y = y.to(device=device, dtype=torch.long)
     if len(x) == 0:
         raise UsageError(f"{source} is empty")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:  # one check at start: eps is in pixel units
+        raise UsageError(f"{source}: inputs must lie in [0, 1] (put normalisation inside the model)")
     return ProbeSet(x=x, y=y, index=index.to(device), source=f"{source}:{kind}")
 
 

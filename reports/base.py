@@ -91,11 +91,13 @@ def slug(text: str) -> str:
 
 
 def fmt_eps(eps: Any) -> str:
-    """8/255 for multiples of 1/255, else the number."""
+    """0.2 for short decimals, 8/255 for other multiples of 1/255, else the number."""
     try:
         e = float(eps)
     except (TypeError, ValueError):
         return str(eps)
+    if len(f"{e:g}") <= 5:
+        return f"{e:g}"
     k = e * 255
     if abs(k - round(k)) < 1e-6 and round(k) > 0:
         return f"{int(round(k))}/255"

@@ -90,9 +90,12 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
 def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
           figures: Iterable[str] | None = None, analytic: bool = True, title: str = "codiag report",
-          echo: bool = False, runs: Sequence[Run] | None = None) -> Report:
+          echo: bool = False, runs: Sequence[Run] | None = None,
+          per_run: Iterable[str] | None = None) -> Report:
     """Draw every figure the runs allow (or only ``figures``, a set of builder keys) into
-    ``out_dir``; with ``echo``, warnings are printed to stderr as they arise."""
+    ``out_dir``; ``runs`` gives already loaded runs instead of ``run_dirs``; ``per_run``
+    limits the per-run sections to the runs of these names. With ``echo``, warnings are
+    printed to stderr."""
     out = Path(out_dir)
     warnings: list[str] = []
     if runs is None:
@@ -118,7 +121,10 @@ def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
             sections.append(comp)
 
     used: set[str] = set()
+    sectioned = set(per_run) if per_run is not None else None
     for run in runs:
+        if sectioned is not None and run.name not in sectioned:
+            continue
         for w in _run_warnings(run):
             warnings.append(w)
         anchor = slug(run.name)

@@ -17,8 +17,8 @@ import seaborn as sns
 from codiag.runs import Run
 
 from . import paper
-from .base import (COPoint, Figure, MissingData, before_after, co_point, curve, mark_co, method_label,
-                   need, save, style)
+from .base import (COPoint, Figure, MissingData, before_after, co_point, curve, fmt_eps, mark_co,
+                   method_label, need, save, style)
 
 ACC = [("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("pgd_acc", "PGD")]
 LOSS = [("clean_loss", "clean"), ("fgsm_loss", "FGSM"), ("pgd_loss", "PGD")]
@@ -75,9 +75,9 @@ def training_curves(run: Run, out_dir: Path) -> Figure:
 
 
 def co_table(run: Run, co: COPoint | None) -> pd.DataFrame:
-    """Ours: CO epoch and the values just before / at CO / at the end of training."""
-    rows = [("CO epoch", "none detected" if co is None else f"{co.x:g} (step {co.step}, {co.source})",
-             "", "")]
+    """Ours: CO epoch and the values at initialisation, just before / at CO, and at the end."""
+    rows = [("CO epoch", "", "", "none detected" if co is None else f"{co.x:g} (step {co.step}, {co.source})",
+             "")]
     for probe, key, label in [("robust_acc", "pgd_acc", "PGD acc"), ("robust_acc", "fgsm_acc", "FGSM acc"),
                               ("robust_acc", "clean_acc", "clean acc"),
                               ("grad_align", "mean", "grad_align"),
@@ -86,8 +86,8 @@ def co_table(run: Run, co: COPoint | None) -> pd.DataFrame:
         if df.empty:
             continue
         b, a = before_after(df, co)
-        rows.append((label, _fmt(b), _fmt(a), f"{df['value'].iloc[-1]:.3f}"))
-    return pd.DataFrame(rows, columns=["quantity", "before CO", "at CO", "final"])
+        rows.append((label, f"{df['value'].iloc[0]:.3f}", _fmt(b), _fmt(a), f"{df['value'].iloc[-1]:.3f}"))
+    return pd.DataFrame(rows, columns=["quantity", "initial", "before CO", "at CO", "final"])
 
 
 def _fmt(row: pd.Series | None) -> str:
@@ -126,7 +126,6 @@ def tidy(runs: Sequence[Run], series: list[tuple[str, str, str]]) -> pd.DataFram
 def _hue_labels(runs: Sequence[Run]) -> list[str]:
     """Method label per run, plus eps when runs differ in eps."""
     eps = {r.config.get("eps") for r in runs}
-    from .base import fmt_eps
     return [method_label(r) + (f", eps {fmt_eps(r.config.get('eps'))}" if len(eps) > 1 else "")
             for r in runs]
 

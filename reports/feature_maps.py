@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -84,7 +85,7 @@ def feature_maps(run: Run, out_dir: Path) -> Figure:
                 row = axes[2 * i + r]
                 img = src[i].permute(1, 2, 0).numpy()
                 row[0].imshow(img if img.shape[2] == 3 else img[..., 0], cmap=None if img.shape[2] == 3 else "gray")
-                row[0].set_ylabel("x" if kind == "clean" else f"x + η", fontsize=8)
+                row[0].set_ylabel("x" if kind == "clean" else "x + η", fontsize=8)
                 for f in range(n_f):
                     vmax = max(maps["clean"][i, f].max(), maps["noisy"][i, f].max()) or 1.0
                     row[f + 1].imshow(maps[kind][i, f], cmap="magma", vmin=0, vmax=vmax)
@@ -97,10 +98,9 @@ def feature_maps(run: Run, out_dir: Path) -> Figure:
         fig.suptitle(f"{method_label(run)}: feature maps at epoch {x_of_step(run, step):g}, "
                      f"η ~ U[−{fmt_eps(eps)}, {fmt_eps(eps)}]", fontsize=9)
         files = save(fig, out_dir, "feature_maps")
-    import pandas as pd
     table = pd.DataFrame({"filter": [f"w{f + 1}" for f in range(w.shape[0])],
                           "relative change of the map under noise": change.round(3)})
-    lo, hi = pick_filters({k: np.asarray(v, float) for k, v in weights.items()})
+    _, hi = pick_filters({k: np.asarray(v, float) for k, v in weights.items()})
     notes = [] if bias_snaps else ["no filters.bias recorded: maps drawn with zero bias"]
     return Figure(
         key="feature_maps", title="Feature maps with and without noise", redraws="GradAlign Fig. 7, 13",

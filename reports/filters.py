@@ -54,14 +54,13 @@ def filter_evolution(run: Run, out_dir: Path) -> Figure:
     chans = CHANNELS.get(n_in, [f"ch{i}" for i in range(n_in)])[:3]
     rows = [(f, c) for f in ([regular, grown] if regular != grown else [grown]) for c in range(len(chans))]
     kh, kw = weights[steps[0]].shape[2:]
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     centers = [j * (kw + 1) + (kw - 1) / 2 for j in range(len(steps))]
     labels = [f"ep {x_of_step(run, s):g}" + ("" if co is None else (" <CO" if s < co.step else " ≥CO"))
               for s in steps]
     with style():
         fig, axes = plt.subplots(len(rows), 1, figsize=(1.5 * len(steps) + 1.5, 1.45 * len(rows)),
-                                 squeeze=False, layout="constrained")
+                                 squeeze=False)
         for r, (f, c) in enumerate(rows):
             # one image per row: the snapshots side by side, separated by a blank column
             mosaic = np.full((kh, len(steps) * (kw + 1) - 1), np.nan)

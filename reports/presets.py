@@ -187,5 +187,5 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 ]}
 
 #: ``--quick``: a smoke-test version of any preset (seconds to a minute on a CPU).
-QUICK = dict(epochs=2, train_limit=1024, eval_n=64, eval_steps=5, eval_restarts=1, probe_n=64,
-             train_probe_n=64)
+QUICK = dict(epochs=2, train_limit=512, eval_n=32, eval_steps=5, eval_restarts=1, probe_n=32,
+             train_probe_n=32)

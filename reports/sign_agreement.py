@@ -7,12 +7,14 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from codiag.runs import Run
 
 from . import paper
 from .base import (Figure, MissingData, before_after, co_point, curve, mark_co, method_label, need,
                    save, style)
+from .curves import tidy
 
 
 def _before_after_row(run: Run) -> dict[str, str]:
@@ -57,8 +59,6 @@ def sign_table(runs: Sequence[Run], out_dir: Path) -> Figure:
     if not rows:
         raise MissingData("no sign_agreement/disagree rows (probe sign_agreement)")
     table = pd.DataFrame(rows)
-    from .curves import tidy
-    import seaborn as sns
     df = tidy([r for r in runs if r.has("sign_agreement", "disagree")],
               [("sign_agreement", "disagree", "disagree")])
     df["value"] *= 100

@@ -14,7 +14,7 @@ from .base import Figure, co_point, curve, mark_co, method_label, need, save, st
 
 def strength_gap(run: Run, out_dir: Path) -> Figure:
     """APART Fig. 2: (a) transfer accuracy on a reference model (when recorded; higher means a
-    weaker perturbation), (b) strength gap to PGD (larger means weaker)."""
+    weaker perturbation), (b) strength gap G to PGD (eq. 2; |G| grows as the perturbation weakens)."""
     need(run, "strength_gap", "gap")
     co = co_point(run)
     m = run.metrics
@@ -27,7 +27,7 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
         df = curve(run, "strength_gap", "gap")
         ax.plot(df["x"], df["value"], marker="o", ms=3, label=method_label(run))
         ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title("(b) strength gap to PGD")
+        ax.set_title("(b) strength gap to PGD (APART eq. 2)")
         ax.set_ylabel("L(δ_method) − L(δ_PGD)")
         ax.set_xlabel("epoch")
         mark_co(ax, co)
@@ -47,7 +47,9 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
     return Figure(
         key="strength_gap", title="Perturbation strength", redraws="APART Fig. 2",
         caption=("Strength gap G = mean CE at x + δ_method minus mean CE at x + δ_PGD on the probe "
-                 "set (APART eq. 2; larger means a weaker perturbation) and, when a reference model "
-                 "was given, its accuracy on the method's perturbations (higher means weaker); "
-                 "dashed: CO. Redraws APART Fig. 2."),
+                 "set, as APART eq. 2 writes it (G ≤ 0 while PGD is the stronger attack; |G| explodes "
+                 "when the method's perturbation deteriorates; APART Fig. 2b plots the size of the "
+                 "gap) and, when a reference model was given, its accuracy on the method's "
+                 "perturbations and on random corners (higher means weaker); dashed: CO. Redraws "
+                 "APART Fig. 2."),
         files=files, paper=paper.APART_FIG2, paper_source=paper.APART_FIG2_SOURCE)

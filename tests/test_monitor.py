@@ -277,3 +277,28 @@ def test_a_sigkilled_run_still_loads_with_every_row_written_before_the_kill(tmp_
     assert set(range(flushed + 1)) <= steps
     assert len(run.metrics) >= 6 * (flushed + 1)
     assert json.loads((run_dir / "run.json").read_text())["config"]["monitor"]["every"] == "1 steps"
+
+
+def test_per_step_update_norms_stay_on_device_until_the_event(tmp_path):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"],
+                 probe_n=8, step_update_norms=True, every="2epochs") as mon:
+        for epoch in range(2):
+            for i in range(3):
+                before = [p.detach().clone() for p in model.parameters()]
+                opt.zero_grad()
+                F.cross_entropy(model(x[i::3]), y[i::3]).backward()
+                opt.step()
+                expected.append(torch.sqrt(sum(((p.detach() - b) ** 2).sum()
+                                               for p, b in zip(model.parameters(), before))).item())
+            mon.epoch_end()
+            if epoch == 0:   # an epoch without an event: rows flushed, no probe ran
+                assert mon.n_events == 1
+    run = load_run(tmp_path / "r")
+    l2 = run.scalar("step_update", "l2")
+    assert l2["step"].tolist() == [1, 2, 3, 4, 5, 6] and l2["epoch"].tolist() == [1, 1, 1, 2, 2, 2]
+    assert l2["value"].tolist() == pytest.approx(expected, rel=1e-5)
+    assert run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 6]

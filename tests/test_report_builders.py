@@ -22,12 +22,19 @@ SYNTHETIC_RUN_FIGURES = set(reports.RUN_BUILDERS) - {"feature_maps"}
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    runs = [write_synthetic_run(root / "fgsm-s0", method="fgsm", seed=0),
+    return [write_synthetic_run(root / "fgsm-s0", method="fgsm", seed=0),
             write_synthetic_run(root / "zerograd", method="zerograd", co_epoch=None, seed=2)]
-    out = root / "report"
-    return runs, out, build(runs, out, analytic=False)
+
+
+@pytest.fixture(scope="module")
+def report(runs):
+    """Every per-run figure of the run with a collapse; the summary of both runs."""
+    out = runs[0].parent / "report"
+    rep = build(runs, out, analytic=False, figures={*reports.RUN_BUILDERS, "l1_table"},
+                runs=[load_run(runs[0]), load_run(runs[1])], per_run={runs[0].name})
+    return runs, out, rep
 
 
 def _nonempty(path: Path) -> bool:
@@ -37,17 +44,33 @@ def _nonempty(path: Path) -> bool:
 def test_every_expected_figure_exists_and_is_nonempty(report):
     runs, out, rep = report
     assert rep.warnings == []
-    for run_dir in runs:
-        figs = {f.key: f for f in rep.figures[run_dir.name]}
-        assert set(figs) == SYNTHETIC_RUN_FIGURES, rep.missing[run_dir.name]
-        for fig in figs.values():
-            assert set(fig.files) == {"png", "svg"}
-            assert all(_nonempty(p) for p in fig.files.values()), fig.key
-            assert fig.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert b"<svg" in fig.files["svg"].read_bytes()[:2000]
-            assert fig.redraws.split()[0] in fig.caption       # names the paper figure redrawn
-    assert {f.key for f in rep.figures["comparison"]} == {"overlay_curves", "overlay_diagnostics",
-                                                          "l1_table", "sign_table"}
+    figs = {f.key: f for f in rep.figures[runs[0].name]}
+    assert set(figs) == SYNTHETIC_RUN_FIGURES, rep.missing[runs[0].name]
+    assert runs[1].name not in rep.figures               # per_run limits the per-run sections
+    for fig in [*figs.values(), *rep.figures["comparison"]]:
+        _check_files(fig)
+    assert {f.key for f in rep.figures["comparison"]} == {"l1_table"}
+
+
+def _check_files(fig) -> None:
+    assert set(fig.files) == {"png", "svg"}
+    assert all(_nonempty(p) for p in fig.files.values()), fig.key
+    assert fig.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in fig.files["svg"].read_bytes()[:2000]
+    assert fig.redraws.split()[0] in fig.caption       # names the paper figure redrawn
+
+
+def test_figures_across_runs(runs, tmp_path):
+    both = [load_run(r) for r in runs]
+    for key in ("overlay_curves", "overlay_diagnostics", "sign_table"):
+        fn, min_runs = reports.MULTI_BUILDERS[key]
+        assert min_runs == 2
+        fig = fn(both, tmp_path)
+        _check_files(fig)
+    table = reports.MULTI_BUILDERS["sign_table"][0](both, tmp_path).table
+    assert list(table["method"]) == ["fgsm", "zerograd"]
+    assert table.loc[0, "before CO (%)"].startswith("18.00") and table.loc[0, "after CO (%)"].startswith("48.00")
+    assert table.loc[1, "CO epoch"] == "none"
 
 
 def test_summary_csv_has_one_row_per_run_and_the_columns(report):
@@ -80,6 +103,7 @@ def test_page_links_every_figure_and_labels_paper_numbers(report):
 
 def test_co_point_and_before_after_numbers(report):
     runs, _, rep = report
+    assert [k for k, _ in rep.missing[runs[0].name]] == ["feature_maps"]     # no dataset here
     co = co_point(load_run(runs[0]))
     assert co is not None and co.epoch == 6 and co.x == pytest.approx(6.0)
     assert co_point(load_run(runs[1])) is None

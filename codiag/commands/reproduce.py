@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke test: 2 epochs on 1024 images, tiny evaluation (cached separately)")
+                   help="a smoke test: 2 epochs on 512 images, tiny evaluation (cached separately)")
     p.add_argument("--force", action="store_true", help="retrain even when a cached run matches")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -94,7 +94,7 @@ def run_config(spec_config: dict[str, Any], args: argparse.Namespace, out: Path)
         if not args.data_root:
             raise UsageError(f"{args.name} needs {cfg['dataset']}: pass --data-root DIR (torchvision's "
                              "layout, e.g. the folder holding cifar-10-batches-py)")
-        cfg["data_root"] = str(args.data_root)
+        cfg["data_root"] = str(Path(args.data_root).resolve())   # the report finds it from anywhere
     cfg.update(out=str(out), device=args.device, progress=not args.quiet)
     return cfg
 

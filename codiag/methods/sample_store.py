@@ -20,82 +20,44 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import as_meta, crop_like
+from ..data import uncrop_into as data_uncrop_into
+
 _Q = 127.0
 
 
-def _aug_fields(aug: Any) -> tuple[Tensor, Tensor, Tensor, int] | None:
-    """(top, left, flip, pad) of an ``AugParams``, or None for un-augmented batches."""
-    if aug is None:
-        return None
-    return aug.top, aug.left, aug.flip, int(aug.pad)
-
-
-_AS_META: list = []
-
-
-def _as_meta() -> Any:
-    """``codiag.data.as_meta`` (looked up once), or None where codiag.data is not importable."""
-    if not _AS_META:
-        try:
-            from ..data import as_meta  # type: ignore[attr-defined]
-        except ImportError:
-            as_meta = None
-        _AS_META.append(as_meta)
-    return _AS_META[0]
+def _centre(frame: Tensor, size: tuple[int, int]) -> tuple[slice, slice]:
+    ph, pw = (frame.shape[-2] - size[0]) // 2, (frame.shape[-1] - size[1]) // 2
+    return slice(ph, ph + size[0]), slice(pw, pw + size[1])
 
 
 def split_meta(index: Any) -> tuple[Tensor | None, Any]:
-    """``(indices, aug)`` from a LongTensor, a ``SampleMeta`` or None (``codiag.data.as_meta`` semantics)."""
+    """``(indices, aug)`` from a LongTensor, a ``SampleMeta`` or None (via ``codiag.data.as_meta``)."""
     if index is None:
         return None, None
-    if isinstance(index, torch.Tensor):
-        return index, None
-    as_meta = _as_meta()
-    if as_meta is not None:
-        meta = as_meta(index)
-        return meta.index, meta.aug
-    if isinstance(getattr(index, "index", None), torch.Tensor):
-        return index.index, getattr(index, "aug", None)
-    return torch.as_tensor(index), None
+    meta = as_meta(index)
+    return meta.index, meta.aug
 
 
 def crop(frame: Tensor, aug: Any, size: tuple[int, int]) -> Tensor:
-    """Cut each sample's image-frame view out of its padded-frame tensor (crop, then flip).
+    """Each sample's image-frame view of its padded-frame tensor (``codiag.data.crop_like``).
 
-    Without augmentation parameters the un-augmented image sits in the centre of
-    the padded frame (offset ``pad``, no flip).
+    Without augmentation parameters (a probe batch, an un-augmented loader) the
+    image sits in the centre of the padded frame (offset ``pad``, no flip).
     """
-    fields = _aug_fields(aug)
-    if fields is None:
-        pad_h, pad_w = (frame.shape[-2] - size[0]) // 2, (frame.shape[-1] - size[1]) // 2
-        return frame[..., pad_h:pad_h + size[0], pad_w:pad_w + size[1]]
-    top, left, flip, _ = fields
-    h, w = size
-    dev = frame.device
-    rows = top.to(dev).view(-1, 1) + torch.arange(h, device=dev)             # (B, H)
-    cols = left.to(dev).view(-1, 1) + torch.arange(w, device=dev)            # (B, W)
-    cols = torch.where(flip.to(dev).view(-1, 1).bool(), cols.flip(1), cols)   # flipped image reads columns backwards
-    b = torch.arange(frame.shape[0], device=dev).view(-1, 1, 1)
-    out = frame[b, :, rows[:, :, None], cols[:, None, :]]                    # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    if aug is None:
+        rows, cols = _centre(frame, size)
+        return frame[..., rows, cols]
+    return crop_like(aug, frame)
 
 
 def uncrop_into(frame: Tensor, aug: Any, image: Tensor) -> Tensor:
     """Write image-frame values back into the padded frame (inverse of :func:`crop`); returns ``frame``."""
-    fields = _aug_fields(aug)
-    if fields is None:
-        pad_h, pad_w = (frame.shape[-2] - image.shape[-2]) // 2, (frame.shape[-1] - image.shape[-1]) // 2
-        frame[..., pad_h:pad_h + image.shape[-2], pad_w:pad_w + image.shape[-1]] = image.to(frame.dtype)
+    if aug is None:
+        rows, cols = _centre(frame, tuple(image.shape[-2:]))
+        frame[..., rows, cols] = image.to(frame.dtype)
         return frame
-    top, left, flip, _ = fields
-    h, w = image.shape[-2:]
-    dev = frame.device
-    rows = top.to(dev).view(-1, 1) + torch.arange(h, device=dev)
-    cols = left.to(dev).view(-1, 1) + torch.arange(w, device=dev)
-    cols = torch.where(flip.to(dev).view(-1, 1).bool(), cols.flip(1), cols)
-    b = torch.arange(frame.shape[0], device=dev).view(-1, 1, 1)
-    frame[b, :, rows[:, :, None], cols[:, None, :]] = image.permute(0, 2, 3, 1).to(frame.dtype)
-    return frame
+    return data_uncrop_into(aug, frame, image)
 
 
 class SampleStore:

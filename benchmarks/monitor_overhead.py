@@ -1,0 +1,184 @@
+"""What does codiag.monitor cost? Monitored and unmonitored training, interleaved in one process.
+
+Two ratios per setting (printed; never bare absolute times):
+
+(a) between probe events: (monitored wall time of the training loop - time
+    inside probe events) / unmonitored wall time of the same loop. This is the
+    price of the per-step work (the optimizer step hook; optional per-step
+    update norms). Target <= 1.01.
+(b) the whole run at epoch cadence with the default probes: monitored wall time
+    (opening the run, copying the probe sets, the step-0 event, every epoch's
+    event, closing) / unmonitored wall time. Targets: <= 1.10 for PreAct
+    ResNet-18 on CIFAR-10 and <= 1.25 for the small demo (cnn4, Fashion-MNIST).
+
+Settings:
+
+* ``demo``: the embedded CO demo at full scale (30k Fashion-MNIST images,
+  batch 128, 235 steps per epoch; probe sets 256 / 512), FGSM, Adam.
+* ``resnet``: PreAct ResNet-18 on CIFAR-10 (``--data-root``; random images of
+  CIFAR's shape when absent: the timing does not depend on pixel values),
+  FGSM, SGD. A full epoch is 391 steps with probe sets 256 / 512; on a CPU
+  the steps per event and both probe-set sizes are divided by one factor
+  ``--scale`` (default 16 on CPU, 1 on a GPU), so the ratio keeps the
+  full-scale proportions of training to probing work.
+
+Each round trains a fresh model (same seed) unmonitored, then monitored, for
+``--epochs`` epochs; ratios are computed from the sums over ``--rounds``
+rounds (interleaving cancels slow drifts of a shared machine) and the spread
+of per-round ratios is printed too.
+
+    python benchmarks/monitor_overhead.py                      # both settings
+    python benchmarks/monitor_overhead.py --setting demo --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from codiag.data import InMemoryDataset, dataset_spec, load_dataset, make_loader
+from codiag.methods import get_method
+from codiag.models import build_model
+from codiag.monitor import monitor
+
+
+@dataclass
+class Setting:
+    name: str
+    dataset: str
+    model: str
+    eps: float
+    optimizer: str
+    lr: float
+    train_n: int
+    probe_n: int
+    train_probe_n: int
+    target_b: float
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_data(s: Setting, data_root: str | None, device: torch.device):
+    try:
+        train = load_dataset(s.dataset, root=data_root, train=True, limit=s.train_n)
+        test = load_dataset(s.dataset, root=data_root, train=False, limit=max(s.probe_n, 1))
+        source = "real"
+    except Exception as e:  # CIFAR-10 not available here: random images of its shape
+        spec = dataset_spec(s.dataset)
+        g = torch.Generator().manual_seed(0)
+        shape = (spec.channels, spec.size, spec.size)
+        train = InMemoryDataset(torch.randint(0, 256, (s.train_n, *shape), dtype=torch.uint8, generator=g),
+                                torch.randint(0, spec.num_classes, (s.train_n,), generator=g), spec)
+        test = InMemoryDataset(torch.randint(0, 256, (max(s.probe_n, 1), *shape), dtype=torch.uint8,
+                                             generator=g),
+                               torch.randint(0, spec.num_classes, (max(s.probe_n, 1),), generator=g), spec,
+                               train=False)
+        source = f"random images ({str(e).splitlines()[0][:60]})"
+    return train, test, source
+
+
+def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitored: bool,
+             run_dir: Path | None) -> tuple[float, float, float]:
+    """(whole-run wall time, loop wall time, time inside probe events) of one training run."""
+    torch.manual_seed(0)
+    model = build_model(s.model, train.spec).to(device)
+    opt = (torch.optim.Adam(model.parameters(), lr=s.lr) if s.optimizer == "adam" else
+           torch.optim.SGD(model.parameters(), lr=s.lr, momentum=0.9))
+    method = get_method("fgsm", s.eps, seed=0)
+    loader = make_loader(train, 128, shuffle=True, with_index=True, seed=0, device=device)
+
+    def loop(mon=None) -> None:
+        for _ in range(epochs):
+            model.train()
+            for x, y, meta in loader:
+                method.train_step(model, opt, x, y, meta)
+            if mon is not None:
+                mon.epoch_end()
+
+    sync(device)
+    t0 = time.perf_counter()
+    if not monitored:
+        loop()
+        sync(device)
+        t = time.perf_counter() - t0
+        return t, t, 0.0
+    with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
+                 method=method, every="epoch", probes="default", probe_n=s.probe_n,
+                 train_probe_n=s.train_probe_n, tensorboard=False, overwrite=True) as mon:
+        sync(device)
+        t1 = time.perf_counter()
+        probe_before = mon.probe_time_s        # the step-0 event ran inside __enter__
+        loop(mon)
+        sync(device)
+        loop_time = time.perf_counter() - t1
+        probe_in_loop = mon.probe_time_s - probe_before
+    sync(device)
+    return time.perf_counter() - t0, loop_time, probe_in_loop
+
+
+def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
+    train, test, source = make_data(s, args.data_root, device)
+    tmp = Path(tempfile.mkdtemp(prefix="codiag-overhead-"))
+    # warm-up (allocator, lazy init), not timed
+    run_once(s, train, test, 1, device, False, None)
+    run_once(s, train, test, 1, device, True, tmp / "warmup")
+    ra, rb = [], []
+    sums = [0.0, 0.0, 0.0, 0.0]  # unmonitored, monitored whole, monitored loop, probe time in loop
+    for r in range(args.rounds):
+        u, _, _ = run_once(s, train, test, args.epochs, device, False, None)
+        m, loop_t, probe_t = run_once(s, train, test, args.epochs, device, True, tmp / f"r{r}")
+        ra.append((loop_t - probe_t) / u)
+        rb.append(m / u)
+        for i, v in enumerate((u, m, loop_t, probe_t)):
+            sums[i] += v
+    shutil.rmtree(tmp, ignore_errors=True)
+    a, b = (sums[2] - sums[3]) / sums[0], sums[1] / sums[0]
+    steps = len(make_loader(train, 128, shuffle=False))
+    print(f"\n[{s.name}] {s.model} on {s.dataset} ({source}); {steps} steps per event, probe sets "
+          f"{s.probe_n}/{s.train_probe_n}, {args.epochs} epochs x {args.rounds} rounds, device {device}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"  (a) between events  (monitored - probe events) / unmonitored = {a:.3f}   "
+          f"per round {', '.join(f'{x:.3f}' for x in ra)}   target <= 1.01")
+    print(f"  (b) whole run       monitored / unmonitored                 = {b:.3f}   "
+          f"per round {', '.join(f'{x:.3f}' for x in rb)}   target <= {s.target_b:.2f}")
+    print(f"      probe events take {sums[3] / max(sums[2], 1e-9):.1%} of the monitored loop; "
+          f"spread of (a) over rounds {statistics.pstdev(ra):.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--setting", choices=["demo", "resnet", "all"], default="all")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--scale", type=int, default=None,
+                   help="divide steps per event and probe-set sizes by this (default 16 on CPU, 1 on GPU)")
+    p.add_argument("--data-root", default=None, help="torchvision-layout root holding CIFAR-10")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    k = args.scale or (1 if device.type == "cuda" else 16)
+    settings = {
+        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, 256, 512, 1.25),
+        "resnet": Setting(f"resnet (scale 1/{k})", "cifar10", "preact_resnet18", 8 / 255, "sgd", 0.05,
+                          128 * (391 // k), 256 // k, 512 // k, 1.10),
+    }
+    for name in (["demo", "resnet"] if args.setting == "all" else [args.setting]):
+        bench(settings[name], args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
