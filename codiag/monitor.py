@@ -374,6 +374,9 @@ class Monitor:
         if not self._open:
             return
         try:
+            if status == "finished" and self.every_kind == "epoch" and self.epoch == 0 and self.step > 0:
+                warnings.warn("codiag.monitor: every='epoch' but mon.epoch_end() was never called; "
+                              "only the events at step 0 and at exit were recorded", stacklevel=3)
             if status == "finished" and self._last_event_step != self.step:
                 self.probe_event()
             else:

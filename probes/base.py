@@ -275,13 +275,15 @@ class ProbeContext:
     def method_delta(self) -> Tensor:
         """The method's perturbation of the probe set, same random start at every event.
 
-        FGSM (from zero) when the monitor was given no ``attack``. Projected to
-        the eps ball and [0, 1] like every perturbation a probe measures.
+        FGSM (from zero) when the monitor was given no ``attack``. Only clamped
+        so that ``x + delta`` lies in [0, 1], not projected to the eps ball:
+        it is the perturbation the method trains on (N-FGSM's, for one, is
+        larger than eps), and its norms and strength are what the probes report.
         """
         if self._attack is None:
             return self.fgsm_delta
         delta = self._attack(self.model, self.x, self.y, None, self.generator("start"))
-        return project(self.x, delta.detach().float(), self.eps)
+        return clamp_delta(self.x, delta.detach().float())
 
     @cached_property
     def at_fgsm(self) -> tuple[Tensor, Tensor]:
@@ -308,7 +310,7 @@ class ProbeContext:
         start_fn = getattr(self.method, "start", None)
         if callable(start_fn):
             delta = start_fn(self.model, ts.x, ts.y, ts.index, generator=self.generator("start"))
-            return project(ts.x, delta.detach().float(), self.eps)
+            return clamp_delta(ts.x, delta.detach().float())
         return torch.zeros_like(ts.x)
 
     @cached_property

@@ -1,9 +1,11 @@
 """``perturbation_norm``: norms of the method's perturbations (ZeroGrad Table 4, ATAS Fig. 11).
 
-Per probe sample: L1, L2 and Linf norms of delta_method (projected to the
-ball and [0, 1]). Scalars: their means, and ``abs_mean`` = mean |delta| per
-coordinate, which is ZeroGrad Table 4's "l1 perturbation norm" once multiplied
-by 255 (e.g. 6.5 for ZeroGrad at eps = 8/255). Arrays
+Per probe sample: L1, L2 and Linf norms of delta_method (the method's own
+perturbation, with x + delta clamped to [0, 1]; not projected to the eps
+ball, so N-FGSM's larger perturbations show as they are). Scalars: their
+means, and ``abs_mean`` = mean |delta| per coordinate, which is ZeroGrad
+Table 4's "l1 perturbation norm" once multiplied by 255 (e.g. 6.5 for
+ZeroGrad at eps = 8/255). Arrays
 ``perturbation_norm.l1`` and ``perturbation_norm.l2`` keep the per-sample
 values for histograms (ATAS Fig. 11: Linf is eps for nearly all instances,
 the L2 norm is diverse).

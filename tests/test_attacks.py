@@ -157,6 +157,36 @@ def test_restarts_keep_every_break_and_never_lower_the_loss(trained, test_set):
     torch.testing.assert_close(loss_5[~wrong_5], best_unbroken[~wrong_5])
 
 
+class StepLoss(nn.Module):
+    """A flat-gradient toy model of v = x[:, 0], true class 0, so PGD stays at its random start.
+
+    v <= 0.5: misclassified (class 1 wins) with a constant loss of about 0.74;
+    v > 0.5: correct, with a loss that grows with v and is always above 0.87.
+    A broken restart thus has a *lower* loss than any unbroken one.
+    """
+
+    def forward(self, x):
+        v = x.detach()[:, :1]
+        wrong = torch.cat([torch.ones_like(v), torch.full_like(v, 1.1), torch.full_like(v, -10.0)], 1)
+        right = torch.cat([torch.ones_like(v), 0.4 + 0.5 * v, 0.4 + 0.5 * v], 1)
+        return torch.where(v <= 0.5, wrong, right) + 0 * x.sum(1, keepdim=True)
+
+
+def test_restarts_prefer_a_break_then_the_highest_loss():
+    model, eps = StepLoss(), 0.5
+    x, y = torch.full((200, 1), 0.5), torch.zeros(200, dtype=torch.long)
+    g = gen(11)
+    starts = torch.stack([attacks.pgd(model, x, y, eps, generator=g) for _ in range(3)])
+    v = x[:, 0] + starts[..., 0]  # (restart, sample); the gradient is 0, so delta = start
+    broken = (v <= 0.5).any(0)
+    first_break = (v <= 0.5).float().argmax(0)  # ties in loss keep the earlier restart
+    kept = torch.where(broken, first_break, v.argmax(0))
+    expected = starts[kept, torch.arange(200)]
+    delta = attacks.pgd(model, x, y, eps, restarts=3, generator=gen(11))
+    assert (~broken).sum() > 5 and (broken & (v[0] > 0.5)).any()  # all cases occur
+    assert torch.equal(delta, expected)
+
+
 def test_early_stop_freezes_misclassified_points(trained, test_set):
     x, y = test_set
     kw = dict(steps=10, random_start=False)
@@ -277,8 +307,10 @@ RUNS = {
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_attacks_have_no_side_effects(fmnist, name):
-    x, y = fmnist[2][:12], fmnist[3][:12]
+    x = fmnist[2][:12]
     model = tiny_bn_model()
+    with torch.no_grad():  # labels the model gets right, so every attack has work to do
+        y = copy.deepcopy(model).eval()(x).argmax(1)
     x_flag = x.requires_grad
     before = snapshot(model)
     RUNS[name](model, x, y)

@@ -93,3 +93,48 @@ def test_detect_co_accepts_a_run_and_empty_metrics(tmp_path):
             w.log(r["step"], r["epoch"], "robust_acc", "fgsm_acc", r["fgsm_acc"])
     assert detect_co(load_run(tmp_path / "r"))["epoch"] == 2
     assert detect_co(pd.DataFrame(columns=["step", "epoch", "probe", "key", "value"])) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# real recorded runs (trained once per session, shared with tests/test_monitor_co.py)
+# ---------------------------------------------------------------------------------------------
+def _co_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "test_monitor_co" in sys.modules:
+        return sys.modules["test_monitor_co"]
+    spec = importlib.util.spec_from_file_location("test_monitor_co", Path(__file__).with_name("test_monitor_co.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory):
+    mod = _co_module()
+    base = tmp_path_factory.getbasetemp()
+    return (mod.cached_run(base, "co_fgsm", mod.CO_CONFIG),
+            mod.cached_run(base, "control_fgsm", mod.CONTROL_CONFIG))
+
+
+@pytest.mark.slow
+def test_detect_co_on_real_runs(real_runs):
+    from codiag.runs import load_run
+
+    co_dir, control_dir = real_runs
+    co_run, control = load_run(co_dir), load_run(control_dir)
+    co = detect_co(co_run.metrics)
+    assert co is not None and 3 <= co["epoch"] <= 7
+    pgd = co_run.scalar("robust_acc", "pgd_acc").set_index("step")["value"]
+    before = pgd[pgd.index < co["step"]]
+    # the named event is the first one after the collapse: PGD accuracy was intact just before
+    assert before.max() >= 0.3 and pgd[co["step"]] <= 0.5 * before.max()
+    assert co["values"]["fgsm_acc"] - co["values"]["pgd_acc"] >= 0.2
+    # the control (same schedule, eps 0.1) is robust throughout: no alarm, online or offline
+    assert detect_co(control.metrics) is None and control.events_of("co_alarm") == []
+    assert control.scalar("robust_acc", "pgd_acc")["value"].iloc[1:].min() > 0.3
+    # stricter thresholds still find the real collapse; absurd ones find nothing
+    assert detect_co(co_run.metrics, drop=0.8)["step"] >= co["step"]
+    assert detect_co(co_run.metrics, min_gap=0.99, align_low=-1.0) is None

@@ -1,7 +1,46 @@
 """Training methods against catastrophic overfitting, one module per method.
 
 ``METHODS`` maps registry names to classes; ``get_method(name, eps, **hparams)``
-builds one. See ``base.py`` for the interface and conventions.
+builds one (``seed``, ``num_samples`` = training-set size and ``epochs`` are
+accepted by every method). See ``base.py`` for the interface and conventions.
+
+=====================  ==========================================================  =================
+name                   method (paper, algorithm)                                    module
+=====================  ==========================================================  =================
+fgsm                   FGSM, step eps from zero (GradAlign Sec. 3)                  fgsm.py
+fgsm_rs                FGSM-RS, uniform start, step 1.25 eps (Wong et al.)          fgsm_rs.py
+fgsm_reduced           FGSM, step 7/8 eps (GradAlign Table 1)                       reduced_fgsm.py
+n_fgsm                 N-FGSM, noise 2 eps, step eps, no projection (de Jorge+22)   n_fgsm.py
+zerograd               ZeroGrad, q 0.35, step 2 eps (ZeroGrad Alg. 1)               zerograd.py
+zerograd_rollback      ZeroGrad q0 0.25 -> q1 0.45 on CO (ZeroGrad 5.2, B.2)        zerograd_rollback.py
+multigrad              MultiGrad, N 3, step eps (ZeroGrad Alg. 2)                   multigrad.py
+gradalign              FGSM + GradAlign, lambda(eps) (GradAlign Eq. 7, App. B)      gradalign.py
+grad_penalty           FGSM + L2 input-gradient penalty (GradAlign D.5)             grad_penalty.py
+cure                   FGSM + CURE (GradAlign D.5)                                  cure.py
+apart                  APART (APART Alg. 1)                                         apart.py
+apart_simple           APART-Simple (APART Sec. 3.2)                                apart_simple.py
+atta                   ATTA-1, carried perturbation, step eps/2 (ATAS App. B)       atta.py
+atas                   ATAS, per-sample adaptive step (ATAS Alg. 1)                 atas.py
+pgd, pgd10, pgd2       PGD-k (Madry et al.; GradAlign Sec. 5 baselines)             pgd.py
+free                   Free-m, m 8 (Shafahi et al.; GradAlign Sec. 5)               free.py
+grad_clip              FGSM-RS step 2 eps + grad-norm clipping 0.06 (ZeroGrad C.5)  grad_clip.py
+=====================  ==========================================================  =================
+
+Trainer integration (what ``codiag.train`` calls)::
+
+    method = get_method(name, eps, seed=seed, num_samples=len(train_set), epochs=epochs, **args)
+    for epoch in range(epochs):
+        method.on_epoch_start(epoch)
+        for x, y, meta in loader:                      # meta: SampleMeta (index, aug)
+            loss = method.train_step(model, optimizer, x, y, meta)
+        mon.epoch_end()
+        if method.on_epoch_end(epoch, model, optimizer, mon):   # ZeroGrad roll-back only
+            mon.event("rollback", **method.last_rollback)
+            mon.reset_co()
+
+and ``codiag.monitor(..., attack=method.perturb, method=method)``: the monitor's
+probe calls pass their own ``generator=``, which makes them pure (no method
+state or RNG touched).
 """
 from __future__ import annotations
 
