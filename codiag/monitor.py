@@ -351,11 +351,13 @@ class Monitor:
                                 overwrite=self._overwrite)
         try:
             if resuming:
-                metrics = load_run(self.run_dir).metrics
+                previous = load_run(self.run_dir)
+                metrics = previous.metrics
                 if len(metrics):
                     self.step = int(metrics["step"].max())
                     self.epoch = int(metrics["epoch"].max())
                 self._last_event_step = self.step
+                self._replay_detector(metrics, previous.events)
             self._tb = self._open_tensorboard()
             self._hooks.append(self.optimizer.register_step_post_hook(self._post_step))
             if self.step_update_norms:
@@ -606,6 +608,29 @@ class Monitor:
             self._nonfinite_seen.add(("train", "step_loss"))
             self.writer.event("nonfinite_loss", step=first, epoch=self.row_epoch, probe="train",
                               key="step_loss", count=count)
+
+    def _replay_detector(self, metrics: Any, events: list[dict[str, Any]]) -> None:
+        """On resume: rebuild the detector from the recorded probe events, and its alarm state.
+
+        The last ``co_alarm`` stands unless a ``rollback`` followed it (the
+        roll-back re-armed the detector; the replay restarts after it).
+        """
+        from .detector import event_values
+
+        if self.detector is None:
+            return
+        kinds = [e.get("kind") for e in events]
+        last_alarm = max((i for i, k in enumerate(kinds) if k == "co_alarm"), default=-1)
+        last_rollback = max((i for i, k in enumerate(kinds) if k == "rollback"), default=-1)
+        after = int(events[last_rollback].get("step", -1)) if last_rollback >= 0 else -1
+        for step, epoch, values in event_values(metrics):
+            if step > after:
+                self.detector.update(step, epoch, values)
+        if last_alarm > last_rollback:  # written (and perhaps acted on) before the interruption
+            self.co_alarm = self.detector.alarm = {k: v for k, v in events[last_alarm].items()
+                                                   if k not in ("kind", "time")}
+        else:
+            self.detector.alarm = None  # none written: it may fire (and be written) from now on
 
     def _run_detector(self, step: int, epoch: int, values: Mapping[tuple[str, str], float]) -> None:
         if self.detector is None:

@@ -170,8 +170,12 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 loss_sum += loss.detach().float()
             mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
             mon.epoch_end()
-            if hasattr(method, "on_epoch_end"):
-                method.on_epoch_end(epoch, model, optimizer, mon)
+            if method.on_epoch_end(epoch, model, optimizer, mon):
+                # ZeroGrad roll-back restored weights from before the collapse: record it and
+                # re-arm the detector so a second collapse is seen too.
+                details = getattr(method, "last_rollback", {})
+                mon.event("rollback", **{k: v for k, v in details.items() if k != "epoch"})
+                mon.reset_co()
         train_time = time.perf_counter() - start
 
         result: dict[str, Any] = {}

@@ -241,6 +241,18 @@ def test_multigrad_keeps_only_sign_agreeing_coordinates():
     assert torch.allclose(d[agree], EPS * grads[0].sign()[agree])
 
 
+def test_multigrad_random_start_variant_keeps_the_first_start_where_signs_disagree():
+    model = tiny_cnn()
+    x, y, _ = batch(interior=True)
+    m = make("multigrad", random_start=True)
+    start = m.start(model, x, y, generator=torch.Generator().manual_seed(7))
+    d = m.perturb(model, x, y, generator=torch.Generator().manual_seed(7))
+    plain = make("multigrad").perturb(model, x, y, generator=torch.Generator().manual_seed(7))
+    disagree = plain == 0
+    assert torch.allclose(d[disagree], start[disagree], atol=1e-6)
+    assert torch.allclose(d[~disagree], (start + plain)[~disagree].clamp(-EPS, EPS), atol=1e-6)
+
+
 def test_multigrad_batched_equals_sequential_without_batchnorm():
     model = tiny_cnn()
     x, y, _ = batch()

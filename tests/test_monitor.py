@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import codiag.monitor as monitor_mod
 from codiag.errors import UsageError
 from codiag.monitor import monitor, parse_every
 from codiag.runs import load_run
@@ -302,3 +301,30 @@ def test_per_step_update_norms_stay_on_device_until_the_event(tmp_path):
     assert l2["step"].tolist() == [1, 2, 3, 4, 5, 6] and l2["epoch"].tolist() == [1, 1, 1, 2, 2, 2]
     assert l2["value"].tolist() == pytest.approx(expected, rel=1e-5)
     assert run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 6]
+
+
+def test_resume_keeps_the_alarm_state(tmp_path, monkeypatch):
+    values = iter([(0.4, 0.5), (0.05, 0.9), (0.0, 0.9), (0.0, 0.9)])
+
+    class Scripted(Probe):
+        name = "scripted"
+
+        def run(self, ctx):
+            pgd, fgsm = next(values)
+            ctx.log("robust_acc", "pgd_acc", pgd)
+            ctx.log("robust_acc", "fgsm_acc", fgsm)
+
+    monkeypatch.setitem(PROBES, "scripted", Scripted)
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["scripted"],
+                 probe_n=8, every=1) as mon:
+        opt.step()
+        assert mon.co_detected
+    calls = []
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["scripted"],
+                 probe_n=8, every=1, resume=True, on_co=calls.append) as mon:
+        assert mon.co_detected and mon.co_alarm["step"] == 1 and mon.detector.peak_pgd == 0.4
+        opt.step()
+    assert calls == [] and len(load_run(tmp_path / "r").events_of("co_alarm")) == 1

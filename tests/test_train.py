@@ -82,3 +82,22 @@ def test_config_rejects_bad_values():
                 dict(lr=0), dict(nonsense=1)):
         with pytest.raises(UsageError):
             TrainConfig.from_dict(bad)
+
+
+def test_zerograd_rollback_acts_on_the_online_alarm(tmp_path):
+    """ZeroGrad 5.2: on the monitor's CO alarm the trainer restores the checkpoint from
+    before the collapse and continues with the larger q. With q0 = 0, no random start and
+    step eps, the first stage is plain FGSM, which collapses in the short setting."""
+    torch.set_num_threads(1)
+    out = tmp_path / "rb"
+    train(dict(SHORT, out=str(out), method="zerograd_rollback", method_args={"qs": [0.0, 0.5], "init": 0.0, "step": 1.0},
+               eval_n=0, epochs=7, probes=["robust_acc", "grad_align", "method_state"]))
+    run = load_run(out)
+    alarms, rollbacks = run.events_of("co_alarm"), run.events_of("rollback")
+    assert alarms and rollbacks, [e["kind"] for e in run.events]
+    assert rollbacks[0]["q_from"] == 0.0 and rollbacks[0]["q_to"] == 0.5
+    assert rollbacks[0]["step"] >= alarms[0]["step"]
+    q = run.scalar("method_state", "q")
+    assert (q[q["step"] <= alarms[0]["step"]]["value"] == 0.0).all()
+    after = q[q["step"] > rollbacks[0]["step"]]["value"]
+    assert len(after) and (after == 0.5).all(), q

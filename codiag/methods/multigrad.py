@@ -16,7 +16,12 @@ of N times. ``batched=False`` runs the starts one after another like the
 reference code (``consensus_fgsm`` with ``--c-parallel`` off, its default), so
 each start sees B-batch statistics and the running averages get N updates;
 choose it to reproduce the reference's BatchNorm behaviour. Models without
-BatchNorm (cnn4) give identical perturbations either way (tested). Batched is
+BatchNorm (cnn4) give identical perturbations either way (tested).
+
+``random_start=True`` (ours, off by default) implements the variant the paper
+suggests for large eps (Appendix C.2, "maybe use a random start variation"):
+the step is taken from the first random start instead of the clean input, so
+coordinates without sign agreement keep random values. Batched is
 the default because the issue's cost target (<= 1.6x FGSM on PreAct ResNet-18)
 and the paper's own "in parallel" call for it, and the BatchNorm difference is
 a second-order effect on the statistics, not on the algorithm.
@@ -44,7 +49,7 @@ class MultiGrad(Method):
     """MultiGrad: N (3) uniform starts, keep sign-unanimous coordinates, step ``step`` eps (1.0) from zero."""
 
     name = "multigrad"
-    defaults = {"n": 3, "step": 1.0, "init": 1.0, "batched": True}
+    defaults = {"n": 3, "step": 1.0, "init": 1.0, "batched": True, "random_start": False}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
@@ -70,7 +75,10 @@ class MultiGrad(Method):
             grads = torch.stack([input_grad(model, x + starts[j], y) for j in range(n)])
         direction = agreeing_signs(grads)
         self._kept = direction.ne(0)
-        delta = (self.step * self.eps * direction).clamp(-self.eps, self.eps)
+        # the paper's delta starts at the clean input; random_start keeps the first start (C.2's
+        # suggested variant for large eps: disagreeing coordinates keep random values)
+        origin = starts[0] if self.random_start else torch.zeros_like(x)
+        delta = (origin + self.step * self.eps * direction).clamp(-self.eps, self.eps)
         return clamp_to_image(x, delta).detach()
 
     def state(self) -> dict[str, StateValue]:
