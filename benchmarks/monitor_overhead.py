@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
     method = get_method("fgsm", s.eps, seed=0)
     loader = make_loader(train, 128, shuffle=True, with_index=True, seed=0, device=device)
     times = [0.0, 0.0]
+    warnings.simplefilter("ignore", UserWarning)  # epoch_end is deliberately never called here
     with monitor(models[1], opts[1], run_dir, eps=s.eps, probe_data=test, train_data=train,
                  attack=method.perturb, method=method, every="epoch", probes="default",
                  probe_n=s.probe_n, train_probe_n=s.train_probe_n, tensorboard=False, overwrite=True,
