@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from .detector import SIGNALS, CODetector
 from .errors import UsageError
+from .runs import host_values
 
 DEFAULT_PROBE_N = 256
 DEFAULT_TRAIN_PROBE_N = 512
@@ -574,7 +575,7 @@ class Monitor:
         """Move all buffered values to the host (one transfer per device), write and flush them."""
         rows = self._pending + self._drain_step_rows() + rows
         self._pending = []
-        values = _host_floats([r[4] for r in rows])
+        values = host_values([r[4] for r in rows])
         event_values: dict[tuple[str, str], float] = {}
         for (step, epoch, probe, key, _), value in zip(rows, values):
             self.writer.log(step, epoch, probe, key, value)
@@ -645,22 +646,6 @@ class Monitor:
         self.writer.event("co_alarm", **alarm)
         if self.on_co is not None:
             self.on_co(alarm)
-
-
-def _host_floats(values: list[Any]) -> list[float]:
-    """Numbers and 0-d tensors to floats, with one device-to-host transfer per device."""
-    out: list[Any] = list(values)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, v in enumerate(values):
-        if isinstance(v, Tensor):
-            by_device.setdefault(v.device, []).append(i)
-        else:
-            out[i] = float(v)
-    for idx in by_device.values():
-        host = torch.stack([values[i].reshape(()).float() for i in idx]).cpu().tolist()
-        for i, v in zip(idx, host):
-            out[i] = float(v)
-    return out
 
 
 def monitor(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: str | Path, eps: float,

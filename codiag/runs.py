@@ -202,7 +202,7 @@ class RunWriter:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        values = _host_values([r[4] for r in rows])
+        values = host_values([r[4] for r in rows])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         for (step, epoch, probe, key, _), value in zip(rows, values):
@@ -253,7 +253,7 @@ class RunWriter:
                    "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
 
 
-def _host_values(values: list[Any]) -> list[float]:
+def host_values(values: list[Any]) -> list[float]:
     """Convert numbers and 0-d tensors to floats with one host transfer per device."""
     out: list[Any] = list(values)
     by_device: dict[torch.device, list[int]] = {}
@@ -265,7 +265,7 @@ def _host_values(values: list[Any]) -> list[float]:
     for idx in by_device.values():
         stacked = torch.stack([values[i].detach().reshape(()).float() for i in idx]).cpu().tolist()
         for i, v in zip(idx, stacked):
-            out[i] = v
+            out[i] = float(v)
     return out
 
 
