@@ -256,7 +256,7 @@ def test_multigrad_random_start_variant_keeps_the_first_start_where_signs_disagr
 def test_multigrad_batched_equals_sequential_without_batchnorm():
     model = tiny_cnn()
     x, y, _ = batch()
-    a = make("multigrad").perturb(model, x, y, generator=torch.Generator().manual_seed(1))
+    a = make("multigrad", batched=True).perturb(model, x, y, generator=torch.Generator().manual_seed(1))
     b = make("multigrad", batched=False).perturb(model, x, y, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
 
