@@ -56,6 +56,7 @@ class TrainConfig:
     eval_steps: int = 50
     eval_restarts: int = 10
     autoattack: bool = False
+    stop_after_co: int | None = None     # end training this many epochs after the online CO alarm
     checkpoint: bool = True
     progress: bool = True
 
@@ -90,6 +91,9 @@ class TrainConfig:
                 raise UsageError(f"{name.replace('_', ' ')} must be a "
                                  f"{'non-negative' if name in ('epochs', 'eval_n') else 'positive'} "
                                  f"integer, got {value}")
+        if self.stop_after_co is not None and (not isinstance(self.stop_after_co, int)
+                                                or self.stop_after_co < 0):
+            raise UsageError(f"stop after co must be a non-negative integer, got {self.stop_after_co}")
         if self.train_limit is not None and self.train_limit < 1:
             raise UsageError(f"train limit must be positive, got {self.train_limit}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -176,6 +180,10 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 details = getattr(method, "last_rollback", {})
                 mon.event("rollback", **{k: v for k, v in details.items() if k != "epoch"})
                 mon.reset_co()
+            elif (cfg.stop_after_co is not None and mon.co_detected
+                  and mon.epoch - mon.co_alarm["epoch"] >= cfg.stop_after_co):
+                mon.event("stopped_after_co", alarm_epoch=mon.co_alarm["epoch"])
+                break
         train_time = time.perf_counter() - start
 
         result: dict[str, Any] = {}

@@ -25,6 +25,7 @@ def test_help(args):
     (["train", "--eps", "2"], "eps must lie in [0, 1]"),
     (["train", "--eps", "8/0"], "eps"),
     (["train", "--epochs", "-3"], "must not be negative"),
+    (["demo", "--stop-after-co", "-1"], "must not be negative"),
     (["train", "--method", "nosuchmethod", "--epochs", "0"], "unknown method"),
     (["train", "--model", "nosuchmodel", "--epochs", "0"], "unknown model"),
     (["train", "--dataset", "imagenet", "--epochs", "0"], "unknown dataset"),
@@ -34,7 +35,7 @@ def test_help(args):
     (["report", "/nonexistent/run"], "/nonexistent/run"),
 ])
 def test_bad_input_one_line_exit_2(args, needle, tmp_path):
-    p = codiag(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else codiag(*args)
+    p = codiag(*args, "--out", str(tmp_path / "r")) if args[0] in ("train", "demo") else codiag(*args)
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr

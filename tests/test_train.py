@@ -79,7 +79,7 @@ def test_seed_reproduces_weights_exactly(tmp_path):
 def test_config_rejects_bad_values():
     from codiag.errors import UsageError
     for bad in (dict(eps=1.5), dict(epochs=-1), dict(method="nope"), dict(batch_size=0),
-                dict(lr=0), dict(nonsense=1)):
+                dict(lr=0), dict(nonsense=1), dict(stop_after_co=-1)):
         with pytest.raises(UsageError):
             TrainConfig.from_dict(bad)
 
@@ -101,3 +101,17 @@ def test_zerograd_rollback_acts_on_the_online_alarm(tmp_path):
     assert (q[q["step"] <= alarms[0]["step"]]["value"] == 0.0).all()
     after = q[q["step"] > rollbacks[0]["step"]]["value"]
     assert len(after) and (after == 0.5).all(), q
+
+
+def test_stop_after_co_ends_training_one_epoch_after_the_alarm(tmp_path):
+    """``stop_after_co`` (the demo's --quick): the same run as without it, cut N epochs after the alarm."""
+    torch.set_num_threads(1)
+    out = tmp_path / "stop"
+    train(dict(SHORT, out=str(out), method="fgsm", every="epoch", epochs=8, eval_n=0, stop_after_co=1))
+    run = load_run(out)
+    alarm, = run.events_of("co_alarm")
+    stopped, = run.events_of("stopped_after_co")
+    assert stopped["alarm_epoch"] == alarm["epoch"] and stopped["epoch"] == alarm["epoch"] + 1
+    assert alarm["epoch"] + 1 < 8, "the run collapsed too late to show the cut"
+    assert run.scalar("train", "loss")["epoch"].max() == alarm["epoch"] + 1
+    assert run.status == "finished"

@@ -86,6 +86,8 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--eval-steps", type=_positive_int, default=d.eval_steps)
     p.add_argument("--eval-restarts", type=_positive_int, default=d.eval_restarts)
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (torchattacks)")
+    p.add_argument("--stop-after-co", type=_positive_int, default=d.stop_after_co, metavar="N",
+                   help="end training N epochs after the online CO alarm (default: train on)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -109,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, train_limit=args.train_limit, seed=args.seed, amp=args.amp,
         device=args.device, probes=probes, every=every, eval_n=args.eval_n,
         eval_steps=args.eval_steps, eval_restarts=args.eval_restarts, autoattack=args.autoattack,
+        stop_after_co=args.stop_after_co,
         progress=not args.quiet)
     cfg.validate()
     return cfg
