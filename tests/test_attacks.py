@@ -67,7 +67,7 @@ def trained(fmnist):
 
 
 @pytest.fixture
-def test_set(fmnist):
+def fmnist_test(fmnist):
     return fmnist[2], fmnist[3]
 
 
@@ -89,10 +89,10 @@ def gen(seed: int) -> torch.Generator:
 # ---------------------------------------------------------------------------------------------
 # PGD and FGSM
 # ---------------------------------------------------------------------------------------------
-def test_pgd_agrees_with_torchattacks_pgd(trained, test_set):
+def test_pgd_agrees_with_torchattacks_pgd(trained, fmnist_test):
     import torchattacks
 
-    x, y = test_set
+    x, y = fmnist_test
     alpha, steps = EPS / 4, 10
     ours = x + attacks.pgd(trained, x, y, EPS, alpha=alpha, steps=steps, random_start=False)
     theirs = torchattacks.PGD(trained, eps=EPS, alpha=alpha, steps=steps, random_start=False)(x, y)
@@ -104,8 +104,8 @@ def test_pgd_agrees_with_torchattacks_pgd(trained, test_set):
 
 
 @pytest.mark.parametrize("attack", ["pgd", "fgsm"])
-def test_delta_stays_in_the_eps_ball_and_the_image_box(trained, test_set, attack):
-    x, y = test_set
+def test_delta_stays_in_the_eps_ball_and_the_image_box(trained, fmnist_test, attack):
+    x, y = fmnist_test
     x = torch.cat([x[:64], 1 - x[64:128]])  # many pixels at 0 and at 1: both box faces active
     if attack == "pgd":
         delta = attacks.pgd(trained, x, y[:128], EPS, alpha=EPS, steps=5, restarts=2, generator=gen(1))
@@ -120,16 +120,16 @@ def test_delta_stays_in_the_eps_ball_and_the_image_box(trained, test_set, attack
     assert ((x == 0) & (delta == 0)).any() and ((x == 1) & (delta == 0)).any()
 
 
-def test_fgsm_default_is_one_step_of_eps_from_zero(trained, test_set):
-    x, y = test_set
+def test_fgsm_default_is_one_step_of_eps_from_zero(trained, fmnist_test):
+    x, y = fmnist_test
     x, y = x[:32], y[:32]
     grad = attacks.input_grad(trained, x, y)
     expected = torch.clamp(x + EPS * grad.sign(), 0, 1) - x
     torch.testing.assert_close(attacks.fgsm(trained, x, y, EPS), expected, rtol=0, atol=0)
 
 
-def test_pgd_is_at_least_as_strong_as_fgsm(trained, test_set):
-    x, y = test_set
+def test_pgd_is_at_least_as_strong_as_fgsm(trained, fmnist_test):
+    x, y = fmnist_test
     loss_f, wrong_f = per_sample(trained, x + attacks.fgsm(trained, x, y, EPS), y)
     loss_p, wrong_p = per_sample(trained, x + attacks.pgd(trained, x, y, EPS, steps=10), y)
     assert wrong_f.float().mean() > 1 - accuracy(trained, x, y)  # FGSM itself does something
@@ -137,8 +137,8 @@ def test_pgd_is_at_least_as_strong_as_fgsm(trained, test_set):
     assert loss_p.mean() >= loss_f.mean()
 
 
-def test_restarts_keep_every_break_and_never_lower_the_loss(trained, test_set):
-    x, y = test_set
+def test_restarts_keep_every_break_and_never_lower_the_loss(trained, fmnist_test):
+    x, y = fmnist_test
     kw = dict(steps=1)  # a weak attack, so that the random starts matter
     # restarts draw their starts one after another from the generator, so five
     # single-restart runs on one generator are exactly the five restarts
@@ -187,8 +187,8 @@ def test_restarts_prefer_a_break_then_the_highest_loss():
     assert torch.equal(delta, expected)
 
 
-def test_early_stop_freezes_misclassified_points(trained, test_set):
-    x, y = test_set
+def test_early_stop_freezes_misclassified_points(trained, fmnist_test):
+    x, y = fmnist_test
     kw = dict(steps=10, random_start=False)
     full = attacks.pgd(trained, x, y, EPS, **kw)
     stopped = attacks.pgd(trained, x, y, EPS, early_stop=True, **kw)
@@ -201,8 +201,8 @@ def test_early_stop_freezes_misclassified_points(trained, test_set):
     assert not torch.equal(stopped, full)
 
 
-def test_seeds_reproduce_exactly(trained, test_set):
-    x, y = test_set
+def test_seeds_reproduce_exactly(trained, fmnist_test):
+    x, y = fmnist_test
     x, y = x[:64], y[:64]
     a = attacks.pgd(trained, x, y, EPS, restarts=2, generator=gen(7))
     b = attacks.pgd(trained, x, y, EPS, restarts=2, generator=gen(7))
@@ -218,8 +218,8 @@ def test_seeds_reproduce_exactly(trained, test_set):
     assert attacks.evaluate(trained, (x, y), EPS, **kw) != attacks.evaluate(trained, (x, y), EPS, seed=1, **kw)
 
 
-def test_autocast_does_not_leak_into_attacks(trained, test_set):
-    x, y = test_set
+def test_autocast_does_not_leak_into_attacks(trained, fmnist_test):
+    x, y = fmnist_test
     x, y = x[:64], y[:64]
     plain = {
         "pgd": attacks.pgd(trained, x, y, EPS, steps=5),
@@ -242,8 +242,8 @@ def test_autocast_does_not_leak_into_attacks(trained, test_set):
     assert mixed["eval"] == plain["eval"]
 
 
-def test_attack_loops_never_sync_with_the_host(trained, test_set, monkeypatch):
-    x, y = test_set
+def test_attack_loops_never_sync_with_the_host(trained, fmnist_test, monkeypatch):
+    x, y = fmnist_test
     x, y = x[:32], y[:32]
 
     def forbidden(*args, **kwargs):
@@ -371,8 +371,8 @@ def test_input_grad_create_graph_supports_double_backprop():
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
-def test_evaluate_matches_a_direct_computation(trained, test_set):
-    x, y = test_set
+def test_evaluate_matches_a_direct_computation(trained, fmnist_test):
+    x, y = fmnist_test
     res = attacks.evaluate(trained, (x, y), EPS, n=100, pgd_steps=4, restarts=2, seed=5)
     x, y = x[:100], y[:100]
     with torch.no_grad():
@@ -387,8 +387,8 @@ def test_evaluate_matches_a_direct_computation(trained, test_set):
     assert res["pgd_acc"] < res["clean_acc"]
 
 
-def test_evaluate_reads_the_first_n_points_of_a_loader(trained, test_set):
-    x, y = test_set
+def test_evaluate_reads_the_first_n_points_of_a_loader(trained, fmnist_test):
+    x, y = fmnist_test
     drawn = []
 
     def loader():  # yields (x, y, meta) and fails if read further than needed
@@ -407,8 +407,8 @@ def test_evaluate_reads_the_first_n_points_of_a_loader(trained, test_set):
 # ---------------------------------------------------------------------------------------------
 # AutoAttack (torchattacks)
 # ---------------------------------------------------------------------------------------------
-def test_autoattack_runs_and_is_no_better_than_clean(trained, test_set):
-    x, y = test_set
+def test_autoattack_runs_and_is_no_better_than_clean(trained, fmnist_test):
+    x, y = fmnist_test
     x, y = x[:16], y[:16]
     res = attacks.autoattack(trained, x, y, EPS, attacks=("apgd-ce",), steps=10)
     clean = accuracy(trained, x, y)

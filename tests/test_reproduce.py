@@ -51,8 +51,11 @@ def test_every_run_spec_is_a_valid_training_config():
     from codiag.train import TrainConfig
     for scale in SCALES:
         for name, spec in SPECS[scale].items():
-            cfg = TrainConfig.from_dict({**spec.config, "out": "unused", "data_root": None})
-            get_method(cfg.method, cfg.eps, seed=0, num_samples=10, **cfg.method_args)   # hparams known
+            cfg = TrainConfig.from_dict({**spec.config, "out": "unused", "data_root": None})  # raises if invalid
+            method = get_method(cfg.method, cfg.eps, seed=0, num_samples=10, **cfg.method_args)
+            assert method.name == cfg.method, (scale, name)
+            for key, value in cfg.method_args.items():   # every hyper-parameter reached the method
+                assert getattr(method, key) == value, (scale, name, key)
 
 
 @pytest.mark.parametrize("args, needle", [
