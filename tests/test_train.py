@@ -104,7 +104,7 @@ def test_zerograd_rollback_acts_on_the_online_alarm(tmp_path):
 
 
 def test_stop_after_co_ends_training_one_epoch_after_the_alarm(tmp_path):
-    """``stop_after_co`` (the demo's --quick): the same run as without it, cut N epochs after the alarm."""
+    """``stop_after_co`` (the demo's --quick): training ends N = 1 epochs after the online alarm."""
     torch.set_num_threads(1)
     out = tmp_path / "stop"
     train(dict(SHORT, out=str(out), method="fgsm", every="epoch", epochs=8, eval_n=0, stop_after_co=1))
