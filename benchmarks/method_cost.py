@@ -9,7 +9,8 @@ For each model, one ``method.train_step`` per method is timed in turn
 ``--reps`` rounds after ``--warmup`` untimed rounds; the reported ratio is the
 median over rounds of the method's time divided by FGSM's time in that round.
 Methods with per-sample state get fixed indices (ATAS with its warm-up skipped,
-so the adaptive path is timed). Free-m does ``m`` optimizer steps per ``train_step``; its time is divided by ``m``.
+so the adaptive path is timed). Free-m does ``m`` optimizer steps per
+``train_step``; its time is divided by ``m``.
 
 Targets (issue 4; PreAct ResNet-18): ZeroGrad and ATAS <= 1.1, APART <= 1.5,
 MultiGrad (N=3) <= 1.6, GradAlign <= 2.3, PGD-10 ~4.5-5.5. cnn4, where
