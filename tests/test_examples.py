@@ -1,0 +1,41 @@
+"""The examples run as users run them: ``examples/wrap_your_loop.py`` on real data writes a run
+directory that codiag reads back (a one-epoch, 1k-image version of its demo)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from codiag.runs import load_run
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wrap_your_loop_writes_a_run_codiag_can_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = _example("wrap_your_loop").main(["--epochs", "2", "--train-limit", "1000", "--no-report",
+                                          "--out", str(out)])
+    assert rc == 0
+    run = load_run(out)
+    acc = run.scalar("robust_acc", "pgd_acc")
+    assert acc["epoch"].tolist() == [0, 1, 2]     # initial event, then one per epoch_end()
+    assert acc["value"].between(0, 1).all()
+    assert "CO epoch:" in capsys.readouterr().out
+
+
+def test_methods_vs_co_verdict_applies_the_issue_criteria():
+    verdict = _example("methods_vs_co").verdict
+    ok = {"fgsm": [{"pgd_acc": 0.0}, {"pgd_acc": 0.01}, {"pgd_acc": 0.3}],
+          "zerograd": [{"pgd_acc": 0.3}, {"pgd_acc": 0.25}, {"pgd_acc": 0.4}]}
+    assert verdict(ok) == []
+    bad = {"fgsm": [{"pgd_acc": 0.0}, {"pgd_acc": 0.3}, {"pgd_acc": 0.3}],
+           "zerograd": [{"pgd_acc": 0.3}, {"pgd_acc": 0.24}, {"pgd_acc": 0.4}]}
+    assert verdict(bad) == ["fgsm collapsed in 1 seeds only", "zerograd: a seed ended below 25% PGD accuracy"]
