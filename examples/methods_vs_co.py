@@ -18,8 +18,9 @@ through ``method.train_step`` (equivalently ``perturb`` + ``loss``) and
 
 Hyper-parameters the papers do not give for this eps were chosen on a
 validation split (training images 50,000-50,499, disjoint from the 30k used
-for training), seed 0, PGD-10 accuracy at the end of training; ``--tune``
-re-runs that search and prints the grid. See HPARAMS for the numbers.
+for training), PGD-10 accuracy at the end of training, seeds 0-2 for GradAlign
+and ZeroGrad and seed 0 for the rest; ``--tune`` re-runs that search and prints
+the grid. See HPARAMS for the numbers.
 """
 from __future__ import annotations
 
@@ -34,13 +35,24 @@ import torch
 EPS = 0.2
 
 # Chosen on the validation split (training images 50,000-50,499, disjoint from the 30k used for
-# training; seed 0; PGD-10 accuracy, step eps/4, at the end of the full 20-epoch run; CPU).
-# Everything not listed is the codiag.methods default (the papers' values).
+# training; PGD-10 accuracy, step eps/4, 500 points, at the end of the full 20-epoch run; CPU).
+# Everything not listed is the codiag.methods default (the papers' values). GradAlign and ZeroGrad
+# were chosen on seeds 0, 1 and 2 (seed 2, where FGSM collapses at epoch 3, is the hard one); the
+# others on seed 0, their table holding in every seed.
 #
 #   method     setting                         val PGD-10   note
-#   gradalign  lambda 2.0 (App. B rule > 16/255)   0.30     lambda 0.5: collapses after epoch 12 (0.06)
-#   zerograd   q 0.35 (CIFAR-10 default)            0.00     CO at epoch 5
-#              q 0.8                                0.34     (q 0.6 fails the 6-epoch screen below: 0.10)
+#   gradalign  lambda 2.0 (App. B rule > 16/255)   0.30     seed 0; test seed 2: 0.11 (collapses)
+#              lambda 3.0 / lambda 1.0, step 0.75   0.24 / 0.19   seed 2
+#              lambda 2.0, step 0.75 / 0.5          0.25 / 0.30   seed 2
+#              lambda 3.0, step 0.6             0.23 / 0.28  seeds 1 / 2
+#              lambda 2.0, step 0.6       0.34 / 0.30 / 0.30  seeds 0 / 1 / 2: chosen. Every setting dips
+#                                                           at epoch 4 on seed 2 and recovers to ~0.3
+#   zerograd   q 0.35 (CIFAR-10 default)            0.00     seed 0, CO at epoch 5
+#              q 0.8                                0.34     seed 0; test seeds 1, 2: 0.19, 0.01
+#              seed 2: q 0.9 0.05; q 0.8 step 1.5 0.03; q 0.7 / 0.6 / 0.5 step 1.0: 0.03 / 0.09 / 0.23
+#              q 0.5, step 0.75                     0.50     seed 2
+#              q 0.35, step 0.75          0.52 / 0.51 / 0.55  seeds 0 / 1 / 2: chosen. The step, not q,
+#                                                           decides (cf. ZeroGrad App. C.2 at 16/255)
 #   multigrad  N 3, step eps (paper)                0.18     declining from 0.34 at epoch 8
 #              N 6 / step 0.75 / step 0.5 eps     0.12-0.20  screens, no recovery
 #              random start (App. C.2 variant)     0.52     chosen: disagreeing coordinates stay random
@@ -57,14 +69,12 @@ EPS = 0.2
 #
 # The full table with these settings (test PGD-50-10, first 1000 points, seeds 0 / 1 / 2, CPU):
 #   fgsm 0.000 / 0.002 / 0.000; pgd10 0.600 / 0.590 / 0.597; multigrad 0.504 / 0.524 / 0.579;
-#   atas 0.609 / 0.572 / 0.615; n_fgsm 0.494 / 0.477 / 0.457;
-#   gradalign 0.255 / 0.522 / 0.108 and zerograd 0.326 / 0.187 / 0.013 collapse in some seeds:
-#   their settings, chosen on seed 0 only, do not yet meet the 25% bar (gradalign lambda 5.0:
-#   val 0.236 at seed 0, no better). Choose them across seeds before trusting them.
+#   atas 0.609 / 0.572 / 0.615; n_fgsm 0.494 / 0.477 / 0.457; zerograd 0.493 / 0.467 / 0.536;
+#   gradalign 0.320 / 0.291 / 0.261 (seed 2 is 1 point above the bar: the narrowest margin here).
 HPARAMS: dict[str, dict[str, Any]] = {
     "fgsm": {},
-    "gradalign": {},
-    "zerograd": {"q": 0.8},
+    "gradalign": {"lam": 2.0, "step": 0.6},
+    "zerograd": {"q": 0.35, "step": 0.75},
     "multigrad": {"random_start": True},
     "atas": {"c": 0.002, "warmup_epochs": 0},
     "n_fgsm": {"step": 0.75},
@@ -73,8 +83,11 @@ HPARAMS: dict[str, dict[str, Any]] = {
 
 # --tune grids: the settings compared above
 TUNE_GRID: dict[str, list[dict[str, Any]]] = {
-    "gradalign": [{}, {"lam": 0.5}],
-    "zerograd": [{}, {"q": 0.6}, {"q": 0.8}],
+    "gradalign": [{}, {"lam": 0.5}, {"lam": 3.0}, {"lam": 1.0, "step": 0.75}, {"lam": 2.0, "step": 0.75},
+                  {"lam": 2.0, "step": 0.6}, {"lam": 3.0, "step": 0.6}, {"lam": 2.0, "step": 0.5}],
+    "zerograd": [{}, {"q": 0.8}, {"q": 0.9}, {"q": 0.8, "step": 1.5}, {"q": 0.7, "step": 1.0},
+                 {"q": 0.6, "step": 1.0}, {"q": 0.5, "step": 1.0}, {"q": 0.5, "step": 0.75},
+                 {"q": 0.35, "step": 0.75}],
     "multigrad": [{}, {"n": 6}, {"step": 0.75}, {"step": 0.5}, {"random_start": True}],
     "atas": [{}, {"c": 0.002}, {"c": 0.002, "warmup_epochs": 0}],
     "n_fgsm": [{}, {"noise": 3.0}, {"step": 0.75}],
@@ -158,14 +171,16 @@ def verdict(table: dict[str, list[dict[str, float]]]) -> list[str]:
     return fails
 
 
-def tune(seed: int, epochs: int, train_limit: int, threads: int | None) -> None:
+def tune(methods: list[str], seeds: list[int], epochs: int, train_limit: int, threads: int | None) -> None:
+    """Validation PGD-10 (500 points, 1 restart) at the end of training for each TUNE_GRID setting and seed."""
     data = load(train_limit)
-    for name, grid in TUNE_GRID.items():
-        for hp in grid:
-            model = train_one(name, hp, seed, data, epochs, threads=threads)
-            res = evaluate(model, data["xv"], data["yv"], 500, 10, 1, seed)
-            print(json.dumps({"method": name, "hp": hp, "val_clean": round(res["clean_acc"], 3),
-                              "val_pgd10": round(res["pgd_acc"], 3)}), flush=True)
+    for name in methods:
+        for hp in TUNE_GRID.get(name, []):
+            for seed in seeds:
+                model = train_one(name, hp, seed, data, epochs, threads=threads)
+                res = evaluate(model, data["xv"], data["yv"], 500, 10, 1, seed)
+                print(json.dumps({"method": name, "hp": hp, "seed": seed, "val_clean": round(res["clean_acc"], 3),
+                                  "val_pgd10": round(res["pgd_acc"], 3)}), flush=True)
 
 
 def main() -> None:
@@ -181,7 +196,7 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="run the validation grid instead of the table")
     args = p.parse_args()
     if args.tune:
-        tune(args.seeds[0], args.epochs, args.train_limit, args.threads)
+        tune([m for m in args.methods if m in TUNE_GRID], args.seeds, args.epochs, args.train_limit, args.threads)
         return
     table = run_table(args.methods, args.seeds, args.epochs, args.train_limit, args.eval_n,
                       args.pgd_steps, args.restarts, args.threads)

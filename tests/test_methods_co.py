@@ -44,6 +44,6 @@ def test_fgsm_collapses(co):
     assert final_pgd(co, "fgsm") < 0.08
 
 
-@pytest.mark.parametrize("name", ["zerograd", "n_fgsm", "atas"])
+@pytest.mark.parametrize("name", ["zerograd", "n_fgsm", "atas", "gradalign", "multigrad"])
 def test_method_does_not_collapse(co, name):
     assert final_pgd(co, name) >= 0.20

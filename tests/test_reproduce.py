@@ -113,3 +113,19 @@ def test_quick_preset_trains_draws_and_is_reused(capsys, tmp_path):
     assert rc == 0 and "reusing cached run" in out
     assert (run_dir / "metrics.csv").stat().st_mtime == mtime
     assert QUICK["epochs"] == 2
+
+
+def test_embedded_method_runs_use_the_settings_validated_for_eps_0_2():
+    """The embedded presets train each method with examples/methods_vs_co.py's HPARAMS (the settings
+    that hold at eps 0.2); a change to one must reach the other."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "methods_vs_co.py"
+    spec = importlib.util.spec_from_file_location("methods_vs_co", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    embedded = SPECS["embedded"]
+    shared = [m for m in example.HPARAMS if f"fmnist-{m}" in embedded]
+    assert {"fgsm", "zerograd", "multigrad", "gradalign", "atas", "pgd10"} <= set(shared)
+    for method in shared:
+        hparams, cfg = example.HPARAMS[method], embedded[f"fmnist-{method}"].config
+        assert cfg["method"] == method and cfg["eps"] == example.EPS
+        assert {k: cfg["method_args"][k] for k in hparams} == hparams, method
