@@ -3,6 +3,8 @@
     python benchmarks/method_cost.py                       # PreAct ResNet-18 and cnn4, CPU or GPU
     python benchmarks/method_cost.py --models cnn4 --reps 30 --batch 128
     python benchmarks/method_cost.py --device cuda --amp   # bf16 autocast, as `codiag train --amp`
+    python benchmarks/method_cost.py --models preact_resnet18 --batch 32 --reps 5 --warmup 1 \
+        --only zerograd multigrad gradalign atas apart pgd10  # ResNet-18 on a small CPU (~10 min, 2 cores)
 
 For each model, one ``method.train_step`` per method is timed in turn
 (interleaved round robin, so drifting machine load hits all methods alike),
