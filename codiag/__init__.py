@@ -7,7 +7,11 @@ User code imports only ``codiag``::
         ...
     run = codiag.load_run("runs/fgsm")
 
-Names are resolved lazily so that ``codiag --help`` stays fast.
+Names are resolved lazily, except ``monitor`` and ``train``: they share their names with
+their submodules, and importing a submodule (``from codiag.train import TrainConfig``)
+rebinds the package attribute to the module, which would make ``codiag.train(...)``
+fail with "'module' object is not callable". Importing both first and binding the
+functions after keeps the attributes the functions for good.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "monitor": "codiag.monitor",
     "Monitor": "codiag.monitor",
     "load_run": "codiag.runs",
     "RunWriter": "codiag.runs",
@@ -30,8 +33,10 @@ _EXPORTS = {
     "METHODS": "codiag.methods",
     "evaluate": "codiag.attacks",
     "detect_co": "codiag.detector",
-    "train": "codiag.train",
 }
+
+from .monitor import monitor  # noqa: E402  (after the submodule import; see the docstring)
+from .train import train  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +52,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS, "attacks"])
 
 
-__all__ = sorted(_EXPORTS) + ["attacks", "__version__"]
+__all__ = sorted([*_EXPORTS, "monitor", "train", "attacks", "__version__"])

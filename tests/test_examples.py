@@ -1,8 +1,11 @@
 """The examples run as users run them: ``examples/wrap_your_loop.py`` on real data writes a run
-directory that codiag reads back (a one-epoch, 1k-image version of its demo)."""
+directory that codiag reads back (a two-epoch, 1k-image version of its demo), and the package
+API it uses stays callable whatever was imported before."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,16 @@ def test_methods_vs_co_verdict_applies_the_issue_criteria():
     bad = {"fgsm": [{"pgd_acc": 0.0}, {"pgd_acc": 0.3}, {"pgd_acc": 0.3}],
            "zerograd": [{"pgd_acc": 0.3}, {"pgd_acc": 0.24}, {"pgd_acc": 0.4}]}
     assert verdict(bad) == ["fgsm collapsed in 1 seeds only", "zerograd: a seed ended below 25% PGD accuracy"]
+
+
+def test_package_functions_stay_callable_after_their_submodules_are_imported():
+    """``codiag.monitor`` and ``codiag.train`` share names with their submodules; importing a submodule
+    must not turn the package attribute into the module (a fresh interpreter, so the order is the user's)."""
+    code = ("import codiag\n"
+            "from codiag.train import TrainConfig\n"
+            "from codiag.monitor import Monitor\n"
+            "import codiag.monitor, codiag.train\n"
+            "assert callable(codiag.monitor) and callable(codiag.train), (codiag.monitor, codiag.train)\n"
+            "assert codiag.train.__module__ == 'codiag.train' and codiag.Monitor is Monitor\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
