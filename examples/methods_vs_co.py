@@ -42,9 +42,9 @@ EPS = 0.2
 #
 #   method     setting                         val PGD-10   note
 #   gradalign  lambda 2.0 (App. B rule > 16/255)   0.30     seed 0; test seed 2: 0.11 (collapses)
-#              lambda 3.0 / lambda 1.0, step 0.75   0.24 / 0.19   seed 2
-#              lambda 2.0, step 0.75 / 0.5          0.25 / 0.30   seed 2
-#              lambda 3.0, step 0.6             0.23 / 0.28  seeds 1 / 2
+#              seed 2: lambda 3.0 0.24; lambda 1.0 step 0.75 0.19; lambda 2.0 step 0.75 0.25
+#              lambda 2.0, step 0.5             0.27 / 0.30   seeds 1 / 2
+#              lambda 3.0, step 0.6             0.23 / 0.28   seeds 1 / 2
 #              lambda 2.0, step 0.6       0.34 / 0.30 / 0.30  seeds 0 / 1 / 2: chosen. Every setting dips
 #                                                           at epoch 4 on seed 2 and recovers to ~0.3
 #   zerograd   q 0.35 (CIFAR-10 default)            0.00     seed 0, CO at epoch 5
