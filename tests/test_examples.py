@@ -3,29 +3,18 @@ directory that codiag reads back (a two-epoch, 1k-image version of its demo), an
 API it uses stays callable whatever was imported before."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from example_modules import load_example
 
 from codiag.runs import load_run
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_wrap_your_loop_writes_a_run_codiag_can_read(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = _example("wrap_your_loop").main(["--epochs", "2", "--train-limit", "1000", "--no-report",
-                                          "--out", str(out)])
+    rc = load_example("wrap_your_loop").main(["--epochs", "2", "--train-limit", "1000", "--no-report",
+                                              "--out", str(out)])
     assert rc == 0
     run = load_run(out)
     acc = run.scalar("robust_acc", "pgd_acc")
@@ -35,7 +24,7 @@ def test_wrap_your_loop_writes_a_run_codiag_can_read(tmp_path, capsys):
 
 
 def test_methods_vs_co_verdict_applies_the_issue_criteria():
-    verdict = _example("methods_vs_co").verdict
+    verdict = load_example("methods_vs_co").verdict
     ok = {"fgsm": [{"pgd_acc": 0.0}, {"pgd_acc": 0.01}, {"pgd_acc": 0.3}],
           "zerograd": [{"pgd_acc": 0.3}, {"pgd_acc": 0.25}, {"pgd_acc": 0.4}]}
     assert verdict(ok) == []

@@ -11,22 +11,16 @@ run by hand). About 2 CPU minutes on one thread.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from example_modules import load_example
 
 pytestmark = pytest.mark.slow
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "methods_vs_co.py"
 
 
 @pytest.fixture(scope="module")
 def co():
-    spec = importlib.util.spec_from_file_location("methods_vs_co", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("methods_vs_co")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # 2 cores shared with the rest of the suite
     data = module.load(15000)

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from example_modules import load_example
 
 import reports
 from codiag.cli import main
@@ -118,10 +119,7 @@ def test_quick_preset_trains_draws_and_is_reused(capsys, tmp_path):
 def test_embedded_method_runs_use_the_settings_validated_for_eps_0_2():
     """The embedded presets train each method with examples/methods_vs_co.py's HPARAMS (the settings
     that hold at eps 0.2); a change to one must reach the other."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "methods_vs_co.py"
-    spec = importlib.util.spec_from_file_location("methods_vs_co", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("methods_vs_co")
     embedded = SPECS["embedded"]
     shared = [m for m in example.HPARAMS if f"fmnist-{m}" in embedded]
     assert {"fgsm", "zerograd", "multigrad", "gradalign", "atas", "pgd10"} <= set(shared)
