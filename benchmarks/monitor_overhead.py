@@ -50,7 +50,7 @@ import torch
 from codiag.data import InMemoryDataset, dataset_spec, load_dataset, make_loader
 from codiag.methods import get_method
 from codiag.models import build_model
-from codiag.monitor import monitor
+from codiag.monitoring import monitor
 
 
 @dataclass

@@ -6,50 +6,42 @@ User code imports only ``codiag``::
     with codiag.monitor(model, optimizer, "runs/fgsm", eps=8/255, probe_data=test_loader) as mon:
         ...
     run = codiag.load_run("runs/fgsm")
+    codiag.report(["runs/fgsm"])
 
-Names are resolved lazily, except ``monitor`` and ``train``: they share their names with
-their submodules, and importing a submodule (``from codiag.train import TrainConfig``)
-rebinds the package attribute to the module, which would make ``codiag.train(...)``
-fail with "'module' object is not callable". Importing both first and binding the
-functions after keeps the attributes the functions for good.
+Every command is also a function (``codiag.train``, ``codiag.report``). A public name is a
+function or a module, never both: ``monitor`` lives in ``codiag.monitoring`` and ``train`` in
+``codiag.trainer``. Names whose modules pull in plotting libraries are imported on first use.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .attacks import evaluate
+from .data import dataset_spec, load_dataset, make_loader
+from .detector import detect_co
+from .errors import UsageError
+from .methods import METHODS, get_method
+from .models import build_model
+from .monitoring import Monitor, monitor
+from .runs import RunWriter, load_run
+from .trainer import TrainConfig, train
+from .version import __version__  # noqa: I001  (first: every part may import it)
 
-_EXPORTS = {
-    "Monitor": "codiag.monitor",
-    "load_run": "codiag.runs",
-    "RunWriter": "codiag.runs",
-    "UsageError": "codiag.errors",
-    "load_dataset": "codiag.data",
-    "make_loader": "codiag.data",
-    "dataset_spec": "codiag.data",
-    "build_model": "codiag.models",
-    "get_method": "codiag.methods",
-    "METHODS": "codiag.methods",
-    "evaluate": "codiag.attacks",
-    "detect_co": "codiag.detector",
-}
-
-from .monitor import monitor  # noqa: E402  (after the submodule import; see the docstring)
-from .train import train  # noqa: E402
+#: Imported on first use: the report writer loads matplotlib and seaborn (about a second).
+_LAZY = {"report": "codiag.reports"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "attacks":
-        return importlib.import_module("codiag.attacks")
-    if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        return getattr(module, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'codiag' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, "attacks"])
+    return sorted([*globals(), *_LAZY])
 
 
-__all__ = sorted([*_EXPORTS, "monitor", "train", "attacks", "__version__"])
+__all__ = ["METHODS", "Monitor", "RunWriter", "TrainConfig", "UsageError", "build_model", "dataset_spec",
+           "detect_co", "evaluate", "get_method", "load_dataset", "load_run", "make_loader", "monitor",
+           "report", "train", "__version__"]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 __all__ = ["AUTOATTACK_VERSIONS", "attack_mode", "autoattack", "evaluate", "fgsm", "input_grad", "pgd"]
 
@@ -295,7 +296,6 @@ def evaluate(model: nn.Module, data: Any, eps: float, n: int = 1000, pgd_steps: 
     pgd_loss = torch.zeros((), device=device)
     starts = range(0, len(x), batch_size)
     if progress:
-        from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"PGD-{pgd_steps}-{restarts}", unit="batch")
     for i in starts:

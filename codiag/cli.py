@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from .errors import UsageError
+from .version import __version__
 
 COMMANDS = ("train", "demo", "report", "reproduce")
 
@@ -24,7 +25,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="codiag", description="Diagnose catastrophic overfitting in "
                      "single-step adversarial training.")
-    from . import __version__
     parser.add_argument("--version", action="version", version=f"codiag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import datasets
 
 from .errors import UsageError
 
@@ -258,8 +260,6 @@ def _missing(name: str, root: str | os.PathLike | None, download: bool, train: b
 
 def _read(name: str, root: str | os.PathLike | None, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """(images uint8 (N, C, H, W), labels int64) of one split, read through torchvision."""
-    import numpy as np
-    from torchvision import datasets
 
     cls = getattr(datasets, _TV_CLASS[name])
     try:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import dataset_spec
 from .errors import UsageError
 
 __all__ = ["MODELS", "build_model", "first_conv", "Normalize", "cnn4", "small_cnn", "PreActBlock",
@@ -267,7 +268,6 @@ def build_model(name: str, spec, **kwargs) -> nn.Module:
     Weights are initialised from the global RNG, so seed it first.
     """
     if isinstance(spec, str):
-        from .data import dataset_spec
         spec = dataset_spec(spec)
     if name not in MODELS:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")

@@ -32,8 +32,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 import torch
+import torchvision
 
 from .errors import UsageError
+from .version import __version__
 
 FORMAT_VERSION = 1
 METRIC_COLUMNS = ["step", "epoch", "probe", "key", "value"]
@@ -73,9 +75,7 @@ def _git_commit() -> str | None:
 
 def environment_info() -> dict[str, Any]:
     """Package versions and machine facts recorded in run.json."""
-    import torchvision
 
-    from . import __version__
 
     return {
         "codiag": __version__,

@@ -32,54 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from codiag.methods.settings import settings_for
+
 EPS = 0.2
 
-# Chosen on the validation split (training images 50,000-50,499, disjoint from the 30k used for
-# training; PGD-10 accuracy, step eps/4, 500 points, at the end of the full 20-epoch run; CPU).
-# Everything not listed is the codiag.methods default (the papers' values). GradAlign and ZeroGrad
-# were chosen on seeds 0, 1 and 2 (seed 2, where FGSM collapses at epoch 3, is the hard one); the
-# others on seed 0, their table holding in every seed.
-#
-#   method     setting                         val PGD-10   note
-#   gradalign  lambda 2.0 (App. B rule > 16/255)   0.30     seed 0; test seed 2: 0.11 (collapses)
-#              seed 2: lambda 3.0 0.24; lambda 1.0 step 0.75 0.19; lambda 2.0 step 0.75 0.25
-#              lambda 2.0, step 0.5             0.27 / 0.30   seeds 1 / 2
-#              lambda 3.0, step 0.6             0.23 / 0.28   seeds 1 / 2
-#              lambda 2.0, step 0.6       0.34 / 0.30 / 0.30  seeds 0 / 1 / 2: chosen. Every setting dips
-#                                                           at epoch 4 on seed 2 and recovers to ~0.3
-#   zerograd   q 0.35 (CIFAR-10 default)            0.00     seed 0, CO at epoch 5
-#              q 0.8                                0.34     seed 0; test seeds 1, 2: 0.19, 0.01
-#              seed 2: q 0.9 0.05; q 0.8 step 1.5 0.03; q 0.7 / 0.6 / 0.5 step 1.0: 0.03 / 0.09 / 0.23
-#              q 0.5, step 0.75                     0.50     seed 2
-#              q 0.35, step 0.75          0.52 / 0.51 / 0.55  seeds 0 / 1 / 2: chosen. The step, not q,
-#                                                           decides (cf. ZeroGrad App. C.2 at 16/255)
-#   multigrad  N 3, step eps (paper)                0.18     declining from 0.34 at epoch 8
-#              N 6 / step 0.75 / step 0.5 eps     0.12-0.20  screens, no recovery
-#              random start (App. C.2 variant)     0.52     chosen: disagreeing coordinates stay random
-#   atas       c 0.01, 5 warm-up epochs (paper)    0.37     dips to 0.16 at epoch 9: the warm-up's
-#                                                           constant step eps is itself too large here
-#              c 0.002, no warm-up                  0.62     chosen (c 0.002 with warm-up: 0.40 in screen)
-#   n_fgsm     noise 2 eps, step eps (paper)        0.09     CO at epoch 7
-#              noise 3 eps                          0.44
-#              step 0.75 eps                        0.48     chosen
-#   fgsm       step eps                             0.00     CO at epoch 9 (seed 2: epoch 3)
-#
-# "screen": a 6-epoch run on 15k images at lr 6e-3 (the CO-prone short setting of
-# tests/test_methods_co.py) used to discard settings before the full run.
-#
-# The full table with these settings (test PGD-50-10, first 1000 points, seeds 0 / 1 / 2, CPU):
-#   fgsm 0.000 / 0.002 / 0.000; pgd10 0.600 / 0.590 / 0.597; multigrad 0.504 / 0.524 / 0.579;
-#   atas 0.609 / 0.572 / 0.615; n_fgsm 0.494 / 0.477 / 0.457; zerograd 0.493 / 0.467 / 0.536;
-#   gradalign 0.320 / 0.291 / 0.261 (seed 2 is 1 point above the bar: the narrowest margin here).
-HPARAMS: dict[str, dict[str, Any]] = {
-    "fgsm": {},
-    "gradalign": {"lam": 2.0, "step": 0.6},
-    "zerograd": {"q": 0.35, "step": 0.75},
-    "multigrad": {"random_start": True},
-    "atas": {"c": 0.002, "warmup_epochs": 0},
-    "n_fgsm": {"step": 0.75},
-    "pgd10": {},
-}
+# The settings that hold at this eps, chosen on a validation split: codiag.methods.settings
+# (its docstring has the whole search). Everything not listed there is the method's paper default.
+HPARAMS: dict[str, dict[str, Any]] = settings_for("fashion_mnist", EPS)
 
 # --tune grids: the settings compared above
 TUNE_GRID: dict[str, list[dict[str, Any]]] = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Iterable, Mapping
 
+from codiag.errors import UsageError
+
 from .base import PROBES, Probe, ProbeContext, ProbeSet, register
 
 # The registry: importing a module registers its class. Order = run order within an event.
@@ -41,7 +43,6 @@ def resolve_probes(spec: str | Iterable[str] | None = "default",
 
     Unknown names raise ``codiag.errors.UsageError`` (one clear line for the CLI).
     """
-    from codiag.errors import UsageError
 
     options = dict(options or {})
     if spec is None or spec == "none":

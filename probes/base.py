@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codiag import attacks
+
 #: ``attack(model, x, y, index, generator) -> delta``: the monitor normalises the
 #: user's callable to this signature (see ``codiag.monitor``).
 AttackFn = Callable[[nn.Module, Tensor, Tensor, Any, torch.Generator], Tensor]
@@ -228,7 +230,6 @@ class ProbeContext:
     # -- primitive computations (fp32, eval mode set by the monitor) ------------------------
     def input_grad(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-sample input gradients of the sum-reduced CE (``codiag.attacks.input_grad``)."""
-        from codiag import attacks
 
         return attacks.input_grad(self.model, x, y, reduction="sum").detach()
 
@@ -265,7 +266,6 @@ class ProbeContext:
         method's perturbation gets, so a method that *is* this PGD reproduces it
         exactly (its strength gap is 0).
         """
-        from codiag import attacks
 
         return attacks.pgd(self.model, self.x, self.y, self.eps, alpha=self.pgd_alpha,
                            steps=self.pgd_steps, restarts=1, random_start=self.pgd_random_start,

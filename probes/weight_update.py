@@ -46,7 +46,7 @@ class WeightUpdate(Probe):
                 count += d.numel()
             ctx.log(self.name, "mse_all", sq_total / max(count, 1))
             ctx.log(self.name, "l2_all", sq_total.sqrt())
-            for mod_name, conv in conv_modules(ctx.model):
+            for mod_name, _conv in conv_modules(ctx.model):
                 key = f"{mod_name}.weight" if mod_name else "weight"
                 if key in now and key in prev and prev[key].shape == now[key].shape:
                     d = (now[key] - prev[key]).float()

@@ -1,7 +1,7 @@
 """Figure builders and the HTML report writer (issue 5).
 
 Each module draws one kind of figure from recorded run directories (never a
-live model) and names the paper figure it redraws. ``build_report`` turns run
+live model) and names the paper figure it redraws. ``report`` turns run
 directories into ``index.html`` with PNG/SVG figures and ``summary.csv``.
 
 Per-run builders (``RUN_BUILDERS``), in page order:
@@ -31,58 +31,34 @@ Analytic (``ANALYTIC_BUILDERS``): lemma1 (GradAlign Fig. 2), lemma2 (Fig. 9).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
 
-from .analytic import lemma1, lemma2
 from .base import Figure, MissingData
-from .curves import overlay_curves, overlay_diagnostics, training_curves
-from .feature_maps import feature_maps
-from .filters import filter_evolution, filter_norms
-from .grad_norm import grad_norm_hist, grad_norm_subsets
-from .linear_approx import linear_approx
-from .loss_surface import loss_surface
-from .method_state import method_state
-from .perturbation_delta import perturbation_delta
-from .perturbation_norm import l1_table, perturbation_norm_hist
-from .sign_agreement import sign_agreement, sign_table
-from .strength_gap import strength_gap
-from .weight_update import weight_update
-
-RUN_BUILDERS: dict[str, Callable[..., Figure]] = {
-    "training_curves": training_curves,
-    "weight_update": weight_update,
-    "perturbation_delta": perturbation_delta,
-    "strength_gap": strength_gap,
-    "method_state": method_state,
-    "grad_norm_hist": grad_norm_hist,
-    "grad_norm_subsets": grad_norm_subsets,
-    "perturbation_norm_hist": perturbation_norm_hist,
-    "loss_surface": loss_surface,
-    "filter_evolution": filter_evolution,
-    "filter_norms": filter_norms,
-    "feature_maps": feature_maps,
-    "linear_approx": linear_approx,
-    "sign_agreement": sign_agreement,
-}
-
-#: key -> (builder, fewest runs it is drawn for)
-MULTI_BUILDERS: dict[str, tuple[Callable[..., Figure], int]] = {
-    "overlay_curves": (overlay_curves, 2),
-    "overlay_diagnostics": (overlay_diagnostics, 2),
-    "l1_table": (l1_table, 1),
-    "sign_table": (sign_table, 2),
-}
-
-ANALYTIC_BUILDERS: dict[str, Callable[..., Figure]] = {"lemma1": lemma1, "lemma2": lemma2}
-
-ALL_FIGURES = (*RUN_BUILDERS, *MULTI_BUILDERS, *ANALYTIC_BUILDERS)
+from .build import Report, build
+from .figures import ALL_FIGURES, ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
 
 
-def build_report(*args: Any, **kwargs: Any):
-    """See :func:`reports.build.build_report`."""
-    from .build import build_report as _build
-    return _build(*args, **kwargs)
+def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
+           figures: Iterable[str] | None = None, analytic: bool = True, title: str = "codiag report",
+           echo: bool = False) -> Path:
+    """Write the HTML report of ``run_dirs`` (one run directory, several, or folders of runs) and
+    return the path of its ``index.html``: the function behind ``codiag report``.
+
+    ``out`` defaults to ``RUN_DIR/report`` for one run and ``./codiag-report`` for several.
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    out = default_out(dirs) if out is None else out
+    return build(dirs, out, figures=figures, analytic=analytic, title=title, echo=echo).page
 
 
-__all__ = ["Figure", "MissingData", "RUN_BUILDERS", "MULTI_BUILDERS", "ANALYTIC_BUILDERS", "ALL_FIGURES",
-           "build_report"]
+def default_out(run_dirs: Sequence[str | os.PathLike]) -> Path:
+    """``RUN_DIR/report`` for one run directory, ``./codiag-report`` otherwise."""
+    if len(run_dirs) == 1 and (Path(run_dirs[0]) / "run.json").exists():
+        return Path(run_dirs[0]) / "report"
+    return Path("codiag-report")
+
+
+__all__ = ["ALL_FIGURES", "ANALYTIC_BUILDERS", "MULTI_BUILDERS", "RUN_BUILDERS", "Figure", "MissingData",
+           "Report", "build", "default_out", "report"]

@@ -25,6 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from codiag.data import dataset_spec
+from codiag.detector import detect_co
+from codiag.errors import UsageError
 from codiag.runs import Run  # noqa: E402
 
 #: Colours used consistently: ours vs the paper's reference values.
@@ -198,11 +201,7 @@ def co_point(run: Run) -> COPoint | None:
     """The run's CO point: codiag.detector.detect_co on the metrics, else the first
     ``co_alarm`` event, else a simple fallback rule on PGD accuracy."""
     m = run.metrics
-    try:
-        from codiag.detector import detect_co
-    except ImportError:
-        detect_co = None
-    if detect_co is not None and len(m):
+    if len(m):
         try:
             co = detect_co(m)
         except Exception:  # a detector bug must not break the report: use the events
@@ -297,18 +296,14 @@ def twin_adv_acc(ax: "plt.Axes", run: Run) -> None:
     ax2.set_ylim(bottom=0)
 
 
-_INPUT_DIMS = {"fashion_mnist": 784, "mnist": 784, "cifar10": 3072, "cifar100": 3072, "svhn": 3072}
-
-
 def input_dim(run: Run) -> int | None:
     """Number of input coordinates d of the run's dataset."""
     name = run.config.get("dataset")
     try:
-        from codiag.data import dataset_spec
         spec = dataset_spec(name)
-        return int(spec.channels * spec.size * spec.size)
-    except Exception:
-        return _INPUT_DIMS.get(str(name))
+    except UsageError:
+        return None
+    return int(spec.channels * spec.size * spec.size)
 
 
 def value_at(df: pd.DataFrame, x: float) -> pd.Series | None:

@@ -11,8 +11,8 @@ from typing import Callable, Iterable, Sequence
 from codiag.errors import UsageError
 from codiag.runs import Run, load_run
 
-from . import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
 from .base import Figure, MissingData, run_label, slug
+from .figures import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
 from .html import Section, esc, table_html, write_page
 from .summary import write_summary
 
@@ -81,11 +81,56 @@ def _run_warnings(run: Run) -> list[str]:
     return out
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                 figures: Iterable[str] | None = None, analytic: bool = True,
-                 title: str = "codiag report", echo: bool = False) -> Path:
-    """Build the report and return the path of ``index.html`` (see :func:`build`)."""
-    return build(run_dirs, out_dir, figures=figures, analytic=analytic, title=title, echo=echo).page
+def _summary_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool],
+                      warnings: list[str]) -> tuple[list[Section], Path]:
+    """The summary table and the figures drawn across runs."""
+    table, summary_csv = write_summary(runs, out)
+    intro = ('<p>One row per run; <a href="summary.csv">summary.csv</a>. Accuracies are the '
+             "trainer's final evaluation (PGD-k-r on the first n test points); CO epoch is where "
+             "the detector found the PGD-accuracy collapse.</p>" +
+             table_html(table, "summary (ours)", "ours"))
+    sections = [Section("summary", "Summary", intro=intro)]
+    comp = Section("comparison", "Across runs")
+    for key, (fn, min_runs) in MULTI_BUILDERS.items():
+        if keep(key) and len(runs) >= min_runs:
+            _draw(key, lambda fn=fn: fn(runs, out / "figures" / "comparison"), comp, warnings, "comparison")
+    if comp.figures or comp.missing:
+        sections.append(comp)
+    return sections, summary_csv
+
+
+def _run_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool], warnings: list[str],
+                  per_run: Iterable[str] | None) -> list[Section]:
+    """One section per run with every per-run figure it allows."""
+    sections: list[Section] = []
+    used: set[str] = set()
+    sectioned = set(per_run) if per_run is not None else None
+    for run in runs:
+        if sectioned is not None and run.name not in sectioned:
+            continue
+        warnings.extend(_run_warnings(run))
+        anchor = slug(run.name)
+        while anchor in used or anchor in ("summary", "comparison", "analytic"):
+            anchor += "_"
+        used.add(anchor)
+        sec = Section(anchor, f"Run {run.name} ({run_label(run)})", config=run.config,
+                      intro=f'<p class="note">{esc(run.path)} · status {esc(run.status)}</p>')
+        for key, fn in RUN_BUILDERS.items():
+            if keep(key):
+                _draw(key, lambda fn=fn, run=run, anchor=anchor: fn(run, out / "figures" / anchor), sec,
+                      warnings, f"run {run.name}")
+        sections.append(sec)
+    return sections
+
+
+def _analytic_section(out: Path, keep: Callable[[str], bool], warnings: list[str]) -> Section:
+    sec = Section("analytic", "Analytic figures (no run needed)",
+                  intro='<p class="note">Computed from the lemmas by Monte Carlo; they do not '
+                        "depend on the runs above.</p>")
+    for key, fn in ANALYTIC_BUILDERS.items():
+        if keep(key):
+            _draw(key, lambda fn=fn: fn(out / "figures" / "analytic"), sec, warnings, "analytic")
+    return sec
 
 
 def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -101,54 +146,19 @@ def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
     if runs is None:
         runs = load_runs(run_dirs, warnings)
     wanted = set(figures) if figures is not None else None
-    keep = (lambda k: True) if wanted is None else (lambda k: k in wanted)
-    fig_root = out / "figures"
+
+    def keep(key: str) -> bool:
+        return wanted is None or key in wanted
+
     sections: list[Section] = []
     summary_csv = None
-
     if runs:
-        table, summary_csv = write_summary(runs, out)
-        intro = ('<p>One row per run; <a href="summary.csv">summary.csv</a>. Accuracies are the '
-                 "trainer's final evaluation (PGD-k-r on the first n test points); CO epoch is where "
-                 "the detector found the PGD-accuracy collapse.</p>" +
-                 table_html(table, "summary (ours)", "ours"))
-        sections.append(Section("summary", "Summary", intro=intro))
-        comp = Section("comparison", "Across runs")
-        for key, (fn, min_runs) in MULTI_BUILDERS.items():
-            if keep(key) and len(runs) >= min_runs:
-                _draw(key, lambda fn=fn: fn(runs, fig_root / "comparison"), comp, warnings, "comparison")
-        if comp.figures or comp.missing:
-            sections.append(comp)
-
-    used: set[str] = set()
-    sectioned = set(per_run) if per_run is not None else None
-    for run in runs:
-        if sectioned is not None and run.name not in sectioned:
-            continue
-        for w in _run_warnings(run):
-            warnings.append(w)
-        anchor = slug(run.name)
-        while anchor in used or anchor in ("summary", "comparison", "analytic"):
-            anchor += "_"
-        used.add(anchor)
-        sec = Section(anchor, f"Run {run.name} ({run_label(run)})", config=run.config,
-                      intro=f'<p class="note">{esc(run.path)} · status {esc(run.status)}</p>')
-        for key, fn in RUN_BUILDERS.items():
-            if keep(key):
-                _draw(key, lambda fn=fn, run=run, anchor=anchor: fn(run, fig_root / anchor), sec,
-                      warnings, f"run {run.name}")
-        sections.append(sec)
-
+        sections, summary_csv = _summary_sections(runs, out, keep, warnings)
+    sections += _run_sections(runs, out, keep, warnings, per_run)
     if analytic:
-        sec = Section("analytic", "Analytic figures (no run needed)",
-                      intro='<p class="note">Computed from the lemmas by Monte Carlo; they do not '
-                            "depend on the runs above.</p>")
-        for key, fn in ANALYTIC_BUILDERS.items():
-            if keep(key):
-                _draw(key, lambda fn=fn: fn(fig_root / "analytic"), sec, warnings, "analytic")
+        sec = _analytic_section(out, keep, warnings)
         if sec.figures or sec.missing:
             sections.append(sec)
-
     if not sections:
         raise UsageError("nothing to report: no run loaded and no analytic figure asked for")
     page = write_page(out, sections, warnings, title=title)

@@ -17,8 +17,20 @@ import seaborn as sns
 from codiag.runs import Run
 
 from . import paper
-from .base import (COPoint, Figure, MissingData, before_after, co_point, curve, fmt_eps, mark_co,
-                   method_label, need, save, style)
+from .base import (
+    COPoint,
+    Figure,
+    MissingData,
+    before_after,
+    co_point,
+    curve,
+    fmt_eps,
+    mark_co,
+    method_label,
+    need,
+    save,
+    style,
+)
 
 ACC = [("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("pgd_acc", "PGD")]
 LOSS = [("clean_loss", "clean"), ("fgsm_loss", "FGSM"), ("pgd_loss", "PGD")]

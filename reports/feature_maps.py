@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from codiag.data import dataset_spec, load_dataset
 from codiag.runs import Run
 
 from . import paper
@@ -33,7 +34,6 @@ def _images(run: Run, n: int) -> tuple[np.ndarray, tuple[float, ...], tuple[floa
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     try:
-        from codiag.data import dataset_spec
         spec = dataset_spec(name)
         mean, std = tuple(spec.mean), tuple(spec.std)
     except Exception:
@@ -42,7 +42,6 @@ def _images(run: Run, n: int) -> tuple[np.ndarray, tuple[float, ...], tuple[floa
     if rec:
         return np.asarray(next(iter(rec.values())), float)[:n], mean, std
     try:
-        from codiag.data import load_dataset
         ds = load_dataset(name, root=run.config.get("data_root"), train=False, limit=n)
         imgs = np.stack([np.asarray(ds[i][0], float) for i in range(min(n, len(ds)))])
     except Exception as e:  # dataset not readable here: say so in one line

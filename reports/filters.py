@@ -16,8 +16,18 @@ import pandas as pd
 from codiag.runs import Run
 
 from . import paper
-from .base import (Figure, MissingData, co_point, mark_co, method_label, need_array, pick_snapshots,
-                   save, style, x_of_step)
+from .base import (
+    Figure,
+    MissingData,
+    co_point,
+    mark_co,
+    method_label,
+    need_array,
+    pick_snapshots,
+    save,
+    style,
+    x_of_step,
+)
 
 CHANNELS = {1: ["gray"], 3: ["R", "G", "B"]}
 

@@ -16,8 +16,7 @@ import pandas as pd
 from codiag.runs import Run
 
 from . import paper
-from .base import (Figure, MissingData, co_point, curve, mark_co, method_label, need_array, save,
-                   style, x_of_step)
+from .base import Figure, MissingData, co_point, curve, mark_co, method_label, need_array, save, style, x_of_step
 
 NAME = "instance_grad_norm"
 SUBSETS = (1, 5, 10)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from codiag.version import __version__
+
 from .base import Figure
 
 CSS = """
@@ -106,7 +108,6 @@ def section_html(sec: Section, root: Path) -> str:
 def write_page(out_dir: Path, sections: list[Section], warnings: list[str],
                title: str = "codiag report") -> Path:
     """Write ``index.html`` under ``out_dir`` (temp file, then rename) and return its path."""
-    from codiag import __version__
 
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     toc = "".join(f'<li><a href="#{esc(s.anchor)}">{esc(s.title)}</a></li>' for s in sections)

@@ -78,7 +78,8 @@ def loss_surface(run: Run, out_dir: Path) -> Figure:
                 tag = ""
                 if co is not None:
                     tag = ", before CO" if step < co.step else ", after CO"
-                ax.set_title(f"{_subset_title(sub) if c == 0 else sub}: epoch {x_of_step(run, step):g}{tag}", fontsize=8)
+                label = _subset_title(sub) if c == 0 else sub
+                ax.set_title(f"{label}: epoch {x_of_step(run, step):g}{tag}", fontsize=8)
         fig.suptitle(f"{method_label(run)}: loss surfaces", fontsize=10)
         files = save(fig, out_dir, "loss_surface")
     return Figure(

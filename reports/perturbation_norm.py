@@ -17,8 +17,19 @@ import seaborn as sns
 from codiag.runs import Run
 
 from . import paper
-from .base import (Figure, MissingData, curve, fmt_eps, input_dim, method_label, need_array, save, style,
-                   value_at, x_of_step)
+from .base import (
+    Figure,
+    MissingData,
+    curve,
+    fmt_eps,
+    input_dim,
+    method_label,
+    need_array,
+    save,
+    style,
+    value_at,
+    x_of_step,
+)
 
 
 def perturbation_norm_hist(run: Run, out_dir: Path) -> Figure:

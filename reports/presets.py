@@ -1,5 +1,5 @@
 """Presets of ``codiag reproduce``: for each paper figure, the training runs it needs
-(as ``codiag.train.train`` config dicts) at two scales, and the figures to draw.
+(as ``codiag.trainer.train`` config dicts) at two scales, and the figures to draw.
 
 * ``embedded``: CPU minutes. Fashion-MNIST (Debian's ``dataset-fashion-mnist``) with
   the 4-filter CNN at eps 0.2, Adam 3e-3 one-cycle, batch 128, 30k images, 20 epochs
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from codiag.methods.settings import settings_for
 
 SCALES = ("embedded", "paper")
 
@@ -49,6 +51,7 @@ def _m(method: str, **args: Any) -> dict[str, Any]:
 # -- embedded scale ----------------------------------------------------------------------------
 FMNIST = dict(dataset="fashion_mnist", model="cnn4", eps=0.2, epochs=20, optimizer="adam", lr=3e-3,
               lr_schedule="cyclic", batch_size=128, train_limit=30000, probes="default")
+FMNIST_SETTINGS = settings_for("fashion_mnist", FMNIST["eps"])
 #: GradAlign App. B / C.2: the single-layer CNN (4 filters 3x3, ReLU, linear) on CIFAR-10,
 #: eps 10/255, FGSM, Adam 0.003 with the cyclic schedule, 30 epochs. Whether this tiny model
 #: collapses depends on the seed: seed 0 stays robust for 30 epochs, seeds 1 and 2 collapsed in
@@ -69,15 +72,15 @@ EMBEDDED = [
     _fm("fgsm_rs-a1", "fgsm_rs", step=1.0),
     _fm("fgsm_rs-a1.25", "fgsm_rs", step=1.25),
     _fm("fgsm_rs-a1.75-surface", "fgsm_rs", probes="default,loss_surface", step=1.75),
-    # At eps 0.2 the papers' defaults of these four collapse; these are the settings chosen on a
-    # validation split in examples/methods_vs_co.py (HPARAMS; tests/test_reproduce.py keeps them equal).
-    _fm("zerograd", "zerograd", q=0.35, step=0.75),
+    # At eps 0.2 the papers' defaults of these four collapse: they train with the settings
+    # validated for eps 0.2 (codiag.methods.settings).
+    _fm("zerograd", "zerograd", **FMNIST_SETTINGS["zerograd"]),
     _fm("zerograd-q0.4-nors", "zerograd", q=0.4, step=1.0, init=0.0),
-    _fm("multigrad", "multigrad", n=3, random_start=True),
-    _fm("gradalign", "gradalign", lam=2.0, step=0.6),
+    _fm("multigrad", "multigrad", n=3, **FMNIST_SETTINGS["multigrad"]),
+    _fm("gradalign", "gradalign", **FMNIST_SETTINGS["gradalign"]),
     _fm("pgd2", "pgd2"),
     _fm("apart", "apart"),
-    _fm("atas", "atas", c=0.002, warmup_epochs=0),
+    _fm("atas", "atas", **FMNIST_SETTINGS["atas"]),
     RunSpec("cifar10-cnn4-fgsm-eps10", dict(CNN4_CIFAR)),
 ]
 

@@ -12,8 +12,7 @@ import seaborn as sns
 from codiag.runs import Run
 
 from . import paper
-from .base import (Figure, MissingData, before_after, co_point, curve, mark_co, method_label, need,
-                   save, style)
+from .base import Figure, MissingData, before_after, co_point, curve, mark_co, method_label, need, save, style
 from .curves import tidy
 
 

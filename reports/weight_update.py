@@ -10,8 +10,7 @@ import numpy as np
 from codiag.runs import Run
 
 from . import paper
-from .base import (BLUE, Figure, MissingData, co_point, mark_co, save, steps_per_epoch, style,
-                   twin_adv_acc, x_of_step)
+from .base import BLUE, Figure, MissingData, co_point, mark_co, save, steps_per_epoch, style, twin_adv_acc, x_of_step
 
 PREFIX = "weight_update.kernel_mse."
 

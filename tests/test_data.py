@@ -12,8 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from codiag import data
-from codiag.data import (DATASETS, AugParams, InMemoryDataset, SampleMeta, as_meta, crop_like, dataset_spec,
-                         load_dataset, make_loader, train_val_split, uncrop_into)
+from codiag.data import (
+    DATASETS,
+    AugParams,
+    InMemoryDataset,
+    SampleMeta,
+    as_meta,
+    crop_like,
+    dataset_spec,
+    load_dataset,
+    make_loader,
+    train_val_split,
+    uncrop_into,
+)
 from codiag.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,7 +331,7 @@ def test_augmentation_is_a_padded_crop_and_flip_recorded_per_sample(name, flips)
     ds = synthetic(64, name)
     loader = make_loader(ds, 16, shuffle=True, augment=True, with_index=True, seed=3)
     tops, flipped = [], []
-    for x, y, meta in loader:
+    for x, _y, meta in loader:
         aug = meta.aug
         assert isinstance(meta, SampleMeta) and isinstance(aug, AugParams) and aug.pad == 4
         assert x.shape == (16, 3, 32, 32)

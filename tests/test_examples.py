@@ -33,14 +33,18 @@ def test_methods_vs_co_verdict_applies_the_issue_criteria():
     assert verdict(bad) == ["fgsm collapsed in 1 seeds only", "zerograd: a seed ended below 25% PGD accuracy"]
 
 
-def test_package_functions_stay_callable_after_their_submodules_are_imported():
-    """``codiag.monitor`` and ``codiag.train`` share names with their submodules; importing a submodule
-    must not turn the package attribute into the module (a fresh interpreter, so the order is the user's)."""
-    code = ("import codiag\n"
-            "from codiag.train import TrainConfig\n"
-            "from codiag.monitor import Monitor\n"
-            "import codiag.monitor, codiag.train\n"
+def test_a_public_name_is_a_function_or_a_module_never_both():
+    """``codiag.monitor`` and ``codiag.train`` are functions whose modules have other names, so importing
+    any submodule cannot rebind them (a fresh interpreter, so the import order is the user's)."""
+    code = ("import codiag, importlib, pkgutil, types\n"
+            "from codiag.trainer import TrainConfig\n"
+            "from codiag.monitoring import Monitor\n"
+            "for m in pkgutil.walk_packages(codiag.__path__, 'codiag.'):\n"
+            "    importlib.import_module(m.name)\n"
             "assert callable(codiag.monitor) and callable(codiag.train), (codiag.monitor, codiag.train)\n"
-            "assert codiag.train.__module__ == 'codiag.train' and codiag.Monitor is Monitor\n")
+            "assert codiag.Monitor is Monitor and codiag.report is not None\n"
+            "clash = [n for n in dir(codiag) if isinstance(getattr(codiag, n), types.FunctionType)\n"
+            "         and importlib.util.find_spec('codiag.' + n) is not None]\n"
+            "assert not clash, clash\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

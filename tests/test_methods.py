@@ -191,7 +191,10 @@ def test_pgd_variants():
     x, y, _ = batch(interior=True)
     assert torch.equal(p2.perturb(model, x, y), p2.perturb(model, x, y))   # no randomness
     d = make("pgd10").perturb(model, x, y)
-    loss = lambda dd: F.cross_entropy(model(x + dd), y).item()
+
+    def loss(dd):
+        return F.cross_entropy(model(x + dd), y).item()
+
     assert loss(d) > loss(make("fgsm_rs").perturb(model, x, y))
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from codiag.data import DATASETS, dataset_spec
 from codiag.errors import UsageError
-from codiag.models import (MODELS, Normalize, PreActResNet, WideResNet, build_model, first_conv)
+from codiag.models import MODELS, Normalize, PreActResNet, WideResNet, build_model, first_conv
 
 RESIDUAL_BLOCKS = {"preact_resnet18": 8, "wrn28_10": 12, "wrn34_10": 15}
 
@@ -91,7 +91,7 @@ def test_residual_blocks_are_listed_in_forward_order_without_duplicate_weights()
     torch.manual_seed(0)
     for model in (WideResNet(spec, depth=10, widen=1), PreActResNet(spec, (1, 1, 1, 1))):
         called = []
-        handles = [b.register_forward_pre_hook(lambda m, inp, i=i: called.append(i))
+        handles = [b.register_forward_pre_hook(lambda m, inp, i=i, called=called: called.append(i))
                    for i, b in enumerate(model.blocks)]
         model(torch.rand(2, 3, 32, 32))
         for h in handles:

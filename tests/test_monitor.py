@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from codiag.errors import UsageError
-from codiag.monitor import monitor, parse_every
+from codiag.monitoring import monitor, parse_every
+from codiag.probes import PROBES
+from codiag.probes.base import Probe
 from codiag.runs import load_run
-from probes import PROBES
-from probes.base import Probe
 
 EPS = 0.1
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,8 @@ def test_nonfinite_losses_become_events(tmp_path):
         # the NaN step poisoned the weights: the probe losses are NaN as well
     events = load_run(tmp_path / "r").events_of("nonfinite_loss")
     by_key = {(e["probe"], e["key"]): e for e in events}
-    assert by_key[("train", "step_loss")]["step"] == 2 and by_key[("train", "step_loss")]["count"] == 2  # step 3 inherits NaN weights
+    # step 3 inherits the NaN weights
+    assert by_key[("train", "step_loss")]["step"] == 2 and by_key[("train", "step_loss")]["count"] == 2
     assert by_key[("train", "loss")]["value"] == "inf" and by_key[("train", "loss")]["epoch"] == 1
     assert ("robust_acc", "clean_loss") in by_key
     assert len(events) == len(by_key)  # once per (probe, key)
@@ -240,7 +241,7 @@ def test_resume_continues_the_step_count(tmp_path):
 KILLED_CHILD = textwrap.dedent("""
     import sys, torch, torch.nn.functional as F
     from torch import nn
-    from codiag.monitor import monitor
+    from codiag.monitoring import monitor
     torch.manual_seed(0)
     x, y = torch.rand(64, 1, 6, 6), torch.randint(0, 3, (64,))
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))

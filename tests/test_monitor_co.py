@@ -49,7 +49,7 @@ def train_fgsm(run_dir: Path, n_train: int, epochs: int, lr: float, eps: float, 
     from codiag.data import load_dataset, make_loader
     from codiag.methods import get_method
     from codiag.models import build_model
-    from codiag.monitor import monitor
+    from codiag.monitoring import monitor
     from codiag.schedules import make_schedule
 
     try:

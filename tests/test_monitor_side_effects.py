@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from codiag.methods import get_method
-from codiag.monitor import monitor
+from codiag.monitoring import monitor
 
 EPS = 0.1
 

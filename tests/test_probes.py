@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from codiag import attacks
-from codiag.monitor import eval_mode
-from probes import PROBES, DEFAULT_PROBES, resolve_probes
-from probes.base import ProbeContext, ProbeSet
+from codiag.monitoring import eval_mode
+from codiag.probes import DEFAULT_PROBES, PROBES, resolve_probes
+from codiag.probes.base import ProbeContext, ProbeSet
 
 EPS = 0.1
 

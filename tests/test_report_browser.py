@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.build import build
-from reports.synthetic import write_synthetic_run
+from codiag.reports.build import build
+from codiag.reports.synthetic import write_synthetic_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import reports
+from codiag import reports
 from codiag.errors import UsageError
+from codiag.reports.base import co_point
+from codiag.reports.build import build
+from codiag.reports.summary import COLUMNS
+from codiag.reports.synthetic import write_synthetic_run
 from codiag.runs import load_run
-from reports.base import co_point
-from reports.build import build
-from reports.summary import COLUMNS
-from reports.synthetic import write_synthetic_run
 
 # feature_maps needs the dataset's test images, which synthetic runs do not have.
 SYNTHETIC_RUN_FIGURES = set(reports.RUN_BUILDERS) - {"feature_maps"}
@@ -113,7 +113,7 @@ def test_co_point_and_before_after_numbers(report):
 
 
 def test_subset_masks_split_by_average_norm():
-    from reports.grad_norm import subset_masks
+    from codiag.reports.grad_norm import subset_masks
     norms = np.tile(np.arange(100.0), (3, 1))
     masks = subset_masks(norms)
     assert all(m.sum() == 10 for m in masks.values())
@@ -122,7 +122,7 @@ def test_subset_masks_split_by_average_norm():
 
 
 def test_lemma1_bound_holds_and_is_tight_in_high_dimension():
-    from reports.analytic import lemma1_bound, lemma1_monte_carlo
+    from codiag.reports.analytic import lemma1_bound, lemma1_monte_carlo
     eps, rng = 8 / 255, np.random.default_rng(0)
     for alpha in (0.0, eps, 1.25 * eps, 2 * eps):
         bound = float(lemma1_bound(np.array(alpha), eps))
@@ -132,7 +132,7 @@ def test_lemma1_bound_holds_and_is_tight_in_high_dimension():
 
 
 def test_lemma2_quantities_are_ordered_as_the_lemma_says():
-    from reports.analytic import lemma2_quantities
+    from codiag.reports.analytic import lemma2_quantities
     q = lemma2_quantities(8 / 255, samples=400, rng=np.random.default_rng(0))
     assert q["final"] <= q["first"] + 0.02 and q["first"] <= q["limit"] + 0.02
     assert 0.5 <= q["final"] < 0.8 and q["limit"] > 0.9 and q["cos"][0] > 0.9

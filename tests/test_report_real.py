@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import reports
-from reports.build import build
-from reports.summary import COLUMNS
+from codiag import reports
+from codiag.reports.build import build
+from codiag.reports.summary import COLUMNS
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [pytest.mark.slow,
@@ -25,7 +25,7 @@ TINY = dict(dataset="fashion_mnist", model="cnn4", eps=0.2, epochs=2, train_limi
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from codiag.train import train
+    from codiag.trainer import train
     root = tmp_path_factory.mktemp("real")
     runs = [train({**TINY, "out": str(root / "atas"), "method": "atas"}),
             train({**TINY, "out": str(root / "fgsm"), "method": "fgsm", "seed": 1, "probes": "default"})]

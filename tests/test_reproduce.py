@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from example_modules import load_example
 
-import reports
+from codiag import reports
 from codiag.cli import main
 from codiag.commands.reproduce import cached
-from reports.presets import PRESETS, QUICK, SCALES, SPECS
-from reports.synthetic import write_synthetic_run
+from codiag.methods.settings import settings_for
+from codiag.reports.presets import PRESETS, QUICK, SCALES, SPECS
+from codiag.reports.synthetic import write_synthetic_run
+from codiag.trainer import TrainConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CAN_TRAIN = all(importlib.util.find_spec(m) for m in ("codiag.data", "codiag.models", "codiag.attacks"))
@@ -49,7 +51,6 @@ def test_presets_refer_to_known_runs_figures_and_methods():
 
 def test_every_run_spec_is_a_valid_training_config():
     from codiag.methods import get_method
-    from codiag.train import TrainConfig
     for scale in SCALES:
         for name, spec in SPECS[scale].items():
             cfg = TrainConfig.from_dict({**spec.config, "out": "unused", "data_root": None})  # raises if invalid
@@ -117,13 +118,16 @@ def test_quick_preset_trains_draws_and_is_reused(capsys, tmp_path):
 
 
 def test_embedded_method_runs_use_the_settings_validated_for_eps_0_2():
-    """The embedded presets train each method with examples/methods_vs_co.py's HPARAMS (the settings
-    that hold at eps 0.2); a change to one must reach the other."""
+    """The embedded presets, the example and the trainer read the one validated-settings table."""
     example = load_example("methods_vs_co")
+    table = settings_for("fashion_mnist", 0.2)
+    assert example.HPARAMS == table
     embedded = SPECS["embedded"]
-    shared = [m for m in example.HPARAMS if f"fmnist-{m}" in embedded]
+    shared = [m for m in table if f"fmnist-{m}" in embedded]
     assert {"fgsm", "zerograd", "multigrad", "gradalign", "atas", "pgd10"} <= set(shared)
     for method in shared:
-        hparams, cfg = example.HPARAMS[method], embedded[f"fmnist-{method}"].config
-        assert cfg["method"] == method and cfg["eps"] == example.EPS
-        assert {k: cfg["method_args"][k] for k in hparams} == hparams, method
+        cfg = embedded[f"fmnist-{method}"].config
+        assert cfg["method"] == method and cfg["eps"] == 0.2
+        assert {k: cfg["method_args"][k] for k in table[method]} == table[method], method
+        resolved = TrainConfig.from_dict({k: v for k, v in cfg.items() if k != "method_args"})
+        assert {k: resolved.method_args[k] for k in table[method]} == table[method], method

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from codiag.runs import load_run
-from codiag.train import TrainConfig, train
+from codiag.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,8 @@ def test_zerograd_rollback_acts_on_the_online_alarm(tmp_path):
     step eps, the first stage is plain FGSM, which collapses in the short setting."""
     torch.set_num_threads(1)
     out = tmp_path / "rb"
-    train(dict(SHORT, out=str(out), method="zerograd_rollback", method_args={"qs": [0.0, 0.5], "init": 0.0, "step": 1.0},
+    rollback_args = {"qs": [0.0, 0.5], "init": 0.0, "step": 1.0}
+    train(dict(SHORT, out=str(out), method="zerograd_rollback", method_args=rollback_args,
                eval_n=0, epochs=7, probes=["robust_acc", "grad_align", "method_state"]))
     run = load_run(out)
     alarms, rollbacks = run.events_of("co_alarm"), run.events_of("rollback")

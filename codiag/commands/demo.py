@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train import TrainConfig, train
+from ..detector import detect_co
+from ..reports import report
+from ..runs import load_run
+from ..trainer import TrainConfig, train
 from .train import add_training_options, config_from_args
 
 #: ``--quick`` (CI): the demo's own setting, so it collapses exactly when the full demo does
@@ -24,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="show catastrophic overfitting on Fashion-MNIST (CPU, minutes)",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     add_training_options(p, TrainConfig(out="runs/demo"))
-    p.add_argument("--quick", action="store_true", help="end one epoch after the CO alarm; evaluate on 200 points (for CI)")
+    p.add_argument("--quick", action="store_true",
+                   help="end one epoch after the CO alarm; evaluate on 200 points (for CI)")
     p.add_argument("--no-report", action="store_true", help="skip writing the HTML report")
     p.set_defaults(func=run)
 
@@ -39,16 +43,13 @@ def run(args: argparse.Namespace) -> int:
     out = train(cfg, overwrite=True)
     print(summarize(out))
     if not args.no_report:
-        from .report import build_report
-        page = build_report([out], Path(out) / "report")
+        page = report([out], Path(out) / "report", echo=True)
         print(f"report: {page}")
     return 0
 
 
 def summarize(run_dir: str | Path) -> str:
     """Per-epoch clean/FGSM/PGD accuracy and gradient alignment, and where CO happened."""
-    from ..detector import detect_co
-    from ..runs import load_run
 
     run = load_run(run_dir)
     m = run.metrics
@@ -68,8 +69,8 @@ def summarize(run_dir: str | Path) -> str:
                      f"({co.get('reason', '')}).")
     stopped = run.events_of("stopped_after_co")
     if stopped:
-        lines.append(f"Training ended at epoch {stopped[0]['epoch']}, {stopped[0]['epoch'] - stopped[0]['alarm_epoch']} "
-                     f"epoch(s) after the online alarm (stop_after_co).")
+        end, alarm = stopped[0]["epoch"], stopped[0]["alarm_epoch"]
+        lines.append(f"Training ended at epoch {end}, {end - alarm} epoch(s) after the online alarm (stop_after_co).")
     final = run.meta.get("final") or {}
     if final:
         lines.append(f"Final (PGD-{run.config.get('eval_steps')}-{run.config.get('eval_restarts')}, "

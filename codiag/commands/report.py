@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+
+from codiag import reports
+from codiag.reports import ALL_FIGURES
+from codiag.reports.build import build
 
 from ..errors import UsageError
 
@@ -32,16 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_out(runs: Sequence[str]) -> Path:
-    if len(runs) == 1 and (Path(runs[0]) / "run.json").exists():
-        return Path(runs[0]) / "report"
-    return Path("codiag-report")
-
-
 def parse_figures(text: str | None) -> set[str] | None:
     if text is None:
         return None
-    from reports import ALL_FIGURES
     keys = {k.strip() for k in text.split(",") if k.strip()}
     unknown = sorted(keys - set(ALL_FIGURES))
     if unknown:
@@ -50,7 +46,6 @@ def parse_figures(text: str | None) -> set[str] | None:
 
 
 def list_figures() -> None:
-    import reports
     groups = [("per run", reports.RUN_BUILDERS), ("across runs", {k: v[0] for k, v in reports.MULTI_BUILDERS.items()}),
               ("analytic", reports.ANALYTIC_BUILDERS)]
     for title, builders in groups:
@@ -60,19 +55,12 @@ def list_figures() -> None:
             print(f"  {key:24s} {doc}")
 
 
-def build_report(run_dirs: Sequence[str | Path], out: str | Path, **kwargs) -> Path:
-    """Build the report (warnings go to stderr) and return the path of index.html."""
-    from reports.build import build
-    return build(run_dirs, out, echo=True, **kwargs).page
-
-
 def run(args: argparse.Namespace) -> int:
     if args.list_figures:
         list_figures()
         return 0
     figures = parse_figures(args.figures)
-    out = Path(args.out) if args.out else default_out(args.runs)
-    from reports.build import build
+    out = Path(args.out) if args.out else reports.default_out(args.runs)
     report = build(args.runs, out, figures=figures, analytic=not args.no_analytic, title=args.title,
                    echo=True)
     drawn = sum(len(v) for v in report.figures.values())

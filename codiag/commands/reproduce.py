@@ -1,6 +1,6 @@
 """``codiag reproduce NAME``: train what a paper figure needs (or reuse cached runs) and draw it.
 
-``--list`` names the presets. Each preset is a set of ``codiag.train.train``
+``--list`` names the presets. Each preset is a set of ``codiag.trainer.train``
 configurations at two scales (``--scale embedded``: CPU minutes, Fashion-MNIST,
 or CIFAR-10 with the 4-filter CNN for GradAlign's single-layer-CNN figures;
 ``--scale paper``: PreAct ResNet-18 on CIFAR-10, for a GPU) and the report
@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from codiag.reports.build import build
+from codiag.reports.presets import PRESETS, QUICK, SPECS
+
 from ..errors import UsageError
+from ..runs import load_run
+from ..trainer import train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_presets() -> None:
-    from reports.presets import PRESETS, SPECS
     print(f"{'preset':18s} {'redraws':30s} runs (embedded / paper)  description")
     for p in PRESETS.values():
         emb, pap = len(p.runs.get("embedded", ())), len(p.runs.get("paper", ()))
@@ -63,7 +67,6 @@ def _same(a: Any, b: Any) -> bool:
 
 def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     """(reusable, why not): a finished run whose recorded config matches ``config``."""
-    from ..runs import load_run
     if not (run_dir / "run.json").exists():
         return False, "not trained yet"
     try:
@@ -82,7 +85,6 @@ def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
 
 
 def run_config(spec_config: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from reports.presets import QUICK
     cfg = dict(spec_config)
     if args.quick:
         cfg.update(QUICK)
@@ -103,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         list_presets()
         return 0
-    from reports.presets import PRESETS, SPECS
     if not args.name:
         raise UsageError("name a preset (see codiag reproduce --list)")
     preset = PRESETS.get(args.name)
@@ -115,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     specs = [SPECS[args.scale][name] for name in preset.runs.get(args.scale, ())]
     configs = [(s, run_config(s.config, args, scale_dir / s.name)) for s in specs]  # validate all first
 
-    from ..train import train
     run_dirs = []
     for spec, cfg in configs:
         run_dir = scale_dir / spec.name
@@ -127,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
             train(cfg, overwrite=True)
         run_dirs.append(run_dir)
 
-    from reports.build import build
     out = Path(args.out) if args.out else scale_dir / "reports" / preset.name
     title = f"codiag reproduce {preset.name}: {preset.redraws} ({args.scale} scale{', quick' if args.quick else ''})"
     report = build(run_dirs, out, figures=set(preset.figures), analytic=not run_dirs, title=title, echo=True)

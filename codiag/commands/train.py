@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from ..errors import UsageError
+from ..methods import METHODS
 from ..parsing import parse_eps, parse_fraction
-from ..train import TrainConfig, train
+from ..trainer import TrainConfig, train
 
 
 def _positive_int(text: str) -> int:
@@ -128,7 +129,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_methods:
-        from ..methods import METHODS
         for name, cls in sorted(METHODS.items()):
             doc = (cls.__doc__ or "").strip().splitlines()
             print(f"{name:18s} {doc[0] if doc else ''}")

@@ -12,7 +12,6 @@ dimension in the padded frame (``sample_store.py``).
 """
 from __future__ import annotations
 
-
 from torch import Tensor
 
 from .base import register

@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
+from . import attacks
+from .data import DATASETS, load_dataset, make_loader
 from .errors import UsageError
+from .methods import METHODS, get_method
+from .methods.settings import validated_hparams
+from .models import MODELS, build_model
+from .monitoring import monitor
 from .parsing import parse_eps, parse_fraction
+from .schedules import SCHEDULES, make_schedule
 
 
 @dataclass
@@ -71,10 +79,6 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        from .data import DATASETS
-        from .methods import METHODS
-        from .models import MODELS
-        from .schedules import SCHEDULES
 
         self.eps = parse_eps(self.eps)
         self.lr = parse_fraction(self.lr, "lr")
@@ -84,6 +88,8 @@ class TrainConfig:
                                      ("optimizer", self.optimizer, ("sgd", "adam"))):
             if value not in choices:
                 raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(sorted(choices))}")
+        # the validated setting for this dataset and eps, with the user's own values on top
+        self.method_args = {**validated_hparams(self.method, self.dataset, self.eps), **self.method_args}
         for name in ("epochs", "batch_size", "eval_n", "eval_steps", "eval_restarts", "probe_n",
                      "train_probe_n"):
             value = getattr(self, name)
@@ -122,14 +128,7 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
           overwrite: bool = False) -> Path:
     """Train with ``config`` (a dict or TrainConfig); return the run directory."""
-    from tqdm.auto import tqdm
 
-    from . import attacks
-    from .data import load_dataset, make_loader
-    from .methods import get_method
-    from .models import build_model
-    from .monitor import monitor
-    from .schedules import make_schedule
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()

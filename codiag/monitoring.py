@@ -62,9 +62,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .detector import SIGNALS, CODetector
+from codiag.probes import resolve_probes
+from codiag.probes.base import ProbeContext, ProbeSet
+
+from .detector import SIGNALS, CODetector, event_values
 from .errors import UsageError
-from .runs import host_values
+from .runs import RunWriter, host_values, load_run
 
 DEFAULT_PROBE_N = 256
 DEFAULT_TRAIN_PROBE_N = 512
@@ -184,7 +187,6 @@ def extract_probe_set(data: Any, n: int, device: torch.device, source: str):
     user's global RNG (a random augmentation would then be applied once, with
     a fixed seed, and frozen into the copy).
     """
-    from probes.base import ProbeSet
 
     if data is None:
         return None
@@ -271,7 +273,6 @@ class Monitor:
                  probe_options: Mapping[str, Mapping[str, Any]] | None = None,
                  step_update_norms: bool = False, tensorboard: Any = None,
                  strict: bool = False) -> None:
-        from probes import resolve_probes
 
         if not isinstance(model, nn.Module):
             raise UsageError("monitor: model must be a torch.nn.Module")
@@ -338,7 +339,6 @@ class Monitor:
 
     def start(self) -> "Monitor":
         """Open the run directory, copy out the probe sets, hook the optimizer, run the step-0 event."""
-        from .runs import RunWriter, load_run
 
         if self._open:
             return self
@@ -542,7 +542,6 @@ class Monitor:
     # -- probe events ----------------------------------------------------------------------
     def probe_event(self) -> None:
         """Run every selected probe now, write the rows, then evaluate the CO detector."""
-        from probes.base import ProbeContext
 
         self._check_open()
         t0 = time.perf_counter()
@@ -616,7 +615,6 @@ class Monitor:
         The last ``co_alarm`` stands unless a ``rollback`` followed it (the
         roll-back re-armed the detector; the replay restarts after it).
         """
-        from .detector import event_values
 
         if self.detector is None:
             return

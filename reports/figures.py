@@ -1,0 +1,48 @@
+"""The figure registry: which builder draws which figure, in page order."""
+from __future__ import annotations
+
+from typing import Callable
+
+from .analytic import lemma1, lemma2
+from .base import Figure
+from .curves import overlay_curves, overlay_diagnostics, training_curves
+from .feature_maps import feature_maps
+from .filters import filter_evolution, filter_norms
+from .grad_norm import grad_norm_hist, grad_norm_subsets
+from .linear_approx import linear_approx
+from .loss_surface import loss_surface
+from .method_state import method_state
+from .perturbation_delta import perturbation_delta
+from .perturbation_norm import l1_table, perturbation_norm_hist
+from .sign_agreement import sign_agreement, sign_table
+from .strength_gap import strength_gap
+from .weight_update import weight_update
+
+RUN_BUILDERS: dict[str, Callable[..., Figure]] = {
+    "training_curves": training_curves,
+    "weight_update": weight_update,
+    "perturbation_delta": perturbation_delta,
+    "strength_gap": strength_gap,
+    "method_state": method_state,
+    "grad_norm_hist": grad_norm_hist,
+    "grad_norm_subsets": grad_norm_subsets,
+    "perturbation_norm_hist": perturbation_norm_hist,
+    "loss_surface": loss_surface,
+    "filter_evolution": filter_evolution,
+    "filter_norms": filter_norms,
+    "feature_maps": feature_maps,
+    "linear_approx": linear_approx,
+    "sign_agreement": sign_agreement,
+}
+
+#: key -> (builder, fewest runs it is drawn for)
+MULTI_BUILDERS: dict[str, tuple[Callable[..., Figure], int]] = {
+    "overlay_curves": (overlay_curves, 2),
+    "overlay_diagnostics": (overlay_diagnostics, 2),
+    "l1_table": (l1_table, 1),
+    "sign_table": (sign_table, 2),
+}
+
+ANALYTIC_BUILDERS: dict[str, Callable[..., Figure]] = {"lemma1": lemma1, "lemma2": lemma2}
+
+ALL_FIGURES = (*RUN_BUILDERS, *MULTI_BUILDERS, *ANALYTIC_BUILDERS)
