@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from . import attacks
 from .data import DATASETS, load_dataset, make_loader
 from .errors import UsageError
-from .methods import METHODS, get_method
-from .methods.settings import validated_hparams
+from .methods import METHODS, Method, get_method
+from .methods.settings import validated_hparams, validated_lr_peak
 from .models import MODELS, build_model
 from .monitoring import monitor
 from .parsing import parse_eps, parse_fraction
@@ -47,7 +47,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 3e-3
     lr_schedule: str = "cyclic"
-    lr_peak_at: float = 0.4
+    lr_peak_at: float | None = None     # cyclic peak, fraction of training; None: the method's paper value
     lr_milestones: list[float] = field(default_factory=list)
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -90,6 +90,12 @@ class TrainConfig:
                 raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(sorted(choices))}")
         # the validated setting for this dataset and eps, with the user's own values on top
         self.method_args = {**validated_hparams(self.method, self.dataset, self.eps), **self.method_args}
+        if self.lr_peak_at is None:
+            peak = validated_lr_peak(self.method, self.dataset, self.eps)
+            self.lr_peak_at = METHODS[self.method].lr_peak if peak is None else peak
+        self.lr_peak_at = parse_fraction(self.lr_peak_at, "lr peak")
+        if not 0.0 < self.lr_peak_at <= 1.0:
+            raise UsageError(f"lr peak must be a fraction of training in (0, 1], got {self.lr_peak_at}")
         for name in ("epochs", "batch_size", "eval_n", "eval_steps", "eval_restarts", "probe_n",
                      "train_probe_n"):
             value = getattr(self, name)
@@ -104,6 +110,14 @@ class TrainConfig:
             raise UsageError(f"train limit must be positive, got {self.train_limit}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UsageError(f"lr must be a positive number, got {self.lr}")
+
+
+def build_method(cfg: TrainConfig, num_samples: int) -> Method:
+    """The training method of ``cfg`` with its resolved hyper-parameters, the run's seed, the
+    training-set size (per-sample state) and the number of epochs (ATTA/ATAS skip the re-draw
+    of their stored perturbations in the last epoch, as their reference does)."""
+    return get_method(cfg.method, cfg.eps, **{"seed": cfg.seed, "num_samples": num_samples,
+                                               "epochs": cfg.epochs, **cfg.method_args})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,8 +159,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
 
     model = build_model(cfg.model, train_set.spec).to(device)
     optimizer = _optimizer(cfg, model)
-    method = get_method(cfg.method, cfg.eps, seed=cfg.seed, num_samples=len(train_set),
-                        **cfg.method_args)
+    method = build_method(cfg, len(train_set))
     lr_at = make_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, cfg.lr_peak_at, cfg.lr_milestones)
     steps_per_epoch = len(train_loader)
     use_amp = cfg.amp and device.type == "cuda"

@@ -49,3 +49,25 @@ def test_list_methods_names_the_registry():
     assert p.returncode == 0
     listed = {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
     assert listed == set(METHODS)
+
+
+def test_lr_peak_and_per_eps_settings_default_to_the_papers():
+    import argparse
+
+    from codiag.commands.train import add_training_options, config_from_args
+    from codiag.trainer import TrainConfig
+
+    def cfg(*argv: str) -> TrainConfig:
+        p = argparse.ArgumentParser()
+        add_training_options(p, TrainConfig())
+        return config_from_args(p.parse_args(list(argv)))
+
+    assert cfg("--method", "gradalign", "--dataset", "cifar10", "--eps", "8/255").lr_peak_at == 0.4
+    assert cfg("--method", "zerograd", "--dataset", "cifar10", "--eps", "8/255").lr_peak_at == 0.5
+    assert cfg("--method", "zerograd", "--lr-peak", "2/5", "--dataset", "cifar10").lr_peak_at == 0.4
+    # the Fashion-MNIST settings were validated with the peak at 2/5
+    assert cfg("--method", "zerograd").lr_peak_at == 0.4
+    z16 = cfg("--method", "zerograd", "--dataset", "cifar10", "--eps", "16/255")
+    assert z16.method_args == {"q": 0.6, "step": 1.5}
+    assert cfg("--method", "zerograd", "--dataset", "cifar10", "--eps", "16/255", "-m", "q=0.5").method_args["q"] == 0.5
+    assert cfg("--method", "gradalign", "--dataset", "cifar10", "--eps", "16/255").method_args == {"lam": 2.0}

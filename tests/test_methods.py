@@ -184,7 +184,8 @@ def test_n_fgsm_can_exceed_eps_and_is_not_projected():
 
 
 def test_pgd_variants():
-    assert make("pgd10").alpha == pytest.approx(0.2) and make("pgd10").random_start
+    assert make("pgd10").alpha == pytest.approx(0.2) and not make("pgd10").random_start
+    assert make("pgd").random_start
     p2 = make("pgd2")
     assert p2.steps == 2 and p2.alpha == pytest.approx(0.5) and not p2.random_start
     model = tiny_cnn()
@@ -225,6 +226,8 @@ def test_zerograd_zeroes_exactly_q_share_per_sample():
     moved_to_corner = (d.abs() - EPS).abs().lt(1e-6).flatten(1).sum(1)
     k = round(0.35 * 64)
     assert (stayed == k).all() and (moved_to_corner == 64 - k).all()
+    assert m.state()["zeroed_share"] == 0.0        # a probe's call (own generator) leaves training's state
+    m.perturb(model, x, y)
     assert m.state()["zeroed_share"] == pytest.approx(k / 64)
 
 
@@ -375,7 +378,8 @@ def test_atas_step_sizes_are_inversely_ordered_with_the_moving_average():
     x, y, idx = batch(16)
     g0 = input_grad(model, x + make("atas").start(model, x, y, idx, generator=torch.Generator()), y)
     c = float((0.5 ** 0.5 * g0.flatten(1).norm(dim=1)).median()) / 128   # put the norms where c bites
-    m = make("atas", warmup_epochs=0, c=c)
+    # the reference's constants (16/255, [4, 14]/255) scaled to this test's eps, as a setting would
+    m = make("atas", warmup_epochs=0, c=c, gamma_c=2 * EPS, min_step=0.5 * EPS, max_step=1.75 * EPS)
     m.perturb(model, x, y, idx)                       # first update: v = (1 - beta) ||g||^2
     v = m.v[idx]
     steps = m._last_step

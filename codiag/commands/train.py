@@ -70,6 +70,10 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--lr", type=_number, default=d.lr, help="peak learning rate")
     p.add_argument("--lr-schedule", choices=("cyclic", "onecycle", "piecewise", "constant"),
                    default=d.lr_schedule)
+    p.add_argument("--lr-peak", type=_number, default=d.lr_peak_at, metavar="FRACTION",
+                   help="where the cyclic schedule peaks, as a fraction of training (default: the "
+                   "method's paper value, 2/5 for GradAlign's code, 1/2 for Wong et al., ZeroGrad, "
+                   "N-FGSM, APART)")
     p.add_argument("--lr-milestones", type=_number, nargs="*", default=d.lr_milestones,
                    help="epochs where a piecewise schedule multiplies lr by 0.1")
     p.add_argument("--momentum", type=_number, default=d.momentum)
@@ -108,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=args.out, dataset=args.dataset, data_root=args.data_root, download=args.download,
         model=args.model, method=args.method, method_args=dict(args.method_arg), eps=args.eps,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        lr_schedule=args.lr_schedule, lr_milestones=list(args.lr_milestones), momentum=args.momentum,
+        lr_schedule=args.lr_schedule, lr_peak_at=args.lr_peak, lr_milestones=list(args.lr_milestones),
+        momentum=args.momentum,
         weight_decay=args.weight_decay, train_limit=args.train_limit, seed=args.seed, amp=args.amp,
         device=args.device, probes=probes, every=every, eval_n=args.eval_n,
         eval_steps=args.eval_steps, eval_restarts=args.eval_restarts, autoattack=args.autoattack,

@@ -91,6 +91,7 @@ class APART(Method):
     ascent with mu_a = 5e-8 (cyclic), lambda = 200, first-order."""
 
     name = "apart"
+    lr_peak = 0.5
     defaults: dict[str, Any] = {"init_step": 1.0, "input_step": 1.25, "block_step": 0.25,
                                 "alpha_lr": 5e-8, "l2": 200.0, "layerwise": True, "branch_only": True}
 

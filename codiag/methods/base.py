@@ -150,6 +150,11 @@ class Method:
         """Return the training perturbation ``delta`` (detached, ``x + delta`` in [0, 1])."""
         raise NotImplementedError
 
+    #: where the cyclic learning rate peaks, as a fraction of training, in the paper's code: 2/5 in
+    #: GradAlign's ``utils.get_lr_schedule``; 1/2 in Wong et al.'s, ZeroGrad's, N-FGSM's and APART's
+    #: ``CyclicLR(step_size_up=lr_steps / 2)``. The trainer's default for ``--lr-peak``.
+    lr_peak: ClassVar[float] = 0.4
+
     #: radius (in eps) of the uniform random start; 0 means the method starts at the clean input
     start_radius: ClassVar[float] = 0.0
 

@@ -20,6 +20,7 @@ class FGSMRS(Method):
     """FGSM-RS: uniform start of radius ``init * eps``, one step of ``step * eps`` (default 1.25)."""
 
     name = "fgsm_rs"
+    lr_peak = 0.5
     defaults = {"step": 1.25, "init": 1.0}
 
     def _start_radius(self) -> float:

@@ -5,7 +5,12 @@ Each minibatch is replayed ``m`` times. Every replay is one forward and one
 backward at ``x + delta`` that yields both the parameter gradient (optimizer
 step) and the input gradient (``delta <- clip(delta + eps * sign(g), -eps, eps)``,
 then [0, 1]); ``delta`` is carried over to the next replay and the next
-minibatch. Defaults: ``m = 8``, step ``eps`` (Shafahi et al.), ``delta`` starts at 0.
+minibatch (one buffer of batch-size rows, as in Wong et al.'s ``train_free.py``: a short
+last batch uses its first rows, the others carry over). Defaults: ``m = 8``, step ``eps``
+(Shafahi et al.), ``delta`` starts at 0.
+
+Probes: the carried perturbation belongs to the last training batch, not to the probe points,
+so the perturbation the probes see for Free is a stand-in (``probe_perturbation``).
 
 :meth:`train_step` performs the ``m`` optimizer steps itself, so to keep the
 total number of optimizer steps of a single-step run, train for ``epochs / m``
@@ -35,13 +40,27 @@ class Free(Method):
         self._delta: Tensor | None = None
 
     def _carried(self, x: Tensor) -> Tensor:
-        """The carried perturbation, cut or zero-padded to this batch (the last batch may be smaller)."""
+        """The first ``len(x)`` rows of the carried perturbation, clamped to this batch's image box.
+
+        As in the reference (``delta[:X.size(0)]`` of one buffer of batch-size rows), a short
+        batch uses the first rows and the rows past it keep their values for the next batch.
+        """
         d = self._delta
         if d is None or d.shape[1:] != x.shape[1:] or d.device != x.device:
             return torch.zeros_like(x)
         if d.shape[0] < x.shape[0]:
             d = torch.cat([d, d.new_zeros((x.shape[0] - d.shape[0], *x.shape[1:]))])
         return clamp_to_image(x, d[: x.shape[0]].to(x.dtype))
+
+    def _keep(self, delta: Tensor) -> None:
+        """Write this batch's perturbation into the first rows of the carried buffer."""
+        d = self._delta
+        if d is None or d.shape[1:] != delta.shape[1:] or d.device != delta.device or d.shape[0] <= delta.shape[0]:
+            self._delta = delta.detach().clone()
+            return
+        d = d.clone()
+        d[: delta.shape[0]] = delta.detach()
+        self._delta = d
 
     def start(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
               generator: torch.Generator | None = None) -> Tensor:
@@ -66,7 +85,7 @@ class Free(Method):
                 delta = (delta + self.step * self.eps * delta.grad.sign()).clamp(-self.eps, self.eps)
                 delta = clamp_to_image(x, delta)
             total += loss.detach()
-        self._delta = delta.detach()
+        self._keep(delta)
         return total / self.m
 
     def state(self) -> dict[str, StateValue]:

@@ -53,6 +53,7 @@ class MultiGrad(Method):
     """MultiGrad: N (3) uniform starts, keep sign-unanimous coordinates, step ``step`` eps (1.0) from zero."""
 
     name = "multigrad"
+    lr_peak = 0.5
     defaults = {"n": 3, "step": 1.0, "init": 1.0, "batched": "auto", "random_start": False}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
@@ -79,7 +80,8 @@ class MultiGrad(Method):
         else:
             grads = torch.stack([input_grad(model, x + starts[j], y) for j in range(n)])
         direction = agreeing_signs(grads)
-        self._kept = direction.ne(0)
+        if generator is None:     # state() reports training's share, not a probe's
+            self._kept = direction.ne(0)
         # the paper's delta starts at the clean input; random_start keeps the first start (C.2's
         # suggested variant for large eps: disagreeing coordinates keep random values)
         origin = starts[0] if self.random_start else torch.zeros_like(x)

@@ -22,6 +22,7 @@ class NFGSM(Method):
     """N-FGSM: noise U[-2 eps, 2 eps], one step of eps, no projection to the eps ball."""
 
     name = "n_fgsm"
+    lr_peak = 0.5
     defaults: dict[str, Any] = {"noise": 2.0, "step": 1.0, "clip": None}
 
     def _start_radius(self) -> float:

@@ -2,10 +2,15 @@
 
 L-inf PGD with ``steps`` signed-gradient steps of ``alpha`` each, projected onto
 the eps ball and [0, 1] after every step. Registered variants (defaults as used
-as baselines in GradAlign/ZeroGrad/APART):
+in their papers' code):
 
-* ``pgd`` / ``pgd10``: 10 steps, ``alpha = 2 eps / 10``, uniform random start;
-* ``pgd2``: 2 steps, ``alpha = eps / 2``, no random start.
+* ``pgd``: 10 steps, ``alpha = 2 eps / 10``, uniform random start clamped to the image
+  (Madry et al.; Wong et al.'s ``train_pgd.py`` and ZeroGrad's ``attack_pgd`` start at random);
+* ``pgd10``: GradAlign's PGD-10 baseline: 10 steps of ``eps / 5`` from zero, no random start
+  (their ``sh/exps_diff_eps_cifar10.sh`` passes ``--attack_init=zero --pgd_alpha_train=1.6`` at 8/255);
+* ``pgd2``: GradAlign's PGD-2 baseline: 2 steps of ``eps / 2`` from zero.
+
+``random_start`` switches the start for any of them.
 
 Training perturbations run in the model's current mode and the caller's
 autocast (like the papers' training code), not through ``codiag.attacks.pgd``,
@@ -26,6 +31,7 @@ class PGD(Method):
     """PGD-k: ``steps`` (10) steps of ``alpha`` (times eps; default 2/steps), ``random_start`` (True)."""
 
     name = "pgd"
+    lr_peak = 0.5
     defaults: dict[str, Any] = {"steps": 10, "alpha": None, "random_start": True}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
@@ -50,10 +56,11 @@ class PGD(Method):
 
 @register
 class PGD10(PGD):
-    """PGD-10: 10 steps of 2 eps/10 from a uniform random start."""
+    """PGD-10 as GradAlign's baseline: 10 steps of eps/5 from zero (no random start)."""
 
     name = "pgd10"
-    defaults = {"steps": 10, "alpha": 0.2, "random_start": True}
+    lr_peak = 0.4
+    defaults = {"steps": 10, "alpha": 0.2, "random_start": False}
 
 
 @register
@@ -61,4 +68,5 @@ class PGD2(PGD):
     """PGD-2: 2 steps of eps/2 from zero (no random start)."""
 
     name = "pgd2"
+    lr_peak = 0.4
     defaults = {"steps": 2, "alpha": 0.5, "random_start": False}

@@ -59,6 +59,7 @@ class ZeroGrad(Method):
     """ZeroGrad: zero each sample's lower-``q`` share of |grad|, uniform start, step ``step`` eps (2.0)."""
 
     name = "zerograd"
+    lr_peak = 0.5
     defaults = {"q": 0.35, "step": 2.0, "init": 1.0}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
@@ -75,7 +76,8 @@ class ZeroGrad(Method):
         start = self.start(model, x, y, index, generator)
         grad = input_grad(model, x + start, y)
         grad, zeroed = zero_lower_quantile(grad, float(self.q))
-        self._zeroed = zeroed       # share read by state() at probe events only (no host sync here)
+        if generator is None:   # training's share (a probe's own call leaves it), read at probe events
+            self._zeroed = zeroed
         delta = (start + self.step * self.eps * grad.sign()).clamp(-self.eps, self.eps)
         return clamp_to_image(x, delta).detach()
 

@@ -1,0 +1,476 @@
+"""Conformance of codiag's training methods with the official code of their papers.
+
+Each ``test_<method>_matches_reference`` holds our own transcription of the
+reference training step (written from reading the reference; the repository,
+file and lines are cited above each transcription), runs it and codiag's
+``train_step`` on twin copies of the same tiny model, optimizer, batch and random
+start, and compares the perturbation, the loss, the parameters after the
+optimizer step and the BatchNorm buffers at 1e-6.
+
+The shared harness (tiny BatchNorm models, batches, twin set-ups, the random
+start drawn from a copy of the method's generator, the comparison) is meant for
+every method with official code: a new method's test adds one transcription and
+one test function.
+
+Conventions of the transcriptions. The references compute input gradients of the
+batch-*mean* cross entropy and codiag of the *sum*; only signs and cosines of
+those gradients enter the methods tested here, so the factor does not matter
+(ATAS, whose step depends on the norm, passes ``ref_batch`` = the batch size).
+The references draw their noise from the global RNG with ``uniform_(-r, r)``;
+the transcriptions draw it with ``uniform_`` from a copy of the method's own
+generator, which yields the same numbers up to rounding.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codiag.methods import get_method
+from codiag.models import PreActBlock
+from codiag.trainer import TrainConfig, build_method
+
+TOL = 1e-6
+EPS = 8 / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# harness
+# ---------------------------------------------------------------------------------------------
+class TinyBN(nn.Module):
+    """Conv-BatchNorm-ReLU, a second conv-BatchNorm-ReLU, average pooling, linear; 3x8x8 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return self.fc(h.flatten(1))
+
+
+class TinyPreAct(nn.Module):
+    """A stem and two of codiag's PreActBlocks (identity and projection shortcut), final BN-ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.layer = nn.Sequential(PreActBlock(6, 6, 1), PreActBlock(6, 8, 2))
+        self.bn = nn.BatchNorm2d(8)
+        self.linear = nn.Linear(8, 10)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer(self.conv1(x))
+        return self.linear(F.adaptive_avg_pool2d(F.relu(self.bn(h)), 1).flatten(1))
+
+
+def make_batch(n: int = 8, seed: int = 0, interior: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 3x8x8 images in [0, 1]; some pixels sit exactly on 0 and 1 so the image clamp acts.
+
+    ``interior``: pixels in [0.35, 0.65], so that no clamp to [0, 1] acts at radius 2 eps.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=g)
+    if interior:
+        x = 0.35 + 0.3 * x
+    else:
+        x[:, :, 0, :] = 0.0
+        x[:, :, -1, :] = 1.0
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x, y
+
+
+def twins(build: Callable[[], nn.Module] = TinyBN, seed: int = 0, lr: float = 0.05
+          ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module, torch.optim.Optimizer]:
+    """Two identical (model, SGD) pairs in train mode: one for the reference, one for codiag."""
+    torch.manual_seed(seed)
+    ref = build().train()
+    ours = copy.deepcopy(ref)
+
+    def sgd(m: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return ref, sgd(ref), ours, sgd(ours)
+
+
+def generator_copy(method: Any, device: str = "cpu") -> torch.Generator:
+    """A generator in the state of ``method``'s own generator: the reference's noise stream."""
+    g = torch.Generator(device=device)
+    g.set_state(method.generator(device).get_state())
+    return g
+
+
+def uniform(shape: torch.Size, radius: float, g: torch.Generator) -> torch.Tensor:
+    """``torch.zeros(shape).uniform_(-radius, radius)`` as the references draw it."""
+    return torch.zeros(shape).uniform_(-radius, radius, generator=g)
+
+
+def ours_step(method: Any, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              index: Any = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """codiag's ``train_step``; returns (the perturbation its ``perturb`` produced, the loss)."""
+    seen: list[torch.Tensor] = []
+    perturb = method.perturb
+
+    def recording(*args: Any, **kwargs: Any) -> torch.Tensor:
+        delta = perturb(*args, **kwargs)
+        seen.append(delta)
+        return delta
+    method.perturb = recording
+    try:
+        loss = method.train_step(model, opt, x, y, index)
+    finally:
+        del method.perturb
+    return (seen[-1] if seen else None), loss.detach()
+
+
+def assert_close(name: str, a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> None:
+    diff = (a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0
+    assert a.shape == b.shape and diff <= tol, f"{name}: max |reference - codiag| = {diff:.3g} > {tol}"
+
+
+def assert_same_models(ref: nn.Module, ours: nn.Module, tol: float = TOL) -> None:
+    """Parameters (after the optimizer step) and BatchNorm buffers agree."""
+    for (name, a), (_, b) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert_close(f"parameter {name}", a, b, tol)
+    for (name, a), (_, b) in zip(ref.named_buffers(), ours.named_buffers()):
+        assert_close(f"buffer {name}", a.float(), b.float(), tol)
+
+
+def assert_same_step(ref: tuple[torch.Tensor, torch.Tensor], ours: tuple[torch.Tensor | None, torch.Tensor],
+                     ref_model: nn.Module, our_model: nn.Module) -> None:
+    assert_close("perturbation", ref[0], ours[0])
+    assert_close("loss", ref[1], ours[1])
+    assert_same_models(ref_model, our_model)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """A batch's dataset indices without augmentation (codiag.data.SampleMeta's fields)."""
+    index: torch.Tensor
+    aug: Any = None
+
+
+def clamp(x: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
+    """The references' ``clamp``: ``max(min(x, hi), lo)`` with tensor or scalar bounds."""
+    return torch.max(torch.min(x, torch.as_tensor(hi)), torch.as_tensor(lo))
+
+
+def descend(model: nn.Module, opt: torch.optim.Optimizer, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The references' training update: mean CE at ``x_adv``, ``zero_grad``, backward, step."""
+    loss = F.cross_entropy(model(x_adv), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# single-step methods
+# ---------------------------------------------------------------------------------------------
+def ref_gradalign_fgsm(model, opt, X, y, eps, fgsm_alpha, delta, lam=0.0, eta=None):
+    """tml-epfl/understanding-fast-adv-training, train.py L141-170 (the FGSM step: gradient at
+    clamp(X + delta), ``delta <- clamp(delta + fgsm_alpha * eps * sign(grad), -eps, eps)``, then
+    into [0, 1]) and L186-207 (CE at X + delta plus, for ``grad_align_cos_lambda`` > 0, the
+    cosine regulariser between that gradient and the one at X + eta, eta ~ U[-eps, eps]
+    (utils.py L70-91 ``get_input_grad``, not clamped), over the samples whose two gradients
+    are non-zero; then ``zero_grad``, backward, step)."""
+    delta = delta.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(clamp(X + delta, 0, 1)), y)
+    grad = torch.autograd.grad(loss, delta)[0].detach()
+    d = clamp(delta.detach() + fgsm_alpha * eps * torch.sign(grad), -eps, eps)
+    d = clamp(X + d, 0, 1) - X
+    loss = F.cross_entropy(model(X + d), y)
+    if lam:
+        eta = eta.clone().requires_grad_(True)
+        grad2 = torch.autograd.grad(F.cross_entropy(model(X + eta), y), eta, create_graph=True)[0]
+        nz = ((grad ** 2).sum([1, 2, 3]) ** 0.5 != 0) * ((grad2 ** 2).sum([1, 2, 3]) ** 0.5 != 0)
+        g1, g2 = grad[nz], grad2[nz]
+        g1 = g1 / g1.flatten(1).norm(dim=1)[:, None, None, None]
+        g2 = g2 / g2.flatten(1).norm(dim=1)[:, None, None, None]
+        loss = loss + lam * (1.0 - torch.sum(g1 * g2, (1, 2, 3)).mean())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return d, loss.detach()
+
+
+def test_fgsm_matches_reference():
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("fgsm", EPS)
+    # GradAlign's FGSM runs: --attack=fgsm --attack_init=zero (sh/exps_diff_eps_cifar10.sh L1-16)
+    expected = ref_gradalign_fgsm(ref, ref_opt, x, y, EPS, 1.25, torch.zeros_like(x))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_wong_fgsm_rs(model, opt, X, y, eps, alpha, g):
+    """locuslab/fast_adversarial, CIFAR10/train_fgsm.py L105-125: ``delta ~ U[-eps, eps]``
+    clamped to the image, one step of ``alpha * sign(grad)``, clamp to [-eps, eps] and the image,
+    CE at X + delta, backward, step."""
+    delta = uniform(X.shape, eps, g)
+    delta = clamp(delta, -X, 1 - X).requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(X + delta), y), delta)[0].detach()
+    d = clamp(delta.detach() + alpha * torch.sign(grad), -eps, eps)
+    d = clamp(d, -X, 1 - X)
+    return d, descend(model, opt, X + d, y)
+
+
+def test_fgsm_rs_matches_reference():
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("fgsm_rs", EPS)
+    expected = ref_wong_fgsm_rs(ref, ref_opt, x, y, EPS, 10 / 255, generator_copy(method))  # --alpha 10
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_n_fgsm(model, opt, X, y, eps, alpha, unif, g):
+    """pdejorge/N-FGSM, train.py L216-242: ``eta ~ U[-unif eps, unif eps]`` clamped to the image,
+    ``delta = eta + alpha * sign(grad at X + eta)``, clamped to the image only (``--clip`` -1),
+    CE at X + delta, backward, step."""
+    eta = clamp(uniform(X.shape, unif * eps, g), -X, 1 - X).requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(X + eta), y), eta)[0].detach()
+    d = clamp(eta.detach() + alpha * torch.sign(grad), -X, 1 - X)
+    return d, descend(model, opt, X + d, y)
+
+
+def test_n_fgsm_matches_reference():
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("n_fgsm", EPS)
+    # experiments.sh L9: --epsilon 8 --alpha 8 --unif 2
+    expected = ref_n_fgsm(ref, ref_opt, x, y, EPS, EPS, 2.0, generator_copy(method))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_zerograd(model, opt, X, y, eps, alpha, q, g):
+    """rohban-lab/catastrophic_overfitting, train_cifar.py L55-70 (``zero_grad``: uniform start
+    clamped to the image, zero the coordinates with |grad| below the per-sample q-quantile, step
+    ``alpha * sign``, clamp to [-eps, eps] and the image) and L287-293 (CE at X + delta, step)."""
+    delta = clamp(uniform(X.shape, eps, g), -X, 1 - X).requires_grad_(True)
+    F.cross_entropy(model(X + delta), y).backward()
+    grad = delta.grad.detach()
+    model.zero_grad()       # the reference's opt.zero_grad() before its own backward clears these
+    q_grad = torch.quantile(grad.abs().view(grad.size(0), -1), q, dim=1)
+    grad[grad.abs() < q_grad.view(-1, 1, 1, 1)] = 0
+    d = torch.clamp(delta.detach() + alpha * torch.sign(grad), min=-eps, max=eps)
+    d = clamp(d, -X, 1 - X)
+    return d, descend(model, opt, torch.clamp(X + d, 0, 1), y)
+
+
+def test_zerograd_matches_reference():
+    # 3x8x8 = 192 coordinates: round(0.35 * 192) = 67 = the number strictly below the
+    # reference's interpolated quantile (see zerograd.py "Exactness")
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("zerograd", EPS)
+    expected = ref_zerograd(ref, ref_opt, x, y, EPS, 2 * EPS, 0.35, generator_copy(method))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_multigrad(model, opt, X, y, eps, alpha, samples, g):
+    """rohban-lab/catastrophic_overfitting, train_cifar.py L72-103 (``multi_grad`` with
+    ``parallel`` off, the default of ``--multi-parallel``: one forward/backward per uniform start,
+    keep the coordinates whose signs all agree, ``delta = clamp(alpha * sign, -eps, eps)`` from
+    zero, then the image) and L287-293 (the training step)."""
+    grads = []
+    for _ in range(samples):
+        delta = clamp(uniform(X.shape, eps, g), -X, 1 - X).requires_grad_(True)
+        F.cross_entropy(model(X + delta), y).backward()
+        grads.append(delta.grad.detach().clone())
+    model.zero_grad()
+    s = sum(torch.sign(gr) for gr in grads)
+    grad = torch.where(s.abs() < samples, torch.zeros_like(s), s)
+    d = torch.clamp(alpha * torch.sign(grad), min=-eps, max=eps)
+    d = clamp(d, -X, 1 - X)
+    return d, descend(model, opt, torch.clamp(X + d, 0, 1), y)
+
+
+def test_multigrad_matches_reference():
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("multigrad", EPS, batched=False)
+    expected = ref_multigrad(ref, ref_opt, x, y, EPS, EPS, 3, generator_copy(method))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+@pytest.mark.parametrize("eps", [8 / 255, 16 / 255])
+def test_gradalign_matches_reference(eps):
+    # the reference does not clamp X + eta to [0, 1] (codiag does): pixels stay inside
+    x, y = make_batch(interior=True)
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("gradalign", eps)
+    lam = {8 / 255: 0.2, 16 / 255: 2.0}[eps]     # sh/exps_diff_eps_cifar10.sh L48, L56
+    eta = uniform(x.shape, eps, generator_copy(method))
+    expected = ref_gradalign_fgsm(ref, ref_opt, x, y, eps, 1.25, torch.zeros_like(x), lam=lam, eta=eta)
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_pgd_training(model, opt, X, y, eps, alpha, iters, rs, g):
+    """tml-epfl/understanding-fast-adv-training, utils.py L166-193 (``attack_pgd_training``: start
+    at 0, or U[-eps, eps] with ``rs``; each step ``delta + alpha * sign(grad at clamp(X + delta))``,
+    then into the image and onto [-eps, eps]) and train.py L186-207 (the training step)."""
+    delta = uniform(X.shape, eps, g) if rs else torch.zeros_like(X)
+    delta.requires_grad = True
+    for _ in range(iters):
+        F.cross_entropy(model(clamp(X + delta, 0, 1)), y).backward()
+        grad = delta.grad.detach()
+        delta.data = delta + alpha * torch.sign(grad)
+        delta.data = clamp(X + delta.data, 0, 1) - X
+        delta.data = clamp(delta.data, -eps, eps)
+        delta.grad.zero_()
+    model.zero_grad()
+    d = delta.detach()
+    return d, descend(model, opt, X + d, y)
+
+
+def ref_wong_pgd(model, opt, X, y, eps, alpha, iters, g):
+    """locuslab/fast_adversarial, CIFAR10/train_pgd.py L98-118: ``delta ~ U[-eps, eps]`` clamped to
+    the image; each step ``clamp(delta + alpha * sign(grad), -eps, eps)``, then into the image;
+    CE at X + delta, backward, step (``--attack-iters 7 --alpha 2`` at eps 8)."""
+    delta = clamp(uniform(X.shape, eps, g), -X, 1 - X).requires_grad_(True)
+    for _ in range(iters):
+        F.cross_entropy(model(X + delta), y).backward()
+        grad = delta.grad.detach()
+        delta.data = clamp(delta + alpha * torch.sign(grad), -eps, eps)
+        delta.data = clamp(delta, -X, 1 - X)
+        delta.grad.zero_()
+    model.zero_grad()
+    d = delta.detach()
+    return d, descend(model, opt, X + d, y)
+
+
+def test_pgd_matches_reference():
+    # GradAlign's PGD-10 baseline: sh/exps_diff_eps_cifar10.sh L66 (--attack_init=zero,
+    # --pgd_alpha_train=1.6 at eps 8, i.e. eps/5)
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("pgd10", EPS)
+    expected = ref_pgd_training(ref, ref_opt, x, y, EPS, 0.2 * EPS, 10, False, generator_copy(method))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def test_pgd_random_start_matches_reference():
+    # Wong et al.'s PGD-7 training (train_pgd.py defaults): random start, step 2/255 = eps/4
+    x, y = make_batch()
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("pgd", EPS, steps=7, alpha=0.25)
+    expected = ref_wong_pgd(ref, ref_opt, x, y, EPS, 2 / 255, 7, generator_copy(method))
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+
+
+def ref_free(model, opt, batches, eps, replays, batch_size):
+    """locuslab/fast_adversarial, CIFAR10/train_free.py L76-77 (one ``delta`` buffer of
+    ``batch_size`` rows, zero at the start) and L94-105 (each minibatch replayed ``replays``
+    times: CE at X + delta[:n], backward, ``delta <- clamp(delta + eps sign(grad), -eps, eps)``,
+    the first n rows into the image, optimizer step; rows past a short batch keep their values)."""
+    delta = torch.zeros(batch_size, *batches[0][0].shape[1:], requires_grad=True)
+    for X, y in batches:
+        for _ in range(replays):
+            loss = F.cross_entropy(model(X + delta[:X.size(0)]), y)
+            opt.zero_grad()
+            loss.backward()
+            grad = delta.grad.detach()
+            delta.data = clamp(delta + eps * torch.sign(grad), -eps, eps)
+            delta.data[:X.size(0)] = clamp(delta[:X.size(0)], -X, 1 - X)
+            opt.step()
+            delta.grad.zero_()
+    return delta.detach()
+
+
+def test_free_matches_reference():
+    # a full, a short and a full batch: the rows past the short batch carry over
+    batches = [make_batch(8, 1, interior=True), make_batch(5, 2, interior=True), make_batch(8, 3, interior=True)]
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("free", EPS, m=2)
+    delta = ref_free(ref, ref_opt, batches, EPS, 2, 8)
+    for x, y in batches:
+        method.train_step(ours, our_opt, x, y)
+    assert_same_models(ref, ours)
+    assert_close("carried perturbation", delta[:8], method.start(ours, batches[2][0], batches[2][1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# methods that carry a perturbation per sample
+# ---------------------------------------------------------------------------------------------
+def ref_atas_step(model, opt, x_nat, delta, y, eps, step, gdnorm=None, beta=0.5, c=0.01,
+                  min_step=4 / 255, max_step=14 / 255):
+    """HuangZhiChao95/ATAS, ATAS.py L93-130 (start ``clamp(x + stored delta, 0, 1)``; constant
+    step during warm-up, adaptive after; training CE in train mode; step) and adv_attack.py
+    L25-36 / L39-55 (in eval mode one ``step * sign(grad)`` from the start, projected to the eps
+    ball around x and into [0, 1]; the adaptive step is ``1 / (1 + sqrt(v) / c) * 2 * 8/255``
+    clamped to [min, max] with ``v = ||grad||^2 (1 - beta) + beta v_old``). The same step is
+    ATTA's ``get_adv_atta`` (haizhongzheng/ATTA, adv_attack.py L8-23, loss_type 'mat').
+    Returns (perturbation, loss, v or None)."""
+    x_adv = torch.clamp(delta + x_nat, 0, 1)
+    model.eval()
+    x_adv.requires_grad_()
+    grad = torch.autograd.grad(F.cross_entropy(model(x_adv), y), [x_adv])[0]
+    v = None
+    if gdnorm is not None:
+        v = torch.norm(grad.view(len(x_adv), -1), dim=1) ** 2 * (1 - beta) + gdnorm * beta
+        step = torch.clamp(1 / (1 + torch.sqrt(v) / c) * 2 * 8 / 255, min_step, max_step).view(-1, 1, 1, 1)
+    x_adv = x_adv.detach() + step * torch.sign(grad.detach())
+    x_adv = torch.min(torch.max(x_adv, x_nat - eps), x_nat + eps)
+    x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    return x_adv - x_nat, descend(model, opt, x_adv, y), v
+
+
+def test_atta_matches_reference():
+    x, y = make_batch()
+    meta = Meta(torch.arange(len(x)))
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("atta", EPS, num_samples=len(x))
+    ours_step(method, copy.deepcopy(ours), copy.deepcopy(our_opt), x, y, meta)  # creates the store
+    start = method.start(ours, x, y, meta)
+    expected = ref_atas_step(ref, ref_opt, x, start, y, EPS, EPS / 2)[:2]   # ATAS App. B: 4/255
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y, meta), ref, ours)
+
+
+@pytest.mark.parametrize("eps", [8 / 255, 16 / 255])
+def test_atas_matches_reference(eps):
+    # after warm-up, from v = 0: the step depends on the gradient norm, so codiag's
+    # ``ref_batch`` is the batch whose mean loss the reference differentiates
+    x, y = make_batch()
+    meta = Meta(torch.arange(len(x)))
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("atas", eps, num_samples=len(x), ref_batch=len(x), warmup_epochs=0, epochs=30)
+    ours_step(method, copy.deepcopy(ours), copy.deepcopy(our_opt), x, y, meta)
+    method.v.zero_()
+    start = method.start(ours, x, y, meta)
+    expected = ref_atas_step(ref, ref_opt, x, start, y, eps, None, gdnorm=torch.zeros(len(x)))[:2]
+    assert_same_step(expected, ours_step(method, ours, our_opt, x, y, meta), ref, ours)
+
+
+@pytest.mark.parametrize("name", ["atta", "atas"])
+def test_carried_perturbation_resets_match_reference(name):
+    """HuangZhiChao95/ATAS, ATAS.py L164-167: in 1-based epochs 1..30 the stored perturbations are
+    re-drawn before epochs 10 and 20, not before the last (30). The method is built the way the
+    trainer builds it (``codiag.trainer.build_method``), so a 30-epoch run knows its length."""
+    cfg = TrainConfig(method=name, dataset="cifar10", eps=EPS, epochs=30)
+    cfg.validate()
+    x, y = make_batch()
+    meta = Meta(torch.arange(len(x)))
+    method = build_method(cfg, num_samples=len(x))
+    model = TinyBN().train()
+    redrawn = []
+    for epoch in range(cfg.epochs):
+        before = None if method.store is None else method.store.data.clone()
+        method.on_epoch_start(epoch)
+        if before is not None and not torch.equal(before, method.store.data):
+            redrawn.append(epoch + 1)
+        method.perturb(model, x, y, meta)
+    assert redrawn == [e for e in range(1, cfg.epochs + 1) if e % 10 == 0 and e != cfg.epochs]
