@@ -418,6 +418,7 @@ class BatchLoader:
         self.pad = int(pad)
         self.epoch = 0
         self._tensors: tuple[Tensor, Tensor] | None = None
+        self._lut: Tensor | None = None
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -432,6 +433,14 @@ class BatchLoader:
         self.epoch += 1
         return self._batches(gen)
 
+    def _to_float(self, x: Tensor) -> Tensor:
+        """uint8 -> float32 in [0, 1] through a 256-entry table divided on the CPU: CUDA divides by
+        a scalar as a multiplication by its reciprocal, which differs from the CPU's true division
+        in the last bit, so the same seed would give other images on a GPU."""
+        if self._lut is None:
+            self._lut = (torch.arange(256, dtype=torch.float32) / 255).to(self.device)
+        return self._lut[x.long()]
+
     def _on_device(self) -> tuple[Tensor, Tensor]:
         # copied once: a uint8 CIFAR-10 is 150 MB, and gathering on the device avoids a
         # host-to-device copy per batch
@@ -442,6 +451,8 @@ class BatchLoader:
     def _batches(self, gen: torch.Generator) -> Iterator[tuple]:
         images, labels = self._on_device()
         n = len(images)
+        # the order and the augmentation are drawn on the CPU generator whatever the device, then
+        # moved, so a CUDA loader yields the CPU loader's batches for the same seed
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self.augment:
             # drawn for the whole epoch at once: three small host-to-device copies per epoch
@@ -460,7 +471,7 @@ class BatchLoader:
                 sl = slice(s, s + len(idx))
                 aug = AugParams(top[sl], left[sl], flip[sl], self.pad)
                 x = crop_like(aug, F.pad(x, (self.pad,) * 4))  # zero padding, as the papers' RandomCrop
-            x = x.float().div_(255)
+            x = self._to_float(x)
             y = labels.index_select(0, idx)
             yield (x, y, SampleMeta(idx, aug)) if self.with_index else (x, y)
 

@@ -119,11 +119,14 @@ class PreActBlock(nn.Module):
         # nn.Sequential keeps Wong's state_dict keys (shortcut.0.weight)
         self.shortcut = (nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
                          if stride != 1 or in_planes != planes else None)
+        # the residual branch after BN-ReLU, past the shortcut: where APART's code adds its
+        # layer-wise noise (an identity, no weights)
+        self.branch = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
+        out = self.conv1(self.branch(out))
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
 
@@ -184,11 +187,12 @@ class WideBasic(nn.Module):
         self.dropout = float(dropout)
         self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
                          if stride != 1 or in_planes != planes else None)
+        self.branch = nn.Identity()     # APART's layer-wise noise point, as in PreActBlock
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = F.relu(self.bn2(self.conv1(out)))
+        out = F.relu(self.bn2(self.conv1(self.branch(out))))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
         return self.conv2(out) + shortcut

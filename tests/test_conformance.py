@@ -455,6 +455,91 @@ def test_atas_matches_reference(eps):
     assert_same_step(expected, ours_step(method, ours, our_opt, x, y, meta), ref, ours)
 
 
+# ---------------------------------------------------------------------------------------------
+# APART
+# ---------------------------------------------------------------------------------------------
+def ref_preact_forward(model: TinyPreAct, x: torch.Tensor, noise: list | None, grads: dict) -> torch.Tensor:
+    """LiyuanLucasLiu/APART, models/preresnet.py L34-54 (``PreActBlock.forward``) on codiag's block
+    layout: ``out = relu(bn1(x))`` keeps a hook for its gradient (``info['input_grad']``); with
+    layer-wise noise ``out + alpha_i * sign(that gradient)`` enters the residual branch only, after
+    the shortcut was taken (the gradient is the branch's: the reference's shortcut does not read
+    ``out``); and L111-144 (the input ``x`` keeps a hook for its gradient too)."""
+    if x.requires_grad:
+        x.register_hook(lambda g: grads.__setitem__("input", g.detach().clone()))
+    h = model.conv1(x)
+    for i, block in enumerate(model.blocks):
+        out = F.relu(block.bn1(h))
+        shortcut = block.shortcut(out) if block.shortcut is not None else h
+        # the reference's shortcut reads the block input, so the hooked ``out`` feeds the branch
+        # only; codiag's projection shortcut reads ``out``: hook a copy that feeds the branch only
+        out = out.clone()
+        if out.requires_grad:
+            out.register_hook(lambda g, i=i: grads.__setitem__(i, g.detach().clone()))
+        if noise is not None:
+            out = out + noise[i]
+        out = block.conv2(F.relu(block.bn2(block.conv1(out))))
+        h = out + shortcut
+    return model.linear(F.adaptive_avg_pool2d(F.relu(model.bn(h)), 1).flatten(1))
+
+
+def ref_apart_step(model, opt, opt_alpha, alphas, X, y, omega, eps):
+    """LiyuanLucasLiu/APART, train.py L114-161 (``--layerwise``). ``alphas`` = [alpha_omega, alpha,
+    block alphas...], parameters of both ``opt`` (the main SGD) and ``opt_alpha``. Round 1:
+    ``delta = clamp(alpha_omega * omega, -eps, eps)``, forward/backward at ``clamp(X + delta, 0, 1)``;
+    ``delta <- clamp(delta + alpha * sign(input grad), -eps, eps)``. Round 2 at ``clamp(X + delta)``
+    with layer-wise noise: ``zero_grad``, backward; ``omega <- clamp(omega + alpha / (alpha_omega +
+    1e-7) * sign(input grad), -1, 1)``; the alphas' gradients negated (ascent), ``opt_alpha.step()``,
+    ``opt_alpha.zero_grad()``, then ``opt.step()``, which moves the alphas again (weight decay and
+    momentum on a zero gradient: the reference's torch 1.x ``zero_grad`` zeroes, it does not free).
+    Returns (perturbation, loss, new omega)."""
+    a_omega, a_input, a_blocks = alphas[0], alphas[1], alphas[2:]
+    opt.zero_grad(set_to_none=False)
+    opt_alpha.zero_grad(set_to_none=False)
+    grads: dict = {}
+    delta = torch.clamp(a_omega * omega, -eps, eps)
+    inputs = torch.clamp(X.detach() + delta, 0, 1)
+    F.cross_entropy(ref_preact_forward(model, inputs, None, grads), y).backward(retain_graph=True)
+    block_signs = [grads[i].sign() for i in range(len(a_blocks))]
+    delta = torch.clamp(delta + a_input * grads["input"].sign(), -eps, eps)
+    adv = torch.clamp(X.detach() + delta, 0, 1)
+    out = ref_preact_forward(model, adv, [a * s for a, s in zip(a_blocks, block_signs)], grads)
+    loss = F.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    ratio = a_input.data.item() / (a_omega.data.item() + 1e-7)
+    omega = torch.clamp(omega + ratio * grads["input"].sign(), -1, 1)
+    for a in alphas:
+        a.grad = -a.grad
+    opt_alpha.step()
+    opt_alpha.zero_grad(set_to_none=False)
+    opt.step()
+    return (adv - X).detach(), loss.detach(), omega
+
+
+def test_apart_matches_reference():
+    x, y = make_batch()
+    n = len(x)
+    meta = Meta(torch.arange(n))
+    torch.manual_seed(0)
+    ref = TinyPreAct().train()
+    ours = copy.deepcopy(ref)
+    lr, alpha_lr = 0.05, 1e-3      # alpha_lr larger than the paper's 5e-8 so that its effect shows
+    alphas = [torch.nn.Parameter(torch.tensor([v])) for v in (1e-4, 1e-4, 0.0, 0.0)]   # preresnet.py L20, L96-97
+    ref_opt = torch.optim.SGD([*ref.parameters(), *alphas], lr=lr, momentum=0.9, weight_decay=2e-4)
+    opt_alpha = torch.optim.SGD(alphas, lr=alpha_lr, momentum=0.9, weight_decay=400)   # train.py L273
+    our_opt = torch.optim.SGD(ours.parameters(), lr=lr, momentum=0.9, weight_decay=2e-4)
+    method = get_method("apart", EPS, num_samples=n, alpha_lr=alpha_lr)
+    omega = 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))      # train.py L259
+    method.init_store(x, meta, omega)
+    for _ in range(2):      # the second step sees the momentum buffers and the updated omega
+        delta, loss, omega = ref_apart_step(ref, ref_opt, opt_alpha, alphas, x, y, omega, EPS)
+        assert_same_step((delta, loss), ours_step(method, ours, our_opt, x, y, meta), ref, ours)
+        got = method.state()
+        want = [a.item() for a in alphas]
+        assert [got["alpha_init"], got["alpha_input"], *got["alpha_blocks"]] == pytest.approx(want, rel=1e-5, abs=1e-12)
+        assert_close("omega", omega, method.store.read(meta.index, None), tol=1e-3)   # stored in float16
+
+
 @pytest.mark.parametrize("name", ["atta", "atas"])
 def test_carried_perturbation_resets_match_reference(name):
     """HuangZhiChao95/ATAS, ATAS.py L164-167: in 1-based epochs 1..30 the stored perturbations are

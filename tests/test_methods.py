@@ -430,56 +430,50 @@ def _apart_setup(name="apart", **hp):
     torch.manual_seed(0)
     model = TinyResNet(bn=False)
     x, y, idx = batch(16)
-    m = make(name, l2=0.0, alpha_lr=1e-3, **hp)
+    m = make(name, **{"l2": 0.0, "alpha_lr": 1e-3, "init_step": EPS, "input_step": 0.5 * EPS, **hp})
     return model, x, y, idx, m
 
 
 def test_apart_step_sizes_move_by_gradient_ascent():
-    model, x, y, idx, m = _apart_setup()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)   # the model stays put: only the ascent acts
-    before = (m.alpha_input, list(m.alpha_blocks)) if m.alpha_blocks else (m.alpha_input, None)
+    from codiag.methods.apart import block_perturbations
+    model, x, y, idx, m = _apart_setup(variant="paper", block_step=0.01)
     delta = m.perturb(model, x, y, idx)
     first = m._first
-    signs_x, free = first["sign_x"], first["free"]
-    start = delta - m.alpha_input * signs_x * free       # the un-stepped start where nothing clips
+    d0 = (m.alpha_init * first["omega"]).clamp(-EPS, EPS)
 
     def loss_at(a_input, a_blocks):
-        d1 = ((start + a_input * signs_x).clamp(-EPS, EPS) + x).clamp(0, 1) - x
-        from codiag.methods.apart import block_perturbations
+        x_adv = (x + (d0 + a_input * first["sign_x"]).clamp(-EPS, EPS)).clamp(0, 1)
         ds = [a * s for a, s in zip(a_blocks, first["sign_blocks"])]
-        with block_perturbations(list(model.blocks), ds, None, True):
-            return F.cross_entropy(model(x + d1), y).item()
+        with block_perturbations(list(model.blocks), ds, None, "paper"):
+            return F.cross_entropy(model(x_adv), y).item()
 
-    blocks0 = list(m.alpha_blocks)
+    a_input, blocks0 = m.alpha_input, list(m.alpha_blocks)
     h = 1e-4
-    fd_input = (loss_at(m.alpha_input + h, blocks0) - loss_at(m.alpha_input - h, blocks0)) / (2 * h)
-    fd_block = (loss_at(m.alpha_input, [blocks0[0] + h, blocks0[1]])
-                - loss_at(m.alpha_input, [blocks0[0] - h, blocks0[1]])) / (2 * h)
+    fd_input = (loss_at(a_input + h, blocks0) - loss_at(a_input - h, blocks0)) / (2 * h)
+    fd_block = (loss_at(a_input, [blocks0[0] + h, blocks0[1]])
+                - loss_at(a_input, [blocks0[0] - h, blocks0[1]])) / (2 * h)
     m.alpha_lr_scale = 1.0
-    loss = m.loss(model, x, y, delta)
-    loss.backward()
+    m.loss(model, x, y, delta).backward()
     assert m.apply_pending()
-    d_input = (m.alpha_input - before[0]) / 1e-3
-    d_block = (m.alpha_blocks[0] - blocks0[0]) / 1e-3
     assert abs(fd_input) > 1e-3 and abs(fd_block) > 1e-4
-    assert d_input == pytest.approx(fd_input, rel=0.05)     # alpha <- alpha + mu * dL/d alpha
-    assert d_block == pytest.approx(fd_block, rel=0.05)
-    assert opt is not None
+    # Alg. 1 line 9 with lambda 0: alpha <- alpha + mu * dL/d alpha
+    assert (m.alpha_input - a_input) / 1e-3 == pytest.approx(fd_input, rel=0.05)
+    assert (m.alpha_blocks[0] - blocks0[0]) / 1e-3 == pytest.approx(fd_block, rel=0.05)
 
 
-def test_apart_l2_control_and_omega_update():
-    model, x, y, idx, m = _apart_setup(name="apart_simple")
+@pytest.mark.parametrize("variant", ["code", "paper"])
+def test_apart_l2_control_and_omega_update(variant):
+    model, x, y, idx, m = _apart_setup(name="apart_simple", variant=variant, input_step=EPS)
     m.l2 = 100.0                                 # the L2 control dominates: step sizes shrink
     a0 = m.alpha_input
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    omega_before = m.store.data.clone() if m.store is not None else None
+    assert m.store is None
     m.train_step(model, opt, x, y, idx)
     assert 0 < m.alpha_input < a0
-    assert omega_before is None and m.store is not None
     stored = m.store.data[idx].clone()
     m.train_step(model, opt, x, y, idx)
     assert not torch.equal(stored, m.store.data[idx])           # omega_x moved by ascent
-    assert m.store.data.dtype == torch.int8
+    assert m.store.data.dtype == torch.float16
     assert m.state()["n_blocks"] == 0.0
 
 
@@ -491,14 +485,21 @@ def test_apart_without_blocks_is_apart_simple():
     assert m.alpha_blocks == [] and m.state()["n_blocks"] == 0.0
 
 
-def test_apart_branch_only_hook_is_the_paper_form():
+def test_apart_noise_placement_of_each_variant():
     from codiag.methods.apart import block_perturbations
-    blk = Block(4)
+    from codiag.models import PreActBlock
+    blk = Block(4)                               # no ``branch``: the paper's form in both variants
     h = torch.randn(2, 4, 8, 8)
     d = torch.randn(2, 4, 8, 8)
-    with block_perturbations([blk], [d], None, True):
-        out = blk(h)
-    assert torch.allclose(out, h + blk.conv(torch.relu(h + d)), atol=1e-6)
+    for variant in ("paper", "code"):
+        with block_perturbations([blk], [d], None, variant):
+            out = blk(h)
+        assert torch.allclose(out, h + blk.conv(torch.relu(h + d)), atol=1e-6)
+    pre = PreActBlock(4, 4).eval()
+    with block_perturbations([pre], [d], None, "code"):   # after BN-ReLU, residual branch only
+        out = pre(h)
+    branch = pre.conv2(F.relu(pre.bn2(pre.conv1(F.relu(pre.bn1(h)) + d))))
+    assert torch.allclose(out, branch + h, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- Free, clipping

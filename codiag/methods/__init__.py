@@ -17,16 +17,24 @@ multigrad              MultiGrad, N 3, step eps (ZeroGrad Alg. 2)               
 gradalign              FGSM + GradAlign, lambda(eps) (GradAlign Eq. 7, App. B)      gradalign.py
 grad_penalty           FGSM + L2 input-gradient penalty (GradAlign D.5)             grad_penalty.py
 cure                   FGSM + CURE (GradAlign D.5)                                  cure.py
-apart                  APART (APART Alg. 1)                                         apart.py
+apart                  APART as its code runs it; variant=paper|code (APART Alg. 1)  apart.py
 apart_simple           APART-Simple (APART Sec. 3.2)                                apart_simple.py
 atta                   ATTA-1, carried perturbation, step eps/2 (ATAS App. B)       atta.py
-atas                   ATAS, per-sample adaptive step (ATAS Alg. 1)                 atas.py
-pgd, pgd10, pgd2       PGD-k (Madry et al.; GradAlign Sec. 5 baselines)             pgd.py
+atas                   ATAS, per-sample step, 16/255 and [4, 14]/255 at every eps    atas.py
+pgd                    PGD-10, random start (Madry et al.; Wong et al.'s code)      pgd.py
+pgd10, pgd2            PGD-10 / PGD-2 from zero (GradAlign Sec. 5 baselines)        pgd.py
 free                   Free-m, m 8 (Shafahi et al.; GradAlign Sec. 5)               free.py
 grad_clip              FGSM-RS step 2 eps + grad-norm clipping 0.06 (ZeroGrad C.5)  grad_clip.py
 =====================  ==========================================================  =================
 
-Trainer integration (what ``codiag.train`` calls)::
+Where a paper and its code differ, the default follows the code that produced the paper's
+numbers and ``variant="paper"`` (``-m variant=paper``) offers the paper's text (APART). Each
+class's ``lr_peak`` is where its paper's cyclic schedule peaks (2/5 GradAlign, 1/2 Wong et
+al., ZeroGrad, N-FGSM, APART): the trainer's ``--lr-peak`` default. Settings that depend on
+the dataset or eps (ZeroGrad's lower step at 16/255, GradAlign's lambda) are rows of
+``settings.py``.
+
+Trainer integration (what ``codiag.train`` calls, via ``codiag.trainer.build_method``)::
 
     method = get_method(name, eps, seed=seed, num_samples=len(train_set), epochs=epochs, **args)
     for epoch in range(epochs):

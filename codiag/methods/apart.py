@@ -1,39 +1,48 @@
 """APART, adaptive adversarial training ("Perturbation Deterioration: The Other Side of
-Catastrophic Overfitting", ICLR 2022 submission, Algorithm 1, Sec. 4 and 5.1).
+Catastrophic Overfitting", ICLR 2022 submission, Algorithm 1, Sec. 4 and 5.1), as its official
+code runs it (LiyuanLucasLiu/APART, ``train.py`` and ``models/preresnet.py``).
 
-Notation of Alg. 1 (``eps`` the radius, ``omega_x`` a learned per-sample
-initialisation in [-1, 1]^d, ``alpha = (alpha_w, alpha_1, alpha_2..n)`` learned
-step sizes):
+Notation of Alg. 1: ``eps`` the radius, ``omega_x`` a learned per-sample initialisation in
+[-1, 1]^d, ``alpha = (alpha_w, alpha_1, alpha_2..n)`` learned step sizes (input start, input
+step, one per residual block).
 
-1. first round (``perturb``): ``delta_1 <- alpha_w * omega_x``; one forward and
-   backward at ``x + delta_1`` gives the input gradient and the gradients at the
-   input of every residual block; ``delta_1 <- clip(delta_1 + alpha_1 sign(g_x), -eps, eps)``
-   and ``delta_i <- alpha_i sign(g_i)`` for the blocks;
-2. second round (``loss``/``train_step``): the training loss with ``delta_1`` at
-   the input and ``delta_i`` inside each block. Its single backward yields the
-   descent step for ``theta`` and, first-order (FOMAML-style, the signs are
-   treated as constants), the ascent steps
-   ``omega_x <- clip(omega_x + mu_w sign(dL/d omega_x), -1, 1)`` and
-   ``alpha <- alpha + mu_a (dL/d alpha - lambda d||alpha||^2/d alpha)``.
+1. first round (``perturb``): ``delta = clip(alpha_w * omega_x, -eps, eps)``; one forward and
+   backward at ``clip(x + delta, 0, 1)`` gives the input gradient and the gradient at every
+   block's noise point; ``delta <- clip(delta + alpha_1 sign(g_x), -eps, eps)``, the training
+   input is ``clip(x + delta, 0, 1)`` and block ``i`` gets ``alpha_i sign(g_i)``;
+2. second round (``loss``): the training loss with both. Its backward yields the descent
+   step of ``theta`` and, first-order (the signs are constants, FOMAML), the gradients of the
+   step sizes and of the input; then ``omega_x <- clip(omega_x + mu_w sign(.), -1, 1)`` with
+   ``mu_w = alpha_1 / alpha_w`` and gradient *ascent* on the step sizes with an L2 pull
+   ``lambda ||alpha||^2``.
 
-Defaults (Sec. 5.1, CIFAR): ``mu_a`` peaks at ``5e-8`` and follows the cyclic
-schedule of the model's learning rate (we scale it by ``lr_now / lr_initial`` of
-the optimizer), ``lambda = 200``, ``mu_w = alpha_1 / alpha_w`` (so an
-``omega`` update moves ``delta_1`` as much as line 4 does). The paper gives no
-initial step sizes; ours: ``alpha_w = eps`` with ``omega`` drawn from
-U[-1, 1] (so step 0 is FGSM-RS's start), ``alpha_1 = 1.25 eps`` (FGSM-RS),
-block step sizes ``eps / 4`` (Fig. 3 shows values of that order).
+``variant`` (where the paper and its code differ; default ``"code"``, which produced the
+paper's numbers):
 
-Layer-wise perturbations use hooks on ``model.blocks`` (the residual models of
-``codiag.models`` expose them). The paper perturbs the residual branch,
-``x_i + CNN_i(x_i + delta_i)``; a forward pre-hook adds ``delta_i`` to the block
-input and, for blocks whose output has the input's shape (identity shortcut),
-a forward hook subtracts it again, which is exactly the paper's form; for the
-few down-sampling blocks (projection shortcut) the shortcut sees the
-perturbation too (ours). A model without ``blocks`` gets APART-Simple.
+* ``"code"``: the layer-wise noise is added after the block's BN-ReLU on the residual branch,
+  past the shortcut (``preresnet.py`` L37-47; codiag's ``PreActBlock.branch``); ``omega``
+  moves by the sign of the gradient at the training input (``train.py`` L145-146,
+  ``mu_w = alpha_1 / (alpha_w + 1e-7)``); the step sizes take an SGD step on the negated
+  gradient (lr ``mu_a`` following the schedule, momentum 0.9, weight decay ``2 lambda`` =
+  400; ``train.py`` L149-158, L273) *and*, since they are parameters of the main optimizer
+  too, a step of that optimizer on a zero gradient (its weight decay and momentum at its
+  learning rate, ``train.py`` L159; the reference's torch 1.x ``zero_grad`` zeroes gradients
+  rather than freeing them). Blocks without a ``branch`` module get the paper's placement.
+* ``"paper"``: the noise enters the block input on the residual branch, ``x_i +
+  CNN_i(x_i + delta_i)`` (Sec. 4; a pre-hook adds it, a post-hook takes it off the identity
+  shortcut; projection shortcuts see it, ours); ``omega`` moves by the sign of its own
+  gradient; the step sizes by plain ascent ``alpha + mu_a (dL/dalpha - 2 lambda alpha)``
+  (Alg. 1 line 9), kept >= 0 (ours).
 
-Per-sample state: ``omega_x`` in the padded frame, int8 (one byte per input
-dimension), following the augmentation (``sample_store.py``).
+Initial values (the paper gives none; both variants use the code's): ``alpha_w = alpha_1 =
+1e-4`` (pixel units, ``init_step``, ``input_step``), block step sizes 0 (``block_step``),
+``omega = 0.001 * N(0, 1)`` (``omega_std``; ``train.py`` L259, ``preresnet.py`` L20, L96-97).
+``mu_a`` peaks at ``5e-8`` (``alpha_lr``) and follows the shape of the model's learning-rate
+schedule (scaled by ``lr_now / lr_initial`` of the optimizer), ``lambda = 200`` (``l2``).
+
+Per-sample state: ``omega_x`` in the padded frame as float16 (``sample_store.py``),
+following the augmentation. Probe points outside the training set have no ``omega``: a
+fresh draw stands in for it.
 """
 from __future__ import annotations
 
@@ -45,35 +54,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, register, uniform_like
+from .base import Method, StateValue, register
 from .sample_store import SampleStore, ensure_store, split_meta
 
 
-@contextlib.contextmanager
-def block_perturbations(blocks: list[nn.Module], deltas: list[Tensor | None],
-                        created: list[Tensor] | None = None, branch_only: bool = True) -> Iterator[None]:
-    """Add ``deltas[i]`` to the input of ``blocks[i]`` during the forward passes inside the block.
+def _branch_point(block: nn.Module, variant: str) -> nn.Module | None:
+    return getattr(block, "branch", None) if variant == "code" else None
 
-    A ``None`` delta becomes a zero tensor of the activation's shape that requires
-    grad (appended to ``created``), so a backward yields the block-input gradient.
+
+@contextlib.contextmanager
+def block_perturbations(blocks: list[nn.Module], deltas: list[Tensor | None], created: list[Tensor] | None = None,
+                        variant: str = "code") -> Iterator[None]:
+    """Add ``deltas[i]`` to the residual branch of ``blocks[i]`` during the forward passes inside.
+
+    ``variant="code"``: at the block's ``branch`` module (after BN-ReLU, past the shortcut);
+    ``"paper"`` (and blocks without ``branch``): at the block input, taken off again for an
+    identity shortcut, i.e. ``x + F(x + d)``. A ``None`` delta becomes a zero tensor that
+    requires grad (appended to ``created``), so a backward yields the gradient there.
     """
     handles = []
+
+    def noise(i: int, like: Tensor) -> Tensor:
+        d = deltas[i]
+        if d is None:
+            d = torch.zeros_like(like, requires_grad=True)
+            if created is not None:
+                created.append(d)
+        return d.to(like.dtype)
+
     for i, block in enumerate(blocks):
+        point = _branch_point(block, variant)
+        if point is not None:
+            def add(module: nn.Module, args: tuple, out: Tensor, i: int = i) -> Tensor:
+                return out + noise(i, out)
+            handles.append(point.register_forward_hook(add))
+            continue
+
         def pre(module: nn.Module, args: tuple, i: int = i) -> tuple:
-            inp = args[0]
-            d = deltas[i]
-            if d is None:
-                d = torch.zeros_like(inp, requires_grad=True)
-                if created is not None:
-                    created.append(d)
+            d = noise(i, args[0])
             module._apart_delta = d
-            return (inp + d.to(inp.dtype), *args[1:])
+            return (args[0] + d, *args[1:])
 
         def post(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
             d = getattr(module, "_apart_delta", None)
             module._apart_delta = None
-            if branch_only and d is not None and isinstance(out, Tensor) and out.shape == d.shape:
-                return out - d.to(out.dtype)     # identity shortcut: x + F(x + d) exactly
+            if d is not None and isinstance(out, Tensor) and out.shape == d.shape:
+                return out - d     # identity shortcut: x + F(x + d) exactly
             return out
 
         handles.append(block.register_forward_pre_hook(pre))
@@ -87,43 +113,78 @@ def block_perturbations(blocks: list[nn.Module], deltas: list[Tensor | None],
 
 @register
 class APART(Method):
-    """APART: learned per-sample init omega, learned step sizes (input + one per residual block),
-    ascent with mu_a = 5e-8 (cyclic), lambda = 200, first-order."""
+    """APART: learned per-sample start omega and step sizes (input + one per residual block), ascent
+    with mu_a 5e-8 (cyclic) and lambda 200; ``variant`` code (default) or paper."""
 
     name = "apart"
     lr_peak = 0.5
-    defaults: dict[str, Any] = {"init_step": 1.0, "input_step": 1.25, "block_step": 0.25,
-                                "alpha_lr": 5e-8, "l2": 200.0, "layerwise": True, "branch_only": True}
+    defaults: dict[str, Any] = {"variant": "code", "init_step": 1e-4, "input_step": 1e-4, "block_step": 0.0,
+                                "omega_std": 0.001, "alpha_lr": 5e-8, "l2": 200.0, "momentum": 0.9,
+                                "layerwise": True}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        self.alpha_init = float(self.init_step) * self.eps      # alpha_w
-        self.alpha_input = float(self.input_step) * self.eps    # alpha_1
-        self.alpha_blocks: list[float] = []                     # alpha_2..n, sized on first use
+        if self.variant not in ("code", "paper"):
+            raise ValueError(f"APART variant must be 'code' or 'paper', got {self.variant!r}")
+        #: (alpha_w, alpha_1, alpha_2..n); the block entries are added on first use
+        self.alphas = torch.tensor([float(self.init_step), float(self.input_step)])
         self.store: SampleStore | None = None
         self.alpha_lr_scale = 1.0          # the trainer's schedule shape; train_step sets it
-        self._pending: dict[str, Any] | None = None
+        self._main_group: dict[str, Any] | None = None
+        self._opts: dict[str, torch.optim.Optimizer] = {}
         self._first: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None
         self._last_ascent: dict[str, float] = {}
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- state
+    @property
+    def alpha_init(self) -> float:
+        return float(self.alphas[0])
+
+    @property
+    def alpha_input(self) -> float:
+        return float(self.alphas[1])
+
+    @property
+    def alpha_blocks(self) -> list[float]:
+        return [float(a) for a in self.alphas[2:]]
+
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         if not self.layerwise:
             return []
         blocks = getattr(model, "blocks", None)
         return list(blocks) if blocks is not None else []
 
+    def _ensure_alphas(self, n_blocks: int, device: torch.device) -> None:
+        if len(self.alphas) != 2 + n_blocks:
+            self.alphas = torch.cat([self.alphas[:2].cpu(), torch.full((n_blocks,), float(self.block_step))])
+            self._opts = {}
+        if self.alphas.device != device:
+            self.alphas = self.alphas.to(device)
+            self._opts = {}
+
+    def init_store(self, x: Tensor, index: Any, omega: Tensor) -> None:
+        """Create the per-sample store (if needed) and set the samples ``index`` to ``omega``."""
+        idx, aug = split_meta(index)
+        self.store = ensure_store(self.store, self.num_samples, x, aug, float(self.omega_std),
+                                  self.generator(x.device), init="normal", dtype=torch.float16)
+        self.store.write(idx, aug, omega)
+
     def _omega(self, x: Tensor, idx: Tensor | None, aug: Any, gen: torch.Generator) -> Tensor:
         if idx is not None and self.store is not None:
             return self.store.read(idx, aug, x.dtype)
-        return uniform_like(x, 1.0, gen)  # no sample identity: U[-1, 1], the store's initial distribution
+        # no sample identity (probe points): a draw from the initial distribution stands in
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
+        return (noise * float(self.omega_std)).to(x.dtype)
 
     def start(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
               generator: torch.Generator | None = None) -> Tensor:
-        """``alpha_w * omega_x`` (Alg. 1 line 3), read only."""
+        """``clip(alpha_w * omega_x, -eps, eps)`` in the image (Alg. 1 line 3), read only."""
         idx, aug = split_meta(index)
         with self._call(generator, x.device) as gen:
-            return clamp_to_image(x, self.alpha_init * self._omega(x, idx, aug, gen))
+            omega = self._omega(x, idx, aug, gen)
+        d0 = (self.alpha_init * omega).clamp(-self.eps, self.eps)
+        return torch.clamp(x + d0, 0, 1) - x
 
     # ---------------------------------------------------------------- round 1
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
@@ -134,24 +195,23 @@ class APART(Method):
         with self._call(generator, x.device) as gen:
             write = self.writes_state(idx)
             if write:
-                self.store = ensure_store(self.store, self.num_samples, x, aug, 1.0, self.generator(x.device))
+                self.store = ensure_store(self.store, self.num_samples, x, aug, float(self.omega_std),
+                                          self.generator(x.device), init="normal", dtype=torch.float16)
             omega = self._omega(x, idx, aug, gen)
-        if len(self.alpha_blocks) != len(blocks):
-            self.alpha_blocks = [float(self.block_step) * self.eps] * len(blocks)
-        start = clamp_to_image(x, self.alpha_init * omega)
-        x_in = (x + start).detach().requires_grad_(True)
+        self._ensure_alphas(len(blocks), x.device)
+        a = self.alphas.to(x.dtype)
+        d0 = (a[0] * omega).clamp(-self.eps, self.eps)
+        x0 = torch.clamp(x + d0, 0, 1).detach().requires_grad_(True)
         zeros: list[Tensor] = []
-        with block_perturbations(blocks, [None] * len(blocks), zeros, bool(self.branch_only)):
-            loss = F.cross_entropy(model(x_in), y, reduction="sum")
-        grads = torch.autograd.grad(loss, [x_in, *zeros])
-        g_x, g_blocks = grads[0], grads[1:]
-        raw = start + self.alpha_input * g_x.sign()
-        delta = clamp_to_image(x, raw.clamp(-self.eps, self.eps)).detach()
+        with block_perturbations(blocks, [None] * len(blocks), zeros, str(self.variant)):
+            loss = F.cross_entropy(model(x0), y, reduction="sum")
+        grads = torch.autograd.grad(loss, [x0, *zeros])
+        sign_x = grads[0].sign()
+        d1 = (d0 + a[1] * sign_x).clamp(-self.eps, self.eps)
+        delta = (torch.clamp(x + d1, 0, 1) - x).detach()
         if generator is None:
-            # the derivative of delta_1 w.r.t. alpha_w, alpha_1 and omega is zero where a clip is active
-            free = (raw.abs() < self.eps) & ((x + raw) > 0) & ((x + raw) < 1)
-            self._first = {"x": x, "delta": delta, "omega": omega, "sign_x": g_x.sign(), "free": free,
-                           "sign_blocks": [g.sign().detach() for g in g_blocks],
+            self._first = {"x": x, "omega": omega, "sign_x": sign_x,
+                           "sign_blocks": [g.sign().detach() for g in grads[1:]],
                            "idx": idx if write else None, "aug": aug}
         return delta
 
@@ -161,41 +221,67 @@ class APART(Method):
         blocks = self.blocks(model)
         if first is None or first["x"] is not x or len(first["sign_blocks"]) != len(blocks):
             return F.cross_entropy(model(x + delta), y)     # not our perturbation: plain loss
-        d1 = delta.detach().requires_grad_(True)
-        d_blocks = [(a * s).requires_grad_(True) for a, s in zip(self.alpha_blocks, first["sign_blocks"])]
-        with block_perturbations(blocks, list(d_blocks), None, bool(self.branch_only)):
-            loss = F.cross_entropy(model(x + d1), y)
-        self._pending = {**first, "d1": d1, "d_blocks": d_blocks}
+        alphas = self.alphas.detach().clone().requires_grad_(True)
+        a = alphas.to(x.dtype)
+        omega = first["omega"].detach().requires_grad_(self.variant == "paper")
+        d0 = (a[0] * omega).clamp(-self.eps, self.eps)
+        d1 = (d0 + a[1] * first["sign_x"]).clamp(-self.eps, self.eps)
+        x_adv = torch.clamp(x + d1, 0, 1)
+        x_adv.retain_grad()
+        noise = [a[2 + i] * s for i, s in enumerate(first["sign_blocks"])]
+        with block_perturbations(blocks, noise, None, str(self.variant)):
+            loss = F.cross_entropy(model(x_adv), y)
+        self._pending = {**first, "alphas": alphas, "omega_t": omega, "x_adv": x_adv}
         return loss
 
     def apply_pending(self) -> bool:
-        """First-order ascent on omega and the step sizes from the last backward (Alg. 1 lines 8-9)."""
+        """The updates of omega and the step sizes from the last backward (Alg. 1 lines 8-9)."""
         p, self._pending = self._pending, None
-        if p is None or p["d1"].grad is None:
+        if p is None or p["alphas"].grad is None:
             return False
-        g1 = p["d1"].grad.detach().float() * p["free"]
+        grad = p["alphas"].grad.detach().float()           # dL/d alpha
+        old = self.alphas.detach().clone()
+        if p["idx"] is not None and self.store is not None:
+            if self.variant == "code":
+                mu_w = float(old[1]) / (float(old[0]) + 1e-7)
+                direction = p["x_adv"].grad
+            else:
+                mu_w = float(old[1]) / float(old[0]) if float(old[0]) > 0 else 0.0
+                direction = p["omega_t"].grad
+            if direction is not None and mu_w > 0:
+                omega = (p["omega"].float() + mu_w * direction.float().sign()).clamp(-1, 1)
+                self.store.write(p["idx"], p["aug"], omega)
         mu = float(self.alpha_lr) * float(self.alpha_lr_scale)
-        lam = float(self.l2)
-        grad_init = float((g1 * p["omega"].float()).sum())          # dL/d alpha_w
-        grad_input = float((g1 * p["sign_x"].float()).sum())        # dL/d alpha_1
-        # step sizes stay >= 0 (ours): a negative step would turn the attack into descent
-        self.alpha_init = max(0.0, self.alpha_init + mu * (grad_init - 2 * lam * self.alpha_init))
-        self.alpha_input = max(0.0, self.alpha_input + mu * (grad_input - 2 * lam * self.alpha_input))
-        for i, (d, s) in enumerate(zip(p["d_blocks"], p["sign_blocks"])):
-            g = 0.0 if d.grad is None else float((d.grad.float() * s.float()).sum())
-            self.alpha_blocks[i] = max(0.0, self.alpha_blocks[i] + mu * (g - 2 * lam * self.alpha_blocks[i]))
-        self._last_ascent = {"grad_alpha_init": grad_init, "grad_alpha_input": grad_input}
-        if p["idx"] is not None and self.store is not None and self.alpha_init > 0:
-            mu_w = self.alpha_input / self.alpha_init        # Sec. 5.1: mu_w = alpha_1 / alpha_w
-            omega = (p["omega"].float() + mu_w * g1.sign()).clamp(-1, 1)
-            self.store.write(p["idx"], p["aug"], omega)
+        if self.variant == "code":
+            self._sgd("ascent", mu, float(self.momentum), 2 * float(self.l2), -grad)
+            group = self._main_group
+            if group is not None:
+                self._sgd("main", float(group["lr"]), float(group.get("momentum", 0.0)),
+                          float(group.get("weight_decay", 0.0)), torch.zeros_like(grad))
+        else:
+            self.alphas = (old + mu * (grad - 2 * float(self.l2) * old)).clamp_min(0.0)
+        self._last_ascent = {"grad_alpha_init": float(grad[0]), "grad_alpha_input": float(grad[1])}
         return True
+
+    def _sgd(self, key: str, lr: float, momentum: float, weight_decay: float, grad: Tensor) -> None:
+        """One ``torch.optim.SGD`` step of the step sizes (the reference's own optimizers)."""
+        if momentum == 0 and weight_decay == 0 and not grad.any():
+            return
+        opt = self._opts.get(key)
+        if opt is None:
+            opt = torch.optim.SGD([self.alphas], lr=lr, momentum=momentum, weight_decay=weight_decay)
+            self._opts[key] = opt
+        opt.param_groups[0]["lr"] = lr
+        self.alphas.grad = grad.to(self.alphas.device)
+        opt.step()
+        self.alphas.grad = None
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                    index: Any = None) -> Tensor:
         group = optimizer.param_groups[0]
         base = optimizer.defaults.get("lr") or group["lr"]
         self.alpha_lr_scale = float(group["lr"]) / float(base) if base else 1.0
+        self._main_group = group
         delta = self.perturb(model, x, y, index)
         loss = self.loss(model, x, y, delta)
         optimizer.zero_grad(set_to_none=True)

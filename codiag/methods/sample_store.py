@@ -65,18 +65,25 @@ class SampleStore:
 
     Created lazily by the methods on the first batch (when the image shape and
     padding are known). ``init`` is ``"uniform"`` (U[-scale, scale], ATAS Alg. 1
-    line 2) or ``"zero"``.
+    line 2), ``"normal"`` (scale * N(0, 1), APART's code) or ``"zero"``. ``dtype``
+    int8 quantises to ``scale / 127``; a floating dtype (APART: float16) keeps the
+    values themselves, for state whose values are far below its range.
     """
 
     def __init__(self, num_samples: int, image_shape: tuple[int, int, int], pad: int, scale: float,
-                 device: torch.device, generator: torch.Generator, init: str = "uniform") -> None:
+                 device: torch.device, generator: torch.Generator, init: str = "uniform",
+                 dtype: torch.dtype = torch.int8) -> None:
         c, h, w = image_shape
         self.image_shape = (c, h, w)
         self.pad = pad
         self.scale = float(scale)
         self.init = init
-        self.data = torch.zeros((num_samples, c, h + 2 * pad, w + 2 * pad), dtype=torch.int8, device=device)
+        self.data = torch.zeros((num_samples, c, h + 2 * pad, w + 2 * pad), dtype=dtype, device=device)
         self.reset(generator)
+
+    @property
+    def quantised(self) -> bool:
+        return not self.data.dtype.is_floating_point
 
     @property
     def nbytes(self) -> int:
@@ -91,26 +98,35 @@ class SampleStore:
         n = self.data.shape[0]
         for s in range(0, n, 4096):
             chunk = self.data[s:s + 4096]
-            u = torch.rand(chunk.shape, generator=generator, device=chunk.device)
-            chunk.copy_(torch.round((u * 2 - 1) * _Q).to(torch.int8))
+            if self.init == "normal":
+                u = torch.randn(chunk.shape, generator=generator, device=chunk.device)
+            else:
+                u = torch.rand(chunk.shape, generator=generator, device=chunk.device) * 2 - 1
+            chunk.copy_(torch.round(u * _Q).to(torch.int8) if self.quantised else u * self.scale)
 
     def read(self, index: Tensor, aug: Any, dtype: torch.dtype = torch.float32) -> Tensor:
         """Image-frame values of samples ``index`` under augmentation ``aug``."""
         idx = index.to(self.data.device)
-        frame = self.data[idx].to(dtype) * (self.scale / _Q)
+        frame = self.data[idx].to(dtype)
+        if self.quantised:
+            frame = frame * (self.scale / _Q)
         return crop(frame, aug, self.image_shape[1:])
 
     def write(self, index: Tensor, aug: Any, values: Tensor) -> None:
         """Store image-frame ``values`` of samples ``index`` (pixels outside the crop keep their value)."""
         idx = index.to(self.data.device)
-        q = torch.round(values.detach().float().clamp(-self.scale, self.scale) * (_Q / self.scale)).to(torch.int8)
+        if self.quantised:
+            q = torch.round(values.detach().float().clamp(-self.scale, self.scale) * (_Q / self.scale)).to(torch.int8)
+        else:
+            q = values.detach().to(self.data.dtype)
         frame = self.data[idx]
         uncrop_into(frame, aug, q)
         self.data[idx] = frame
 
 
 def ensure_store(store: SampleStore | None, num_samples: int | None, x: Tensor, aug: Any, scale: float,
-                 generator: torch.Generator, init: str = "uniform") -> SampleStore:
+                 generator: torch.Generator, init: str = "uniform", dtype: torch.dtype = torch.int8
+                 ) -> SampleStore:
     """Return ``store`` or create it for ``x``'s image shape and ``aug``'s padding."""
     if store is not None:
         return store
@@ -118,4 +134,4 @@ def ensure_store(store: SampleStore | None, num_samples: int | None, x: Tensor, 
         raise ValueError("this method keeps per-sample state: pass num_samples=len(train_set) "
                          "to get_method (the trainer does)")
     pad = int(aug.pad) if aug is not None else 0
-    return SampleStore(int(num_samples), tuple(x.shape[1:]), pad, scale, x.device, generator, init)
+    return SampleStore(int(num_samples), tuple(x.shape[1:]), pad, scale, x.device, generator, init, dtype)
