@@ -416,6 +416,7 @@ class Monitor:
                 "source": self.train_set.source, "n": len(self.train_set),
                 "indices": self.train_set.index.tolist()},
             "instance_grad_start": "method.start" if callable(getattr(self.method, "start", None)) else "clean",
+            "probe_stand_in": getattr(self.method, "probe_stand_in", "") or None,
             "step_update_norms": self.step_update_norms,
             "detector": None if self.detector is None else {
                 k: getattr(self.detector, k) for k in ("drop", "min_peak", "min_gap", "align_low",

@@ -113,8 +113,13 @@ def _run_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool], w
         while anchor in used or anchor in ("summary", "comparison", "analytic"):
             anchor += "_"
         used.add(anchor)
-        sec = Section(anchor, f"Run {run.name} ({run_label(run)})", config=run.config,
-                      intro=f'<p class="note">{esc(run.path)} · status {esc(run.status)}</p>')
+        intro = f'<p class="note">{esc(run.path)} · status {esc(run.status)}</p>'
+        stand_in = (run.config.get("monitor") or {}).get("probe_stand_in")
+        if stand_in:
+            intro += ('<p class="warn">Stand-in perturbation: the probes of the method\'s perturbation '
+                      "(strength gap, perturbation change, sign agreement, perturbation norm) do not see "
+                      f"the one it trains with: {esc(stand_in)}.</p>")
+        sec = Section(anchor, f"Run {run.name} ({run_label(run)})", config=run.config, intro=intro)
         for key, fn in RUN_BUILDERS.items():
             if keep(key):
                 _draw(key, lambda fn=fn, run=run, anchor=anchor: fn(run, out / "figures" / anchor), sec,

@@ -223,3 +223,16 @@ def test_report_expands_a_folder_of_runs(tmp_path, capsys):
     assert rc == 0, err
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["run"] for r in rows] == ["r0", "r1"]
+
+
+def test_report_labels_a_stand_in_probe_perturbation(tmp_path):
+    from codiag.methods import METHODS
+    stand_in = METHODS["atta"].probe_stand_in
+    assert stand_in and not METHODS["fgsm_rs"].probe_stand_in
+    runs = [write_synthetic_run(tmp_path / name, method=name, epochs=2, co_epoch=None,
+                                monitor={"train_probe_set": {"n": 0, "indices": []},
+                                         "probe_stand_in": METHODS[name].probe_stand_in or None})
+            for name in ("atta", "fgsm_rs")]
+    build(runs, tmp_path / "report", analytic=False, figures={"training_curves"})
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("Stand-in perturbation") == 1 and "U[-eps, eps] instead" in page

@@ -118,6 +118,8 @@ class APART(Method):
 
     name = "apart"
     lr_peak = 0.5
+    probe_stand_in = ("probe points have no learned initialisation omega: a fresh draw of the "
+                      "initial omega (0.001 N(0, 1)) stands in; the learned step sizes are the training ones")
     defaults: dict[str, Any] = {"variant": "code", "init_step": 1e-4, "input_step": 1e-4, "block_step": 0.0,
                                 "omega_std": 0.001, "alpha_lr": 5e-8, "l2": 200.0, "momentum": 0.9,
                                 "layerwise": True}

@@ -150,6 +150,11 @@ class Method:
         """Return the training perturbation ``delta`` (detached, ``x + delta`` in [0, 1])."""
         raise NotImplementedError
 
+    #: what the probes see instead of the method's training perturbation when they cannot see that
+    #: one (it exists only for training samples, or belongs to another batch); "" when they see it.
+    #: Recorded in run.json and shown on the report page.
+    probe_stand_in: ClassVar[str] = ""
+
     #: where the cyclic learning rate peaks, as a fraction of training, in the paper's code: 2/5 in
     #: GradAlign's ``utils.get_lr_schedule``; 1/2 in Wong et al.'s, ZeroGrad's, N-FGSM's and APART's
     #: ``CyclicLR(step_size_up=lr_steps / 2)``. The trainer's default for ``--lr-peak``.

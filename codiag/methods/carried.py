@@ -27,6 +27,8 @@ class CarriedPerturbation(Method):
     """Base of ATTA/ATAS: one signed step from the stored perturbation of the same sample index."""
 
     defaults: dict[str, Any] = {"reset_every": 10, "eval_mode": True}
+    probe_stand_in = ("probe points carry no stored perturbation: the probes' step starts from "
+                      "U[-eps, eps] instead (training samples start from their stored one)")
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

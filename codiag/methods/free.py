@@ -32,6 +32,8 @@ class Free(Method):
     """Free-m: m (8) replays per batch; one backward gives both the weight step and the delta step."""
 
     name = "free"
+    probe_stand_in = ("Free's perturbation is carried over from the last training batch: the probes "
+                      "apply that one to the probe points, it is not a perturbation of their own")
     defaults = {"m": 8, "step": 1.0}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
