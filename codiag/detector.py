@@ -1,7 +1,11 @@
 """Catastrophic-overfitting detection: an online alarm during training and an offline ``detect_co``.
 
-None of the papers' repositories has an online detector; the rules below
-encode the signature every paper describes at the collapse:
+Of the papers' repositories, only ELLE-A's (LIONS-EPFL/ELLE, ``core/utils/train.py``,
+the ``onoff`` lambda schedule) reacts online: it keeps the history of its local-linearity
+error, and when a batch's error exceeds mean + ``sensitivity`` * std of that history (a
+z-score rule) it switches its regulariser on, then lets it decay. That rule watches a
+training-loss quantity of its own regulariser, not robust accuracy. The rules below encode
+instead the signature every paper describes at the collapse:
 
 * GradAlign Fig. 4 / 11 and ATAS Sec. II: the PGD accuracy falls suddenly
   (CIFAR-10: 40 % -> 0 % within an epoch) *while the FGSM accuracy jumps*

@@ -526,3 +526,34 @@ def test_grad_clip_bounds_the_update():
     assert step.norm() <= 0.01 + 1e-6
     assert m.state()["grad_norm_before_clip"] > 0.01
     assert make("grad_clip").step == 2.0
+
+
+def test_gradalign_batched_double_backprop_equals_sequential_without_batchnorm():
+    import copy
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    x, y, _ = batch(interior=True)
+    results = []
+    for batched in (True, False):
+        m_ = copy.deepcopy(model)
+        opt = torch.optim.SGD(m_.parameters(), lr=0.1)
+        method = make("gradalign", lam=2.0, batched=batched)
+        loss = method.train_step(m_, opt, x, y)
+        results.append((loss, [p.detach().clone() for p in m_.parameters()], method.state()["train_cos"]))
+    (l1, p1, c1), (l2, p2, c2) = results
+    assert torch.allclose(l1, l2, atol=1e-6) and c1 == pytest.approx(c2, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(p1, p2))
+
+
+def test_gradalign_cosine_survives_tiny_gradients():
+    from codiag.methods.gradalign import cosine_per_sample
+    g = torch.randn(3, 1, 4, 4)
+    g2 = (g * 1e-17).requires_grad_(True)          # confident samples: tiny input gradients
+    cos, valid = cosine_per_sample(g * 1e-17, g2)
+    assert valid.all() and torch.allclose(cos, torch.ones(3), atol=1e-5)
+    cos.sum().backward()
+    assert torch.isfinite(g2.grad).all()
+    zero = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    cos, valid = cosine_per_sample(torch.ones(1, 1, 4, 4), zero)
+    cos.sum().backward()
+    assert not valid.any() and torch.equal(zero.grad, torch.zeros_like(zero))

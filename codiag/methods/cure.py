@@ -11,7 +11,15 @@ extra forward.
 ``lam`` is in the reference's units (batch-mean loss, batch 128; D.5: 700 at
 8/255, 20,000 at 16/255; log-linear in between, ours), applied as
 ``lam / ref_batch**2 * mean_i ||diff_i||^2`` on codiag's per-sample gradients
-(see ``grad_penalty.py`` for the mapping).
+(see ``grad_penalty.py`` for the mapping and the mean over the batch).
+
+This is GradAlign's D.5 definition, not the official CURE code (F-Salehi/CURE_robustness,
+``CURE/CURE.py`` L182-217), which differs in four ways: its direction is
+``z = h * sign(g) / ||sign(g)||`` (``h`` = 3 by default, in the normalised input space) instead
+of the FGSM perturbation; its gradients are taken in eval mode; its penalty is the *unsquared*
+norm ``lambda * mean_i ||grad l_i(x_i + z_i) - grad l_i(x_i)||_2`` of per-sample (sum-reduced)
+gradients; and it is a stand-alone regulariser (``lambda`` = 4), not added to FGSM training.
+Neither its lambda nor its h carries over to the values here.
 """
 from __future__ import annotations
 

@@ -6,6 +6,10 @@ of Table 11: FGSM-RS with step ``alpha = 2 eps`` (uniform start), total-norm
 clipping (``torch.nn.utils.clip_grad_norm_``) at ``clip``; 0.02 / 0.06 / 0.10
 give 35.1 / 45.5 / 31.1 +- 22.0 % PGD-50 on CIFAR-10, so the default is
 ``clip = 0.06`` (the best mean and the only stable value).
+
+Clipping by the *total* norm over all parameters (``clip_grad_norm_``) is ours: C.5 says
+only that the gradient updates are clipped, and the ZeroGrad repository has no clipping
+code; per-parameter norms or element-wise value clipping would need other thresholds.
 """
 from __future__ import annotations
 

@@ -13,6 +13,13 @@ loss, i.e. 128 times larger, so the penalty applied is
 ``lam / ref_batch**2 * mean_i ||g_i||^2`` (``ref_batch = 128``), which equals the
 reference's ``lam * mean_i ||grad of mean loss||^2`` at batch 128 and does not
 change with codiag's batch size.
+
+Mean or sum over the batch: D.5 gives the penalty per input, ``lambda ||grad_x l(x, y)||^2``,
+and its code is not in the GradAlign repository; its ``get_input_grad`` (``utils.py`` L70-91)
+differentiates the batch-mean loss. We read the penalty as the batch *mean* of the per-sample
+squared norms of that gradient (the per-input formula averaged like the cross entropy). Had
+the authors summed over the batch instead, their lambda would act 128 times stronger, i.e.
+equal ``lam / 128`` per sample here (``-m lam=...`` converts).
 """
 from __future__ import annotations
 

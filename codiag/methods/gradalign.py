@@ -9,6 +9,12 @@ is built with ``create_graph=True`` (double backpropagation); samples with a
 zero gradient at either point are left out of the mean. Ours: ``x + eta`` is
 clamped to [0, 1] (DESIGN convention; the reference does not clamp).
 
+``batched`` (``"auto"``): take the two input gradients (at ``x`` and at ``x + eta``) in one
+forward and backward of a double-size batch. That is exact only where no batch statistics
+couple the samples, so ``"auto"`` batches on a GPU for models without BatchNorm in training
+mode; ``True`` forces it (with BatchNorm: statistics of the 2B batch, running averages
+updated once instead of twice), ``False`` never.
+
 ``lam`` default: Appendix B, Table 2 (CIFAR-10), the log-linear rule
 ``lambda(eps) = 0.02 * 10^(eps*255/8)`` (0.2 at 8/255, 2.0 at 16/255) for
 ``eps <= 16/255`` and ``lambda = 2.0`` above (Appendix D.4, 24/255 and 32/255).
@@ -36,12 +42,26 @@ def gradalign_lambda(eps: float) -> float:
 
 
 def cosine_per_sample(g1: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample cosine (fp32) and the mask of samples whose two gradients are both non-zero."""
+    """Per-sample cosine (fp32) and the mask of samples whose two gradients are both non-zero.
+
+    Each gradient is normalised before the dot product, as in the reference (``train.py``
+    L196-199), so the product of two small norms never enters a denominator. Samples with a
+    zero gradient divide by one, so no NaN or inf reaches the backward pass through the
+    masked branch.
+    """
     a, b = g1.flatten(1).float(), g2.flatten(1).float()
     na, nb = a.norm(dim=1), b.norm(dim=1)
     valid = (na > 0) & (nb > 0)
-    cos = (a * b).sum(1) / (na * nb).clamp_min(torch.finfo(torch.float32).tiny)
+    ones = torch.ones_like(na)
+    a = a / torch.where(valid, na, ones)[:, None]
+    b = b / torch.where(valid, nb, ones)[:, None]
+    cos = (a * b).sum(1)
     return torch.where(valid, cos, torch.zeros_like(cos)), valid
+
+
+def has_train_batchnorm(model: nn.Module) -> bool:
+    """True if a BatchNorm layer of ``model`` is in training mode (batch statistics couple samples)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 @register
@@ -49,36 +69,54 @@ class GradAlign(Method):
     """FGSM (step ``step`` eps, from zero) + ``lam`` * (1 - cos(grad at x, grad at x + eta))."""
 
     name = "gradalign"
-    defaults: dict[str, Any] = {"lam": None, "step": 1.0}
+    defaults: dict[str, Any] = {"lam": None, "step": 1.0, "batched": "auto"}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
         if self.lam is None:
             self.lam = gradalign_lambda(self.eps)
         self.lam = float(self.lam)
-        self._cache: tuple[Tensor, Tensor] | None = None
+        self._cache: tuple[Tensor, Tensor, Tensor | None] | None = None
         self._last_cos = float("nan")
+
+    def _batches(self, model: nn.Module, x: Tensor) -> bool:
+        """Whether this training step takes both input gradients in one 2B forward/backward."""
+        if self.lam == 0 or self.batched is False:
+            return False
+        if self.batched is True:
+            return True
+        # "auto": where it is exact (no batch statistics couple x and x + eta) and it pays (a
+        # GPU; on the CPU a 2B convolution backward costs more than two B ones)
+        return x.is_cuda and not has_train_batchnorm(model)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        grad = input_grad(model, x, y)
+        g2 = None
+        if generator is None and self._batches(model, x):
+            # the FGSM gradient at x and the regulariser's at x + eta from one double-size batch
+            both = torch.cat([x, self._second_point(x)]).requires_grad_(True)
+            g = input_grad(model, both, torch.cat([y, y]), create_graph=torch.is_grad_enabled())
+            grad, g2 = g[: len(x)].detach(), g[len(x):]
+        else:
+            grad = input_grad(model, x, y)
         if generator is None:
-            self._cache = (x, grad.detach())   # reused by loss(): the reference's grad1
+            self._cache = (x, grad.detach(), g2)   # reused by loss(): the reference's grad1 (and grad2)
         delta = (self.step * self.eps * grad.sign()).clamp(-self.eps, self.eps)
         return clamp_to_image(x, delta).detach()
 
-    def _grad_at_x(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        cache, self._cache = self._cache, None
-        if cache is not None and cache[0] is x:
-            return cache[1]
-        return input_grad(model, x, y).detach()
+    def _second_point(self, x: Tensor) -> Tensor:
+        """``x + eta``, eta ~ U[-eps, eps]^d from the method's generator, in the image."""
+        return clamp_to_image(x, uniform_like(x, self.eps, self.generator(x.device))) + x
 
     def regulariser(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """``lam * (1 - mean cos)``, differentiable in the parameters through grad at x + eta."""
-        g1 = self._grad_at_x(model, x, y)
-        eta = uniform_like(x, self.eps, self.generator(x.device))
-        x2 = clamp_to_image(x, eta) + x
-        g2 = input_grad(model, x2.requires_grad_(True), y, create_graph=True)
+        cache, self._cache = self._cache, None
+        if cache is not None and cache[0] is x:
+            g1, g2 = cache[1], cache[2]
+        else:
+            g1, g2 = input_grad(model, x, y).detach(), None
+        if g2 is None:
+            g2 = input_grad(model, self._second_point(x).requires_grad_(True), y, create_graph=True)
         cos, valid = cosine_per_sample(g1, g2)
         mean_cos = cos.sum() / valid.sum().clamp_min(1)
         self._last_cos = mean_cos.detach()
