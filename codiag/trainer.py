@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 from . import attacks
 from .data import DATASETS, load_dataset, make_loader
 from .errors import UsageError
-from .methods import METHODS, Method, get_method
+from .methods import METHODS, Method, check_method, get_method
 from .methods.settings import validated_hparams, validated_lr_peak
 from .models import MODELS, build_model
 from .monitoring import monitor
 from .parsing import parse_eps, parse_fraction
+from .probes import resolve_probes
 from .schedules import SCHEDULES, make_schedule
 
 
@@ -110,6 +111,18 @@ class TrainConfig:
             raise UsageError(f"train limit must be positive, got {self.train_limit}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UsageError(f"lr must be a positive number, got {self.lr}")
+        self.momentum = parse_fraction(self.momentum, "momentum")
+        self.weight_decay = parse_fraction(self.weight_decay, "weight decay")
+        if not 0.0 <= self.momentum < 1.0:
+            raise UsageError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UsageError(f"weight decay must be a non-negative number, got {self.weight_decay}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise UsageError(f"seed must be an integer in [0, 2^63), got {self.seed}")
+        if not str(self.out).strip():
+            raise UsageError("the run directory (--out) is empty; name a directory")
+        check_method(self.method, self.method_args)
+        resolve_probes(self.probes)
 
 
 def build_method(cfg: TrainConfig, num_samples: int) -> Method:

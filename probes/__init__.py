@@ -61,6 +61,8 @@ def resolve_probes(spec: str | Iterable[str] | None = "default",
                 names.extend(PROBES)
             elif n:
                 names.append(n)
+    if not names and spec not in (None, "none"):
+        raise UsageError(f"no probe named in {spec!r}; give names, default, all, or none")
     unknown = sorted({n for n in names} - set(PROBES))
     if unknown:
         raise UsageError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}, "

@@ -106,8 +106,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise UsageError(f"--every takes 'epoch' or a number of steps, got {every!r}") from None
         if every < 1:
             raise UsageError(f"--every must be at least 1, got {every}")
-    probes = args.probes if args.probes in ("default", "all", "none") else \
-        [p.strip() for p in args.probes.split(",") if p.strip()]
+    names = [p.strip() for p in args.probes.split(",") if p.strip()]
+    probes = args.probes if args.probes in ("default", "all", "none") or not names else names
     cfg = TrainConfig(
         out=args.out, dataset=args.dataset, data_root=args.data_root, download=args.download,
         model=args.model, method=args.method, method_args=dict(args.method_arg), eps=args.eps,

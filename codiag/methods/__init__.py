@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import METHODS, Method, get_method, register
+from .base import METHODS, Method, check_method, get_method, register
 
 # Importing a module registers its class(es).
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
@@ -63,4 +63,4 @@ _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_cl
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
-__all__ = ["METHODS", "Method", "get_method", "register"]
+__all__ = ["METHODS", "Method", "check_method", "get_method", "register"]

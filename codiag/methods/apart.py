@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, register
+from .checks import NON_NEGATIVE, Flag, OneOf, Real
 from .sample_store import SampleStore, ensure_store, split_meta
 
 
@@ -123,11 +124,12 @@ class APART(Method):
     defaults: dict[str, Any] = {"variant": "code", "init_step": 1e-4, "input_step": 1e-4, "block_step": 0.0,
                                 "omega_std": 0.001, "alpha_lr": 5e-8, "l2": 200.0, "momentum": 0.9,
                                 "layerwise": True}
+    checks = {"variant": OneOf("code", "paper"), "init_step": NON_NEGATIVE, "input_step": NON_NEGATIVE,
+              "block_step": NON_NEGATIVE, "omega_std": NON_NEGATIVE, "alpha_lr": NON_NEGATIVE, "l2": NON_NEGATIVE,
+              "momentum": Real(0, 1, hi_open=True), "layerwise": Flag()}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        if self.variant not in ("code", "paper"):
-            raise ValueError(f"APART variant must be 'code' or 'paper', got {self.variant!r}")
         #: (alpha_w, alpha_1, alpha_2..n); the block entries are added on first use
         self.alphas = torch.tensor([float(self.init_step), float(self.input_step)])
         self.store: SampleStore | None = None

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .base import StateValue, per_sample_norm, register
 from .carried import CarriedPerturbation
+from .checks import NON_NEGATIVE, POSITIVE, Integer, Real
 
 
 @register
@@ -45,6 +46,8 @@ class ATAS(CarriedPerturbation):
     name = "atas"
     defaults = {"beta": 0.5, "c": 0.01, "ref_batch": 128, "gamma_c": 16 / 255,
                 "min_step": 4 / 255, "max_step": 14 / 255, "warmup_epochs": 5, "warmup_step": 1.0}
+    checks = {"beta": Real(0, 1, hi_open=True), "c": POSITIVE, "ref_batch": Integer(1), "gamma_c": POSITIVE,
+              "min_step": NON_NEGATIVE, "max_step": POSITIVE, "warmup_epochs": Integer(0), "warmup_step": POSITIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

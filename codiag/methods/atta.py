@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .base import register
 from .carried import CarriedPerturbation
+from .checks import POSITIVE
 
 
 @register
@@ -24,6 +25,7 @@ class ATTA(CarriedPerturbation):
 
     name = "atta"
     defaults = {"step": 0.5}
+    checks = {"step": POSITIVE}
 
     def step_size(self, grad: Tensor, idx: Tensor | None, write: bool) -> float:
         return float(self.step) * self.eps

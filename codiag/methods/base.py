@@ -34,7 +34,7 @@ Conventions shared by all methods (DESIGN.md):
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, TypeVar
+from typing import Any, ClassVar, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from .checks import COMMON_CHECKS, Check, inferred
 
 StateValue = float | np.ndarray
 
@@ -73,16 +74,26 @@ def get_method(name: str, eps: float, **hparams: Any) -> "Method":
     return METHODS[key](eps, **hparams)
 
 
+def check_method(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``hparams`` of the method registered as ``name`` without building it (UsageError)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in METHODS:
+        raise UsageError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[key].check_hparams(hparams)
+
+
 class Method:
     """Base class of all training methods (see the module docstring for the contract).
 
     Subclasses set ``name`` (registry key), ``defaults`` (hparam -> paper default;
-    each becomes an attribute) and override :meth:`perturb` and, if they add a
-    regulariser, :meth:`loss`.
+    each becomes an attribute), ``checks`` (hparam -> its type and range, see
+    ``checks.py``; run on every value before anything is built) and override
+    :meth:`perturb` and, if they add a regulariser, :meth:`loss`.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    checks: ClassVar[dict[str, Check]] = {}
     #: hparams that only matter for some runs and are not errors to pass to any method
     common: ClassVar[dict[str, Any]] = {"seed": 0, "num_samples": None, "epochs": None}
 
@@ -91,12 +102,7 @@ class Method:
         if not 0.0 <= eps <= 1.0:
             raise UsageError(f"eps must lie in [0, 1] (pixel units), got {eps}")
         self.eps = eps
-        allowed = {**self.common, **self._all_defaults()}
-        unknown = sorted(set(hparams) - set(allowed))
-        if unknown:
-            raise UsageError(f"method {self.name!r} has no option(s) {', '.join(unknown)}; "
-                             f"options: {', '.join(sorted(self._all_defaults())) or 'none'}")
-        self.hparams: dict[str, Any] = {**allowed, **hparams}
+        self.hparams: dict[str, Any] = self.check_hparams(hparams)
         for key, value in self.hparams.items():
             setattr(self, key, value)
         self.seed: int = int(self.hparams["seed"])
@@ -109,6 +115,39 @@ class Method:
         merged: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             merged.update(getattr(klass, "defaults", {}) or {})
+        return merged
+
+    @classmethod
+    def all_checks(cls) -> dict[str, Check]:
+        """Every option's check: declared ones (subclasses override their bases), else inferred."""
+        merged: dict[str, Check] = dict(COMMON_CHECKS)
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "checks", {}) or {})
+        for key, default in cls._all_defaults().items():
+            if key not in merged and inferred(default) is not None:
+                merged[key] = inferred(default)  # type: ignore[assignment]
+        return merged
+
+    @classmethod
+    def check_hparams(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults with ``hparams`` on top, each value checked and in its canonical type.
+
+        Raises UsageError (one line: method, option, accepted values, value given) for an
+        unknown option or a value of the wrong type or range.
+        """
+        allowed = {**cls.common, **cls._all_defaults()}
+        unknown = sorted(set(hparams) - set(allowed))
+        if unknown:
+            raise UsageError(f"method {cls.name!r} has no option(s) {', '.join(unknown)}; "
+                             f"options: {', '.join(sorted(cls._all_defaults())) or 'none'}")
+        merged = {**allowed, **hparams}
+        checks = cls.all_checks()
+        for key, value in merged.items():
+            if key in checks:
+                try:
+                    merged[key] = checks[key](value)
+                except ValueError as e:
+                    raise UsageError(f"method {cls.name!r}: {key} {e}, got {value!r}") from None
         return merged
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, eval_mode, input_grad, uniform_like
+from .checks import Flag, Integer
 from .sample_store import SampleStore, ensure_store, split_meta
 
 
@@ -29,6 +30,7 @@ class CarriedPerturbation(Method):
     defaults: dict[str, Any] = {"reset_every": 10, "eval_mode": True}
     probe_stand_in = ("probe points carry no stored perturbation: the probes' step starts from "
                       "U[-eps, eps] instead (training samples start from their stored one)")
+    checks = {"reset_every": Integer(0), "eval_mode": Flag()}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

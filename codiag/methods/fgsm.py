@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, fgsm_step, register
+from .checks import POSITIVE
 
 
 @register
@@ -21,6 +22,7 @@ class FGSM(Method):
 
     name = "fgsm"
     defaults = {"step": 1.0}   # step size as a multiple of eps
+    checks = {"step": POSITIVE}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, fgsm_step, register
+from .checks import NON_NEGATIVE, POSITIVE
 
 
 @register
@@ -22,6 +23,7 @@ class FGSMRS(Method):
     name = "fgsm_rs"
     lr_peak = 0.5
     defaults = {"step": 1.25, "init": 1.0}
+    checks = {"step": POSITIVE, "init": NON_NEGATIVE}
 
     def _start_radius(self) -> float:
         return float(self.init)

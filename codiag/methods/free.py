@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, fgsm_step, register
+from .checks import POSITIVE, Integer
 
 
 @register
@@ -35,10 +36,10 @@ class Free(Method):
     probe_stand_in = ("Free's perturbation is carried over from the last training batch: the probes "
                       "apply that one to the probe points, it is not a perturbation of their own")
     defaults = {"m": 8, "step": 1.0}
+    checks = {"m": Integer(1), "step": POSITIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        self.m = int(self.m)
         self._delta: Tensor | None = None
 
     def _carried(self, x: Tensor) -> Tensor:

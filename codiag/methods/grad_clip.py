@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StateValue, register
+from .checks import POSITIVE
 from .fgsm_rs import FGSMRS
 
 
@@ -28,6 +29,7 @@ class GradClip(FGSMRS):
 
     name = "grad_clip"
     defaults = {"step": 2.0, "init": 1.0, "clip": 0.06}
+    checks = {"clip": POSITIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

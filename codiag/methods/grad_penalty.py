@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, input_grad, register
+from .checks import NON_NEGATIVE, POSITIVE, Integer, Optional
 
 
 def penalty_lambda(eps: float, at8: float, at16: float) -> float:
@@ -48,6 +49,7 @@ class GradPenalty(Method):
 
     name = "grad_penalty"
     defaults: dict[str, Any] = {"lam": None, "step": 1.0, "ref_batch": 128}
+    checks = {"lam": Optional(NON_NEGATIVE), "step": POSITIVE, "ref_batch": Integer(1)}
     lam_at = (1000.0, 2000.0)
 
     def __init__(self, eps: float, **hparams: Any) -> None:

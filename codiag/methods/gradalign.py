@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, input_grad, register, uniform_like
+from .checks import NON_NEGATIVE, POSITIVE, OneOf, Optional
 
 
 def gradalign_lambda(eps: float) -> float:
@@ -70,6 +71,7 @@ class GradAlign(Method):
 
     name = "gradalign"
     defaults: dict[str, Any] = {"lam": None, "step": 1.0, "batched": "auto"}
+    checks = {"lam": Optional(NON_NEGATIVE), "step": POSITIVE, "batched": OneOf("auto", True, False)}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

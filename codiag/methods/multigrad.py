@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, input_grad, register, uniform_like
+from .checks import NON_NEGATIVE, POSITIVE, Flag, Integer, OneOf
 
 
 def agreeing_signs(grads: Tensor) -> Tensor:
@@ -55,12 +56,11 @@ class MultiGrad(Method):
     name = "multigrad"
     lr_peak = 0.5
     defaults = {"n": 3, "step": 1.0, "init": 1.0, "batched": "auto", "random_start": False}
+    checks = {"n": Integer(1), "step": POSITIVE, "init": NON_NEGATIVE, "batched": OneOf("auto", True, False),
+              "random_start": Flag()}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        self.n = int(self.n)
-        if self.n < 1:
-            raise ValueError(f"MultiGrad needs n >= 1 starts, got {self.n}")
         self._kept = 0.0
 
     def _start_radius(self) -> float:

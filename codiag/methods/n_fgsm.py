@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, clamp_to_image, input_grad, register
+from .checks import NON_NEGATIVE, POSITIVE, Optional
 
 
 @register
@@ -24,6 +25,7 @@ class NFGSM(Method):
     name = "n_fgsm"
     lr_peak = 0.5
     defaults: dict[str, Any] = {"noise": 2.0, "step": 1.0, "clip": None}
+    checks = {"noise": NON_NEGATIVE, "step": POSITIVE, "clip": Optional(POSITIVE)}
 
     def _start_radius(self) -> float:
         return float(self.noise)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, fgsm_step, register
+from .checks import POSITIVE, Flag, Integer, Optional
 
 
 @register
@@ -33,12 +34,10 @@ class PGD(Method):
     name = "pgd"
     lr_peak = 0.5
     defaults: dict[str, Any] = {"steps": 10, "alpha": None, "random_start": True}
+    checks = {"steps": Integer(1), "alpha": Optional(POSITIVE), "random_start": Flag()}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        self.steps = int(self.steps)
-        if self.steps < 1:
-            raise ValueError(f"PGD needs at least one step, got {self.steps}")
         if self.alpha is None:
             self.alpha = 2.0 / self.steps   # Madry/Rice: 2 eps / k
             self.hparams["alpha"] = self.alpha

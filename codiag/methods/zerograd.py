@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, input_grad, register
+from .checks import NON_NEGATIVE, POSITIVE, SHARE
 
 
 def zero_lower_quantile(grad: Tensor, q: float) -> tuple[Tensor, Tensor]:
@@ -61,11 +62,10 @@ class ZeroGrad(Method):
     name = "zerograd"
     lr_peak = 0.5
     defaults = {"q": 0.35, "step": 2.0, "init": 1.0}
+    checks = {"q": SHARE, "step": POSITIVE, "init": NON_NEGATIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
-        if not 0.0 <= float(self.q) <= 1.0:
-            raise ValueError(f"q must lie in [0, 1], got {self.q}")
         self._zeroed = 0.0
 
     def _start_radius(self) -> float:

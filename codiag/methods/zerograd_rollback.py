@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .base import StateValue, register
+from .checks import SHARE, Integer, Optional, Several, Text
 from .zerograd import ZeroGrad
 
 
@@ -58,16 +59,13 @@ class ZeroGradRollback(ZeroGrad):
     name = "zerograd_rollback"
     defaults: dict[str, Any] = {"qs": (0.25, 0.45), "q": None, "back": 1, "keep": 3,
                                 "max_rollbacks": 3, "checkpoint_dir": None}
+    checks = {"qs": Several(SHARE), "q": Optional(SHARE), "back": Integer(1), "keep": Integer(1),
+              "max_rollbacks": Integer(0), "checkpoint_dir": Optional(Text())}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
-        qs = hparams.get("qs", self.defaults["qs"])
-        if isinstance(qs, (int, float)):
-            qs = (float(qs),)
-        hparams["qs"] = tuple(float(q) for q in qs)
-        hparams.setdefault("q", hparams["qs"][0])
-        if hparams["q"] is None:
-            hparams["q"] = hparams["qs"][0]
         super().__init__(eps, **hparams)
+        if self.q is None:  # start at the first q of the schedule
+            self.q = self.hparams["q"] = self.qs[0]
         self.stage = 0
         self.rollbacks = 0
         self.resume_epoch: int | None = None
@@ -97,7 +95,7 @@ class ZeroGradRollback(ZeroGrad):
             return None
         epoch, payload = self._checkpoints[-int(self.back)]
         if isinstance(payload, str):
-            payload = torch.load(payload, map_location="cpu")
+            payload = torch.load(payload, map_location="cpu", weights_only=True)
         device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
         optimizer.load_state_dict(payload["optimizer"])   # moves state to the params' device
