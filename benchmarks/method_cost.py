@@ -40,12 +40,15 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("multigrad", "multigrad", {}, 1),                      # default: batched on CUDA, sequential on CPU
     ("multigrad_batched", "multigrad", {"batched": True}, 1),
     ("multigrad_seq", "multigrad", {"batched": False}, 1),
-    ("gradalign", "gradalign", {"lam": 0.2}, 1),
+    ("gradalign", "gradalign", {"lam": 0.2}, 1),           # default: batched on CUDA without BatchNorm
+    ("gradalign_batched", "gradalign", {"lam": 0.2, "batched": True}, 1),
+    ("gradalign_seq", "gradalign", {"lam": 0.2, "batched": False}, 1),
     ("grad_penalty", "grad_penalty", {}, 1),
     ("cure", "cure", {}, 1),
     ("atta", "atta", {}, 1),
     ("atas", "atas", {"warmup_epochs": 0}, 1),
     ("apart", "apart", {}, 1),
+    ("apart_paper", "apart", {"variant": "paper"}, 1),
     ("apart_simple", "apart_simple", {}, 1),
     ("grad_clip", "grad_clip", {}, 1),
     ("free_m8", "free", {"m": 8}, 8),

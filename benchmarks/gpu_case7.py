@@ -1,0 +1,139 @@
+"""Rerun, on a GPU, the hand-written loop that showed GradAlign not learning at eps 16/255.
+
+    python benchmarks/gpu_case7.py --data-root /path/with/cifar-10-batches-py [--out results.json]
+    python benchmarks/gpu_case7.py --methods gradalign --epochs 5      # a short look at one method
+
+The loop (a user's own, not ``codiag train``): PreAct ResNet-18 from ``codiag.build_model``,
+CIFAR-10 training images 0-14,999 with crop and flip (``codiag.make_loader``), eps 16/255,
+SGD momentum 0.9, weight decay 5e-4, cyclic learning rate peaking at 0.2 at 2/5 of training,
+batch 128, ``--epochs`` (20) epochs of ``method.train_step``, under ``codiag.monitor`` for the
+CO alarm; after every epoch the clean and PGD-10 (step eps/4, fp32, eval mode) accuracy on the
+first 1,000 test points. Each method runs in fp32 and, with ``--amp``, under bf16 autocast.
+
+GradAlign diagnostics per epoch (the questions the failure raised): the number of steps whose
+loss, regulariser or parameter gradient was not finite; the mean training cosine and the mean
+share of samples left out of it (a zero input gradient at x or x + eta); the largest parameter
+gradient norm. Methods are given in the same order as on the CPU; ZeroGrad runs with its paper
+defaults and with its 16/255 setting (``codiag.methods.settings``).
+
+Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the test
+suite; it needs a GPU (about 10 minutes on one H200 for the default methods, bf16).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from codiag import attacks, build_model, monitor
+from codiag.data import load_dataset, make_loader
+from codiag.methods import get_method
+from codiag.methods.gradalign import cosine_per_sample
+from codiag.methods.settings import validated_hparams
+from codiag.schedules import make_schedule
+
+EPS = 16 / 255
+RUNS = {  # label -> (registry name, hparams)
+    "fgsm_rs": ("fgsm_rs", {}),
+    "n_fgsm": ("n_fgsm", {}),
+    "zerograd": ("zerograd", {}),
+    "zerograd_16": ("zerograd", validated_hparams("zerograd", "cifar10", EPS)),
+    "gradalign": ("gradalign", {}),
+}
+
+
+def gradalign_probe(method, model, x, y) -> dict[str, float]:
+    """Share of samples without a cosine and the mean cosine at this batch, in train mode as the
+    method takes them; BatchNorm's running averages are restored, so training is unchanged."""
+    g = torch.Generator(device=x.device).manual_seed(1)
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    x1 = x.detach().requires_grad_(True)
+    gx = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x1), y, reduction="sum"), x1)[0]
+    eta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * method.eps
+    x2 = (x + eta).clamp(0, 1).requires_grad_(True)
+    ge = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x2), y, reduction="sum"), x2)[0]
+    cos, valid = cosine_per_sample(gx, ge)
+    model.load_state_dict(saved, strict=False)
+    return {"excluded": float(1 - valid.float().mean()), "cos": float(cos[valid].mean()) if valid.any() else math.nan}
+
+
+def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, data) -> list[dict]:
+    train_set, test_x, test_y = data
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, "cifar10").to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
+    loader = make_loader(train_set, 128, shuffle=True, augment=True, with_index=True, seed=0, device=device)
+    method = get_method(name, EPS, seed=0, num_samples=len(train_set), epochs=args.epochs, **hp)
+    lr_at = make_schedule("cyclic", 0.2, args.epochs, 0.4)
+    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    rows = []
+    out_dir = Path(args.run_root) / f"{label}{'-bf16' if amp else ''}"
+    with monitor(model, opt, out_dir, eps=EPS, probe_data=(test_x[:256], test_y[:256]),
+                 attack=method.perturb, method=method, probes=["robust_acc", "grad_align"],
+                 overwrite=True) as mon:
+        for epoch in range(args.epochs):
+            t0 = time.perf_counter()
+            method.on_epoch_start(epoch)
+            model.train()
+            bad, grad_max, diag = 0, 0.0, []
+            for i, (x, y, meta) in enumerate(loader):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(epoch + (i + 1) / len(loader))
+                with ctx():
+                    loss = method.train_step(model, opt, x, y, meta)
+                if name == "gradalign" and i % 20 == 0:
+                    gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters()
+                                        if p.grad is not None))
+                    bad += int(not torch.isfinite(loss)) + int(not torch.isfinite(gn))
+                    grad_max = max(grad_max, float(gn))
+                    diag.append(gradalign_probe(method, model, x, y))
+            mon.epoch_end()
+            model.eval()
+            res = attacks.evaluate(model, (test_x, test_y), EPS, n=len(test_y), pgd_steps=10, restarts=1, seed=0)
+            row = {"label": label, "amp": amp, "epoch": epoch + 1, "clean": res["clean_acc"],
+                   "pgd10": res["pgd_acc"], "co_alarm": bool(mon.co_detected),
+                   "seconds": time.perf_counter() - t0}
+            if name == "gradalign":
+                row.update(nonfinite_checks=bad, grad_norm_max=grad_max,
+                           train_cos=float(method.state()["train_cos"]),
+                           excluded=sum(d["excluded"] for d in diag) / max(len(diag), 1),
+                           probe_cos=sum(d["cos"] for d in diag) / max(len(diag), 1))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--amp", action="store_true", help="also run each method under bf16 autocast")
+    p.add_argument("--fp32", action="store_true", help="run in fp32 (default when --amp is not given)")
+    p.add_argument("--run-root", default="runs/gpu_case7")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default="preact_resnet18", help="cnn4 for a quick CPU check of the script")
+    p.add_argument("--train-limit", type=int, default=15000)
+    p.add_argument("--eval-n", type=int, default=1000)
+    p.add_argument("--out", default="gpu_case7.json")
+    args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("gpu_case7: no GPU (pass --device cpu --model cnn4 to check the script)")
+    train_set = load_dataset("cifar10", root=args.data_root, train=True, limit=args.train_limit)
+    test = load_dataset("cifar10", root=args.data_root, train=False, limit=args.eval_n)
+    data = (train_set, test.images.float().div(255).to(args.device), test.labels.to(args.device))
+    precisions = ([False] if args.fp32 or not args.amp else []) + ([True] if args.amp else [])
+    results = [row for label in args.methods for amp in precisions
+               for row in run(label, *RUNS[label], args, amp, data)]
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
