@@ -237,7 +237,7 @@ def test_fgsm_rs_matches_reference():
 
 
 def ref_n_fgsm(model, opt, X, y, eps, alpha, unif, g):
-    """pdejorge/N-FGSM, train.py L216-242: ``eta ~ U[-unif eps, unif eps]`` clamped to the image,
+    """pdejorge/N-FGSM, train.py L217-243: ``eta ~ U[-unif eps, unif eps]`` clamped to the image,
     ``delta = eta + alpha * sign(grad at X + eta)``, clamped to the image only (``--clip`` -1),
     CE at X + delta, backward, step."""
     eta = clamp(uniform(X.shape, unif * eps, g), -X, 1 - X).requires_grad_(True)
@@ -337,7 +337,7 @@ def ref_pgd_training(model, opt, X, y, eps, alpha, iters, rs, g):
 
 
 def ref_wong_pgd(model, opt, X, y, eps, alpha, iters, g):
-    """locuslab/fast_adversarial, CIFAR10/train_pgd.py L98-118: ``delta ~ U[-eps, eps]`` clamped to
+    """locuslab/fast_adversarial, CIFAR10/train_pgd.py L98-119: ``delta ~ U[-eps, eps]`` clamped to
     the image; each step ``clamp(delta + alpha * sign(grad), -eps, eps)``, then into the image;
     CE at X + delta, backward, step (``--attack-iters 7 --alpha 2`` at eps 8)."""
     delta = clamp(uniform(X.shape, eps, g), -X, 1 - X).requires_grad_(True)
@@ -373,7 +373,7 @@ def test_pgd_random_start_matches_reference():
 
 def ref_free(model, opt, batches, eps, replays, batch_size):
     """locuslab/fast_adversarial, CIFAR10/train_free.py L76-77 (one ``delta`` buffer of
-    ``batch_size`` rows, zero at the start) and L94-105 (each minibatch replayed ``replays``
+    ``batch_size`` rows, zero at the start) and L94-106 (each minibatch replayed ``replays``
     times: CE at X + delta[:n], backward, ``delta <- clamp(delta + eps sign(grad), -eps, eps)``,
     the first n rows into the image, optimizer step; rows past a short batch keep their values)."""
     delta = torch.zeros(batch_size, *batches[0][0].shape[1:], requires_grad=True)

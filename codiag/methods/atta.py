@@ -9,6 +9,12 @@ U[-eps, eps] every 10 epochs. Defaults (ATAS Appendix B: "ATTA-1 ... step size
 alpha = 4/255" at eps 8/255): ``step = 0.5`` eps, ``reset_every = 10``,
 perturbation computed in eval mode (as in that code). State: one int8 per input
 dimension in the padded frame (``sample_store.py``).
+
+This is the ATAS code's ATTA (``ATAS.py`` with a constant step; its step equals ATTA's own
+``get_adv_atta``, haizhongzheng/ATTA ``adv_attack.py`` L8-23). ATTA's own training script
+(``train_atta_cifar.py``) differs elsewhere: it starts the stored examples at
+``x + 0.001 N(0, 1)`` (L184), re-draws them every 10 epochs including the last (L191), and
+scales the training loss by ``1 / batch_size`` (L143), i.e. a 128 times smaller gradient step.
 """
 from __future__ import annotations
 
