@@ -2,10 +2,12 @@
 ``codiag reproduce`` presets, ``examples/methods_vs_co.py`` and the docs read.
 
 A method's class defaults are its paper's values at CIFAR-10, eps 8/255. Where a paper (or
-its repository) gives other values for another eps or dataset, or where we chose values on
-a validation split because the paper's do not hold, the setting is a row here. The trainer
-starts from the row that matches ``(method, dataset, eps)`` and lays the user's ``-m``
-overrides on top; the resolved values are recorded in run.json.
+its repository) gives other values for another eps or dataset (CIFAR-10 at 16/255: ZeroGrad's
+lower step, GradAlign's lambda), or where we chose values on a validation split because the
+paper's do not hold, the setting is a row here. The trainer starts from the row that matches
+``(method, dataset, eps)`` and lays the user's ``-m`` overrides on top; the resolved values
+are recorded in run.json. A row's ``lr_peak_at`` is the cyclic peak it was validated with
+(the trainer's ``--lr-peak`` default for that run; otherwise the method's paper value).
 
 Fashion-MNIST at eps 0.2 (the embedded setting: cnn4, 20 epochs, Adam 3e-3 one-cycle,
 batch 128, the first 30k training images): values chosen on a validation split (training
