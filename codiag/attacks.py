@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["AUTOATTACK_VERSIONS", "attack_mode", "autoattack", "evaluate", "fgsm", "input_grad", "pgd"]
+from .tensors import eval_mode, isolated_rng, project
+
+__all__ = ["AUTOATTACK_VERSIONS", "attack_mode", "autoattack", "evaluate", "fgsm", "pgd"]
 
 #: AutoAttack versions (torchattacks' names) and the members each one runs, in order.
 AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
@@ -76,11 +78,6 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return param.device if param is not None else fallback
 
 
-def _project(x: Tensor, delta: Tensor, eps: float) -> Tensor:
-    """Project onto the L-inf eps ball, then shrink so that x + delta lies in [0, 1]."""
-    return torch.clamp(x + delta.clamp(-eps, eps), 0.0, 1.0) - x
-
-
 def _per_sample(mask: Tensor, like: Tensor) -> Tensor:
     """Reshape a (B,) mask so it broadcasts over a (B, ...) tensor."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
@@ -91,7 +88,7 @@ def _uniform_start(x: Tensor, eps: float, generator: torch.Generator | None) -> 
     gen = generator if generator is not None else _default_generator(x.device)
     # Drawn on the generator's device so a CPU generator also serves a CUDA batch.
     u = torch.rand(x.shape, generator=gen, device=gen.device, dtype=torch.float32).to(x.device)
-    return _project(x, (2.0 * u - 1.0) * eps, eps)
+    return project(x, (2.0 * u - 1.0) * eps, eps)
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -102,18 +99,12 @@ def _default_generator(device: torch.device) -> torch.Generator:
 def attack_mode(model: nn.Module, device_type: str) -> Iterator[None]:
     """Eval mode for every module, autocast off, autograd on; every module's mode restored after.
 
-    Modes are restored module by module (not with ``model.train(flag)``) so a
-    caller who froze, e.g., BatchNorm layers inside a training model gets exactly
-    that state back.
+    Modes are restored module by module (``codiag.tensors.eval_mode``), so a
+    caller who froze, e.g., BatchNorm layers inside a training model gets
+    exactly that state back.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.autocast(device_type=device_type, enabled=False), torch.enable_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.autocast(device_type=device_type, enabled=False), torch.enable_grad():
+        yield
 
 
 def _loss_grad(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,35 +114,6 @@ def _loss_grad(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> tuple[T
     loss = F.cross_entropy(logits.float(), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
     return logits.detach(), grad
-
-
-# ---------------------------------------------------------------------------------------------
-# input gradients
-# ---------------------------------------------------------------------------------------------
-def input_grad(model: nn.Module, x: Tensor, y: Tensor, create_graph: bool = False,
-               reduction: str = "sum") -> Tensor:
-    """grad_x of the cross entropy CE(model(x), y), in fp32 with autocast disabled.
-
-    ``reduction="sum"`` (default) gives every sample its own gradient, independent
-    of the batch size (DESIGN "Per-instance gradient norms"); ``"mean"`` divides
-    by the batch size, as the papers' training code does. Computed with
-    ``torch.autograd.grad`` with respect to ``x`` only, so ``param.grad`` is never
-    written; ``x`` itself is not modified (a detached alias is differentiated
-    unless ``x`` already requires grad, in which case the graph through ``x`` is
-    kept). ``create_graph=True`` keeps the graph for double backpropagation
-    (GradAlign's regulariser, GradAlign eq. 6).
-
-    Unlike the attacks, this primitive runs in the model's *current* mode: the
-    monitor already puts the model in eval mode for probes, and double-backprop
-    callers may want train mode.
-    """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean'; got {reduction!r}")
-    with torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
-        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x_in.float()).float(), y, reduction=reduction)
-        (grad,) = torch.autograd.grad(loss, x_in, create_graph=create_graph)
-    return grad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +136,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, step: float | None 
     with attack_mode(model, x.device.type):
         start = _uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
         _, grad = _loss_grad(model, x, y, start)
-        return _project(x, start + step * grad.sign(), eps)
+        return project(x, start + step * grad.sign(), eps)
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None = None,
@@ -212,7 +174,7 @@ def _pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None
             delta = _uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
             for _ in range(steps):
                 logits, grad = _loss_grad(model, x, y, delta)
-                stepped = _project(x, delta + alpha * grad.sign(), eps)
+                stepped = project(x, delta + alpha * grad.sign(), eps)
                 if early_stop:
                     # The mask comes from the same forward pass as the gradient, as in
                     # Wong et al.'s attack_pgd; masking instead of breaking avoids a sync.
@@ -414,11 +376,8 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: str 
         raise ValueError(f"need as many labels as inputs and at least one point; got {len(x)} and {len(y)}")
     _check_unit_range(x)
 
-    cuda_devices = [torch.cuda.current_device() if device.index is None else device.index] \
-        if device.type == "cuda" else []
     correct = torch.zeros((), device=device)
-    with torch.random.fork_rng(devices=cuda_devices), attack_mode(model, device.type), \
-            _frozen_parameters(model):
+    with isolated_rng(device), attack_mode(model, device.type), _frozen_parameters(model):
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         runner, _ = build_autoattack(model, eps, version, int(seed), attacks, steps, n_classes)

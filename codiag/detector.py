@@ -40,13 +40,17 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-#: (probe, key) -> the short name the rules use
+from codiag.probes.fgsm_pgd_cos import FgsmPgdCos
+from codiag.probes.grad_align import GradAlign
+from codiag.probes.robust_acc import RobustAcc
+
+#: (probe, key) of metrics.csv -> the short name the rules use, from the probes' declarations
 SIGNALS: dict[tuple[str, str], str] = {
-    ("robust_acc", "pgd_acc"): "pgd_acc",
-    ("robust_acc", "fgsm_acc"): "fgsm_acc",
-    ("robust_acc", "clean_acc"): "clean_acc",
-    ("grad_align", "mean"): "grad_align",
-    ("fgsm_pgd_cos", "mean"): "fgsm_pgd_cos",
+    RobustAcc.pgd_acc.pair: "pgd_acc",
+    RobustAcc.fgsm_acc.pair: "fgsm_acc",
+    RobustAcc.clean_acc.pair: "clean_acc",
+    GradAlign.mean.pair: "grad_align",
+    FgsmPgdCos.mean.pair: "fgsm_pgd_cos",
 }
 
 

@@ -50,13 +50,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import random
 import re
 import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +67,7 @@ from codiag.probes.base import ProbeContext, ProbeSet
 from .detector import SIGNALS, CODetector, event_values
 from .errors import UsageError
 from .runs import RunWriter, host_values, load_run
+from .tensors import eval_mode, isolated_rng
 
 DEFAULT_PROBE_N = 256
 DEFAULT_TRAIN_PROBE_N = 512
@@ -82,43 +82,6 @@ def _model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def isolated_rng(device: torch.device | None = None, seed: int | None = None) -> Iterator[None]:
-    """Save and restore the global RNGs (torch CPU, ``device``'s CUDA generator, Python, NumPy).
-
-    With ``seed``, the torch generators are seeded inside (the CPU one and
-    only that CUDA device: ``torch.manual_seed`` would reseed every GPU).
-    """
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device is not None and device.type == "cuda" else []
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.random.default_generator.manual_seed(seed)
-                for d in cuda:
-                    with torch.cuda.device(d):
-                        torch.cuda.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def eval_mode(*models: nn.Module | None) -> Iterator[None]:
-    """Put models in eval mode and restore each module's own flag (not just the root's)."""
-    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
-    try:
-        for model in models:
-            if model is not None:
-                model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 def _accepts(fn: Callable, name: str) -> bool:

@@ -1,8 +1,9 @@
-"""Diagnostic probes, one module per probe, one small class each (DESIGN.md "Probes").
+"""Diagnostic probes, one module per probe, one small class each (docs/PROBES.md).
 
 ``PROBES`` maps each probe's name to its class. Adding a probe is one file
-under ``probes/`` with a ``@register``-ed :class:`~probes.base.Probe` subclass,
-plus its module name in ``_MODULES`` below. ``DEFAULT_PROBES`` are those cheap
+under ``probes/`` with a ``@register``-ed :class:`~codiag.probes.base.Probe`
+subclass that declares its outputs (:class:`Key`, :class:`Array`), plus its
+module name in ``_MODULES`` below (docs/EXTENDING.md). ``DEFAULT_PROBES`` are those cheap
 enough for every epoch (``default = True``); ``resolve_probes`` turns the
 monitor's ``probes=`` argument into probe instances.
 """
@@ -13,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from codiag.errors import UsageError
 
-from .base import PROBES, Probe, ProbeContext, ProbeSet, register
+from .base import PROBES, Array, Key, Probe, ProbeContext, ProbeSet, register
 
 # The registry: importing a module registers its class. Order = run order within an event.
 _MODULES = (
@@ -74,5 +75,16 @@ def resolve_probes(spec: str | Iterable[str] | None = "default",
     return [PROBES[n](**dict(options.get(n, {}))) for n in ordered]
 
 
-__all__ = ["PROBES", "DEFAULT_PROBES", "Probe", "ProbeContext", "ProbeSet", "register",
-           "resolve_probes"]
+def output_table() -> str:
+    """The Markdown table of every declared metric key and array (docs/RUN_FORMAT.md holds a copy)."""
+    lines = ["| probe | kind | name | shape | what |", "|---|---|---|---|---|"]
+    for name, cls in PROBES.items():
+        for out in [*cls.keys(), *cls.arrays()]:
+            kind, shape = ("key", "") if isinstance(out, Key) else ("array", " x ".join(out.shape))
+            doc = out.doc.replace("|", r"\|")       # a bar inside a cell would end it
+            lines.append(f"| `{name}` | {kind} | `{out.name}` | {shape} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["PROBES", "DEFAULT_PROBES", "Array", "Key", "Probe", "ProbeContext", "ProbeSet", "output_table",
+           "register", "resolve_probes"]

@@ -15,7 +15,7 @@ monitor rather than in each probe:
   ``torch.Generator`` seeded from ``(seed, purpose)`` at every call, so every
   event uses the same eta and random starts and a curve moves only because the
   model moved (and the order in which probes run does not matter);
-* input gradients come from ``codiag.attacks.input_grad``
+* input gradients come from ``codiag.tensors.input_grad``
   (``torch.autograd.grad``): ``param.grad`` is never written and
   ``requires_grad`` flags are left as found;
 * autocast is off: gradients, norms and losses are fp32 (DESIGN "Precision").
@@ -32,13 +32,17 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codiag import attacks
+from codiag.registry import registrar
+from codiag.tensors import clamp_to_image, input_grad
+
+from .outputs import Array, Key, Output, declared
 
 #: ``attack(model, x, y, index, generator) -> delta``: the monitor normalises the
 #: user's callable to this signature (see ``codiag.monitor``).
@@ -52,7 +56,8 @@ class Probe:
     metrics.csv), ``needs`` (the shared results they use, documentation and
     planning only: ``clean``, ``grads``, ``fgsm``, ``pgd``, ``method``,
     ``train``, ``reference``, ``params``), ``paper`` (the figure they
-    reproduce) and implement :meth:`run`. Options come in as keyword
+    reproduce), declare what they write as :class:`Key` and :class:`Array`
+    class attributes (``probes/outputs.py``) and implement :meth:`run`. Options come in as keyword
     arguments (``probe_options={"loss_surface": {"grid": 11}}`` on the monitor).
     A probe may keep values between events in ``ctx.state`` (its own dict).
     """
@@ -70,22 +75,22 @@ class Probe:
     def run(self, ctx: "ProbeContext") -> None:
         raise NotImplementedError
 
+    @classmethod
+    def keys(cls) -> list[Key]:
+        """The metric keys this probe declares (class attributes of type :class:`Key`)."""
+        return declared(cls, Key)
+
+    @classmethod
+    def arrays(cls) -> list[Array]:
+        """The arrays this probe declares (class attributes of type :class:`Array`)."""
+        return declared(cls, Array)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 PROBES: dict[str, type[Probe]] = {}
-_P = TypeVar("_P", bound=type[Probe])
-
-
-def register(cls: _P) -> _P:
-    """Class decorator: add ``cls`` to :data:`PROBES` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in PROBES and PROBES[cls.name] is not cls:
-        raise ValueError(f"probe name {cls.name!r} registered twice")
-    PROBES[cls.name] = cls
-    return cls
+register = registrar(PROBES, "probe")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,14 +117,11 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(n > 0, total / n.clamp_min(1), torch.full_like(total, float("nan")))
 
 
-def clamp_delta(x: Tensor, delta: Tensor) -> Tensor:
-    """Shrink ``delta`` so that ``x + delta`` lies in [0, 1] (inputs live in [0, 1])."""
-    return torch.clamp(x + delta, 0.0, 1.0) - x
-
-
-def project(x: Tensor, delta: Tensor, eps: float) -> Tensor:
-    """Project onto the L-inf eps ball, then into the image box (DESIGN "Probe attacks")."""
-    return clamp_delta(x, delta.clamp(-eps, eps))
+def _declared(out: Any, kind: type[Output]) -> Output:
+    if not isinstance(out, kind) or not out.probe:
+        raise TypeError(f"{out!r} is not a {kind.__name__} declared on a probe class; declare it "
+                        f"as a class attribute ({kind.__name__}(doc, name)) of the probe that writes it")
+    return out
 
 
 def _seed_for(seed: int, purpose: str) -> int:
@@ -211,27 +213,29 @@ class ProbeContext:
         """The dict that probe ``name`` keeps across events (weights at the last event, ...)."""
         return self.state.setdefault(name, {})
 
-    def log(self, probe: str, key: str, value: Any) -> None:
-        """Buffer one scalar row (a number or a 0-d tensor, left on its device)."""
+    def log(self, key: Key, value: Any, **fields: Any) -> None:
+        """Buffer one scalar row of a declared ``key`` (a number or a 0-d tensor, left on its device).
+
+        ``fields`` fill in a key pattern (``ctx.log(self.mse, v, param="fc.weight")``).
+        Anything but a key declared on a probe class raises: every key a
+        probe writes is one that the reports, the detector and the docs know.
+        """
+        name = _declared(key, Key).format(**fields)
         if isinstance(value, Tensor):
             value = value.detach().reshape(()).float()
-        self.rows.scalars.append((probe, key, value))
+        self.rows.scalars.append((key.probe, name, value))
 
-    def log_many(self, probe: str, mapping: Mapping[str, Any]) -> None:
-        for key, value in mapping.items():
-            self.log(probe, key, value)
-
-    def save_array(self, name: str, array: Any) -> None:
-        """Buffer one array (written as ``arrays/NAME-STEPxxxxxxx.npy`` at the end of the event)."""
-        if isinstance(array, Tensor):
-            array = array.detach()
-        self.rows.arrays.append((name, array))
+    def save_array(self, array: Array, value: Any, **fields: Any) -> None:
+        """Buffer one declared array (written as ``arrays/NAME-STEPxxxxxxx.npy`` at the end of the event)."""
+        name = _declared(array, Array).format(**fields)
+        if isinstance(value, Tensor):
+            value = value.detach()
+        self.rows.arrays.append((name, value))
 
     # -- primitive computations (fp32, eval mode set by the monitor) ------------------------
     def input_grad(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-sample input gradients of the sum-reduced CE (``codiag.attacks.input_grad``)."""
-
-        return attacks.input_grad(self.model, x, y, reduction="sum").detach()
+        """Per-sample input gradients of the sum-reduced CE, in fp32 (``codiag.tensors.input_grad``)."""
+        return input_grad(self.model, x, y, precision="fp32").detach()
 
     def losses(self, x_adv: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample CE and correctness of ``model`` (default: the monitored one) at ``x_adv``."""
@@ -256,7 +260,7 @@ class ProbeContext:
 
         Built from the shared clean gradient; equal to ``codiag.attacks.fgsm``.
         """
-        return clamp_delta(self.x, self.eps * self.clean_grad.sign())
+        return clamp_to_image(self.x, self.eps * self.clean_grad.sign())
 
     @cached_property
     def pgd_delta(self) -> Tensor:
@@ -283,7 +287,7 @@ class ProbeContext:
         if self._attack is None:
             return self.fgsm_delta
         delta = self._attack(self.model, self.x, self.y, None, self.generator("start"))
-        return clamp_delta(self.x, delta.detach().float())
+        return clamp_to_image(self.x, delta.detach().float())
 
     @cached_property
     def at_fgsm(self) -> tuple[Tensor, Tensor]:
@@ -310,7 +314,7 @@ class ProbeContext:
         start_fn = getattr(self.method, "start", None)
         if callable(start_fn):
             delta = start_fn(self.model, ts.x, ts.y, ts.index, generator=self.generator("start"))
-            return clamp_delta(ts.x, delta.detach().float())
+            return clamp_to_image(ts.x, delta.detach().float())
         return torch.zeros_like(ts.x)
 
     @cached_property
@@ -323,14 +327,6 @@ class ProbeContext:
     def train_grad_norm(self) -> Tensor:
         """Per-sample L2 norm of :attr:`train_grad` (sum-reduced loss: batch-size independent)."""
         return self.train_grad.flatten(1).norm(dim=1)
-
-
-def first_conv(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The first convolution of ``model`` in module order (the "first layer" of GradAlign Fig. 5)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return name, module
-    return None
 
 
 def conv_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:

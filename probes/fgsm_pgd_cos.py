@@ -9,18 +9,20 @@ counted in ``n_zero`` and left out of the mean.
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, masked_mean, per_sample_cos, register
+from .base import Key, Probe, ProbeContext, masked_mean, per_sample_cos, register
 
 
 @register
 class FgsmPgdCos(Probe):
-    """Keys: mean, n_zero."""
+    """Cosine between the FGSM and the probe-PGD perturbations."""
 
     name = "fgsm_pgd_cos"
     needs = frozenset({"fgsm", "pgd"})
     paper = "GradAlign Fig. 4, 11"
+    mean = Key("mean cos(delta_FGSM, delta_PGD) over samples where both are non-zero")
+    n_zero = Key("samples left out because a perturbation is exactly zero")
 
     def run(self, ctx: ProbeContext) -> None:
         cos, ok = per_sample_cos(ctx.fgsm_delta, ctx.pgd_delta)
-        ctx.log(self.name, "mean", masked_mean(cos, ok))
-        ctx.log(self.name, "n_zero", (~ok).sum())
+        ctx.log(self.mean, masked_mean(cos, ok))
+        ctx.log(self.n_zero, (~ok).sum())

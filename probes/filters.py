@@ -11,23 +11,28 @@ Models without a convolution write nothing.
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, first_conv, register
+from codiag.models import first_conv
+
+from .base import Array, Probe, ProbeContext, register
 
 
 @register
 class Filters(Probe):
-    """Arrays filters.weight, filters.bias, filters.norms."""
+    """Snapshots of the first convolution's kernels."""
 
     name = "filters"
     needs = frozenset({"params"})
     paper = "GradAlign Fig. 5, 6, 12"
+    weight = Array("the first convolution's kernels", shape=("out_channels", "in_channels", "kh", "kw"))
+    norms = Array("L2 norm of each output filter", shape=("out_channels",))
+    bias = Array("the first convolution's bias (when it has one)", shape=("out_channels",))
 
     def run(self, ctx: ProbeContext) -> None:
-        found = first_conv(ctx.model)
-        if found is None:
+        conv = first_conv(ctx.model)
+        if conv is None:
             return
-        w = found[1].weight.detach().float().clone()
-        ctx.save_array(f"{self.name}.weight", w)
-        ctx.save_array(f"{self.name}.norms", w.flatten(1).norm(dim=1))
-        if getattr(found[1], "bias", None) is not None:
-            ctx.save_array(f"{self.name}.bias", found[1].bias.detach().float().clone())
+        w = conv.weight.detach().float().clone()
+        ctx.save_array(self.weight, w)
+        ctx.save_array(self.norms, w.flatten(1).norm(dim=1))
+        if conv.bias is not None:
+            ctx.save_array(self.bias, conv.bias.detach().float().clone())

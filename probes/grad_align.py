@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import torch
 
-from .base import Probe, ProbeContext, clamp_delta, masked_mean, per_sample_cos, register
+from codiag.tensors import clamp_to_image
+
+from .base import Key, Probe, ProbeContext, masked_mean, per_sample_cos, register
 
 
 @register
 class GradAlign(Probe):
-    """Keys: mean (over samples with a defined cosine), n_zero_grad, n."""
+    """Gradient alignment (GradAlign eq. 5) with the count of samples where it is undefined."""
 
     name = "grad_align"
     needs = frozenset({"grads"})
     paper = "GradAlign eq. 5, Fig. 4, 11"
+    mean = Key("mean cos(grad_x L(x), grad_x L(x + eta)) over samples where both gradients are non-zero")
+    n_zero_grad = Key("samples left out because a gradient is exactly zero")
+    n = Key("size of the probe set")
 
     def run(self, ctx: ProbeContext) -> None:
         x, y = ctx.x, ctx.y
         u = torch.rand(x.shape, generator=ctx.generator("grad_align.eta"), device=x.device)
-        eta = clamp_delta(x, (2 * u - 1) * ctx.eps)
+        eta = clamp_to_image(x, (2 * u - 1) * ctx.eps)
         cos, ok = per_sample_cos(ctx.clean_grad, ctx.input_grad(x + eta, y))
-        ctx.log(self.name, "mean", masked_mean(cos, ok))
-        ctx.log(self.name, "n_zero_grad", (~ok).sum())
-        ctx.log(self.name, "n", len(ctx.probe_set))
+        ctx.log(self.mean, masked_mean(cos, ok))
+        ctx.log(self.n_zero_grad, (~ok).sum())
+        ctx.log(self.n, len(ctx.probe_set))

@@ -14,23 +14,29 @@ mean(g^2) / mean(g)^2 (>= 1; larger = more long-tailed).
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, register
+from .base import Array, Key, Probe, ProbeContext, register
 
 
 @register
 class InstanceGradNorm(Probe):
-    """Keys: mean, median, max, long_tail_ratio; array instance_grad_norm."""
+    """Per-instance input-gradient norms g_i on the training probe subset."""
 
     name = "instance_grad_norm"
     needs = frozenset({"train", "grads"})
     paper = "ATAS Fig. 3, 6, 10"
+    mean = Key("mean of g_i")
+    median = Key("median of g_i")
+    max = Key("largest g_i")
+    long_tail_ratio = Key("mean(g^2) / mean(g)^2 (ATAS Fig. 6b; >= 1, larger = more long-tailed)")
+    norms = Array("g_i per training probe sample, in the order of the recorded indices", "instance_grad_norm",
+                  shape=("train_probe_n",))
 
     def run(self, ctx: ProbeContext) -> None:
         g = ctx.train_grad_norm
         mean = g.mean()
-        ctx.log(self.name, "mean", mean)
+        ctx.log(self.mean, mean)
         # kthvalue, not torch.quantile (which fails above 2^24 elements; DESIGN "Quantiles")
-        ctx.log(self.name, "median", g.kthvalue((g.numel() + 1) // 2).values)
-        ctx.log(self.name, "max", g.max())
-        ctx.log(self.name, "long_tail_ratio", g.square().mean() / mean.square().clamp_min(1e-30))
-        ctx.save_array(self.name, g)
+        ctx.log(self.median, g.kthvalue((g.numel() + 1) // 2).values)
+        ctx.log(self.max, g.max())
+        ctx.log(self.long_tail_ratio, g.square().mean() / mean.square().clamp_min(1e-30))
+        ctx.save_array(self.norms, g)

@@ -16,7 +16,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import Probe, ProbeContext, clamp_delta, register
+from codiag.tensors import clamp_to_image
+
+from .base import Key, Probe, ProbeContext, register
 
 DEFAULT_SHARES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -28,6 +30,9 @@ class LinearApprox(Probe):
     name = "linear_approx"
     needs = frozenset({"clean", "grads"})
     paper = "GradAlign Fig. 10"
+    err = Key("mean |l(x + delta) - l(x) - <delta, grad>| from the FGSM corner, kept share k", "err/k={k}")
+    err_random = Key("the same from a random corner of the eps ball", "err_random/k={k}")
+    l2 = Key("mean ||delta||_2 of the FGSM corner with share k kept", "l2/k={k}")
 
     def __init__(self, shares: Sequence[float] = DEFAULT_SHARES, **options: Any) -> None:
         super().__init__(**options)
@@ -40,14 +45,13 @@ class LinearApprox(Probe):
         # one uniform number per coordinate: keeping coordinates with u < k nests the masks
         u = torch.rand(x.shape, generator=ctx.generator("linear_approx.mask"), device=x.device)
         signs = torch.rand(x.shape, generator=ctx.generator("linear_approx.corner"), device=x.device)
-        corners = {"err": ctx.eps * grad.sign(), "err_random": ctx.eps * torch.where(signs < 0.5, -1.0, 1.0)}
+        corners = {self.err: ctx.eps * grad.sign(), self.err_random: ctx.eps * torch.where(signs < 0.5, -1.0, 1.0)}
         for k in self.shares:
             mask = (u < k).to(x.dtype)
-            tag = f"k={k:g}"
             for key, corner in corners.items():
-                delta = clamp_delta(x, corner * mask)
+                delta = clamp_to_image(x, corner * mask)
                 loss = ctx.losses(x + delta, y)[0]
                 lin = (delta * grad).flatten(1).sum(1)
-                ctx.log(self.name, f"{key}/{tag}", (loss - loss0 - lin).abs().mean())
-                if key == "err":
-                    ctx.log(self.name, f"l2/{tag}", delta.flatten(1).norm(dim=1).mean())
+                ctx.log(key, (loss - loss0 - lin).abs().mean(), k=f"{k:g}")
+                if key is self.err:
+                    ctx.log(self.l2, delta.flatten(1).norm(dim=1).mean(), k=f"{k:g}")

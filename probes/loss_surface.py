@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Probe, ProbeContext, register
+from .base import Array, Probe, ProbeContext, register
 
 
 @register
@@ -31,6 +31,10 @@ class LossSurface(Probe):
     needs = frozenset({"train", "grads"})
     paper = "ATAS Fig. 2"
     default = False
+    low = Array("mean loss on the grid for the 10 % of instances with the smallest gradient norm",
+                shape=("grid", "grid"))
+    high = Array("the same for the 10 % with the largest gradient norm", shape=("grid", "grid"))
+    axes = Array("the grid's offsets along each direction (pixel units)", shape=("grid",))
 
     def __init__(self, grid: int = 9, span: float = 1.0, share: float = 0.1, chunk: int = 4096,
                  **options: Any) -> None:
@@ -48,9 +52,9 @@ class LossSurface(Probe):
         v1 = ctx.train_grad.sign()
         u = torch.rand(ts.x.shape, generator=ctx.generator("loss_surface.v2"), device=ts.x.device)
         v2 = torch.where(u < 0.5, -1.0, 1.0)
-        ctx.save_array(f"{self.name}.axes", axes)
-        for label, idx in (("low", order[:m]), ("high", order[-m:])):
-            ctx.save_array(f"{self.name}.{label}", self._surface(ctx, ts.x[idx], ts.y[idx], v1[idx],
+        ctx.save_array(self.axes, axes)
+        for out, idx in ((self.low, order[:m]), (self.high, order[-m:])):
+            ctx.save_array(out, self._surface(ctx, ts.x[idx], ts.y[idx], v1[idx],
                                                                    v2[idx], axes))
 
     def _surface(self, ctx: ProbeContext, x: torch.Tensor, y: torch.Tensor, v1: torch.Tensor,

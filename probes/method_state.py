@@ -13,30 +13,30 @@ import numbers
 import numpy as np
 import torch
 
-from .base import Probe, ProbeContext, register
+from .base import Array, Key, Probe, ProbeContext, register
 
 
 @register
 class MethodState(Probe):
-    """Keys: the method's scalar state; arrays method_state.<name>."""
+    """The method's own state: scalars as rows, arrays as arrays."""
 
     name = "method_state"
     needs = frozenset({"method"})
     paper = "APART Fig. 3, ATAS Fig. 10"
+    scalar = Key("a scalar of method.state() under its own name (APART's step sizes, ZeroGrad's q)", "{state}")
+    array = Array("an array of method.state() (ATAS's per-instance step sizes)", "method_state.{state}",
+                  shape=("num_samples",))
 
     def run(self, ctx: ProbeContext) -> None:
         state_fn = getattr(ctx.method, "state", None)
         if not callable(state_fn):
             return
         for key, value in (state_fn() or {}).items():
-            if isinstance(value, torch.Tensor):
-                if value.numel() == 1 and value.dim() == 0:
-                    ctx.log(self.name, str(key), value)
-                else:
-                    ctx.save_array(f"{self.name}.{key}", value.detach().clone())
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                ctx.log(self.scalar, value, state=str(key))
+            elif isinstance(value, torch.Tensor):
+                ctx.save_array(self.array, value.detach().clone(), state=str(key))
             elif isinstance(value, np.ndarray) and value.ndim > 0:
-                ctx.save_array(f"{self.name}.{key}", value.copy())
-            elif isinstance(value, (numbers.Number, np.generic)) and not isinstance(value, bool):
-                ctx.log(self.name, str(key), float(value))
-            elif isinstance(value, bool):
-                ctx.log(self.name, str(key), float(value))
+                ctx.save_array(self.array, value.copy(), state=str(key))
+            elif isinstance(value, (numbers.Number, np.generic)):
+                ctx.log(self.scalar, float(value), state=str(key))

@@ -9,21 +9,22 @@ gradient entries are zeroed. The first event only stores the perturbation.
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, register
+from .base import Key, Probe, ProbeContext, register
 
 
 @register
 class PerturbationDelta(Probe):
-    """Key: mse."""
+    """How much the method's perturbation of a fixed batch changed since the previous event."""
 
     name = "perturbation_delta"
     needs = frozenset({"method"})
     paper = "ZeroGrad Fig. 2"
+    mse = Key("mean squared difference of the method's perturbations at consecutive events")
 
     def run(self, ctx: ProbeContext) -> None:
         state = ctx.probe_state(self.name)
         now = ctx.method_delta
         prev = state.get("prev")
         if prev is not None and prev.shape == now.shape:
-            ctx.log(self.name, "mse", (now - prev).square().mean())
+            ctx.log(self.mse, (now - prev).square().mean())
         state["prev"] = now.clone()

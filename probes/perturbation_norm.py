@@ -12,23 +12,29 @@ the L2 norm is diverse).
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, register
+from .base import Array, Key, Probe, ProbeContext, register
 
 
 @register
 class PerturbationNorm(Probe):
-    """Keys: l1_mean, l2_mean, linf_mean, abs_mean; arrays perturbation_norm.l1 / .l2."""
+    """Norms of the method's perturbations of the probe set."""
 
     name = "perturbation_norm"
     needs = frozenset({"method"})
     paper = "ZeroGrad Table 4, ATAS Fig. 11"
+    l1_mean = Key("mean L1 norm of delta_method")
+    l2_mean = Key("mean L2 norm of delta_method")
+    linf_mean = Key("mean Linf norm of delta_method")
+    abs_mean = Key("mean |delta_method| per coordinate (x 255: ZeroGrad Table 4's l1 perturbation norm)")
+    l1 = Array("L1 norm of delta_method per probe sample", shape=("probe_n",))
+    l2 = Array("L2 norm of delta_method per probe sample", shape=("probe_n",))
 
     def run(self, ctx: ProbeContext) -> None:
         d = ctx.method_delta.flatten(1)
         l1, l2, linf = d.abs().sum(1), d.norm(dim=1), d.abs().amax(1)
-        ctx.log(self.name, "l1_mean", l1.mean())
-        ctx.log(self.name, "l2_mean", l2.mean())
-        ctx.log(self.name, "linf_mean", linf.mean())
-        ctx.log(self.name, "abs_mean", d.abs().mean())
-        ctx.save_array(f"{self.name}.l1", l1)
-        ctx.save_array(f"{self.name}.l2", l2)
+        ctx.log(self.l1_mean, l1.mean())
+        ctx.log(self.l2_mean, l2.mean())
+        ctx.log(self.linf_mean, linf.mean())
+        ctx.log(self.abs_mean, d.abs().mean())
+        ctx.save_array(self.l1, l1)
+        ctx.save_array(self.l2, l2)

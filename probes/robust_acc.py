@@ -8,18 +8,26 @@ shared probe PGD (10 steps of eps/4, one random start, no early stop).
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, register
+from .base import Key, Probe, ProbeContext, register
 
 
 @register
 class RobustAcc(Probe):
-    """Keys: clean_acc, clean_loss, fgsm_acc, fgsm_loss, pgd_acc, pgd_loss (means over the probe set)."""
+    """Accuracy and mean cross entropy on the probe set: clean, under FGSM and under the probe PGD."""
 
     name = "robust_acc"
     needs = frozenset({"clean", "fgsm", "pgd"})
     paper = "GradAlign Fig. 4, 11"
+    clean_acc = Key("accuracy on the clean probe set")
+    clean_loss = Key("mean cross entropy on the clean probe set")
+    fgsm_acc = Key("accuracy under FGSM (one step of eps from zero)")
+    fgsm_loss = Key("mean cross entropy under FGSM")
+    pgd_acc = Key("accuracy under the probe PGD (10 steps of eps/4, one random start)")
+    pgd_loss = Key("mean cross entropy under the probe PGD")
 
     def run(self, ctx: ProbeContext) -> None:
-        for label, (loss, correct) in (("clean", ctx.clean), ("fgsm", ctx.at_fgsm), ("pgd", ctx.at_pgd)):
-            ctx.log(self.name, f"{label}_acc", correct.float().mean())
-            ctx.log(self.name, f"{label}_loss", loss.mean())
+        for acc, mean_loss, (loss, correct) in ((self.clean_acc, self.clean_loss, ctx.clean),
+                                                (self.fgsm_acc, self.fgsm_loss, ctx.at_fgsm),
+                                                (self.pgd_acc, self.pgd_loss, ctx.at_pgd)):
+            ctx.log(acc, correct.float().mean())
+            ctx.log(mean_loss, loss.mean())

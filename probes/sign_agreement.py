@@ -10,18 +10,19 @@ Key ``disagree`` is a share in [0, 1] (the paper prints percentages: FGSM
 """
 from __future__ import annotations
 
-from .base import Probe, ProbeContext, register
+from .base import Key, Probe, ProbeContext, register
 
 
 @register
 class SignAgreement(Probe):
-    """Key: disagree."""
+    """Sign disagreement between the method's perturbation and the probe PGD."""
 
     name = "sign_agreement"
     needs = frozenset({"method", "pgd"})
     paper = "ZeroGrad Table 10"
+    disagree = Key("share of coordinates where delta_method is non-zero and its sign differs from delta_PGD's")
 
     def run(self, ctx: ProbeContext) -> None:
         m, p = ctx.method_delta, ctx.pgd_delta
         differ = (m != 0) & (m.sign() != p.sign())
-        ctx.log(self.name, "disagree", differ.float().mean())
+        ctx.log(self.disagree, differ.float().mean())

@@ -18,34 +18,36 @@ from __future__ import annotations
 
 import torch
 
-from .base import Probe, ProbeContext, clamp_delta, register
+from codiag.tensors import clamp_to_image, eval_mode
+
+from .base import Key, Probe, ProbeContext, register
 
 
 @register
 class StrengthGap(Probe):
-    """Keys: gap, loss_method, loss_pgd; transfer_acc, transfer_acc_random with a reference model."""
+    """APART's strength gap, and the transfer accuracies when a reference model is given."""
 
     name = "strength_gap"
     needs = frozenset({"method", "pgd", "reference"})
     paper = "APART eq. 2, Fig. 2"
+    gap = Key("G = mean CE at x + delta_method minus mean CE at x + delta_PGD (APART eq. 2)")
+    loss_method = Key("mean CE at x + delta_method")
+    loss_pgd = Key("mean CE at x + delta_PGD")
+    transfer_acc = Key("reference model's accuracy at x + delta_method (with a reference model)")
+    transfer_acc_random = Key("reference model's accuracy at a random corner of the eps ball")
 
     def run(self, ctx: ProbeContext) -> None:
         loss_method = ctx.at_method[0].mean()
         loss_pgd = ctx.at_pgd[0].mean()
-        ctx.log(self.name, "gap", loss_method - loss_pgd)
-        ctx.log(self.name, "loss_method", loss_method)
-        ctx.log(self.name, "loss_pgd", loss_pgd)
+        ctx.log(self.gap, loss_method - loss_pgd)
+        ctx.log(self.loss_method, loss_method)
+        ctx.log(self.loss_pgd, loss_pgd)
         ref = ctx.reference_model
         if ref is None:
             return
-        modes = [(m, m.training) for m in ref.modules()]
-        ref.eval()
-        try:
+        with eval_mode(ref):
             x, y = ctx.x, ctx.y
-            ctx.log(self.name, "transfer_acc", ctx.losses(x + ctx.method_delta, y, ref)[1].float().mean())
+            ctx.log(self.transfer_acc, ctx.losses(x + ctx.method_delta, y, ref)[1].float().mean())
             u = torch.rand(x.shape, generator=ctx.generator("strength_gap.random"), device=x.device)
-            noise = clamp_delta(x, ctx.eps * torch.where(u < 0.5, -1.0, 1.0))
-            ctx.log(self.name, "transfer_acc_random", ctx.losses(x + noise, y, ref)[1].float().mean())
-        finally:
-            for m, mode in modes:
-                m.training = mode
+            noise = clamp_to_image(x, ctx.eps * torch.where(u < 0.5, -1.0, 1.0))
+            ctx.log(self.transfer_acc_random, ctx.losses(x + noise, y, ref)[1].float().mean())

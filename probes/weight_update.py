@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import torch
 
-from .base import Probe, ProbeContext, conv_modules, register
+from .base import Array, Key, Probe, ProbeContext, conv_modules, register
 
 
 @register
 class WeightUpdate(Probe):
-    """Keys: mse_all, l2_all, mse/<param>, l2/<param>; arrays weight_update.kernel_mse.<module>."""
+    """How far the weights moved since the previous event, per tensor, per kernel and in total."""
 
     name = "weight_update"
     needs = frozenset({"params"})
     paper = "ZeroGrad Fig. 1"
+    mse = Key("mean((theta_now - theta_prev)^2) of one parameter tensor", "mse/{param}")
+    l2 = Key("||theta_now - theta_prev||_2 of one parameter tensor", "l2/{param}")
+    mse_all = Key("the same mean over all parameter entries")
+    l2_all = Key("the L2 norm of the whole update")
+    kernel_mse = Array("per output kernel of a convolution: mean squared update", "weight_update.kernel_mse.{module}",
+                       shape=("out_channels",))
 
     def run(self, ctx: ProbeContext) -> None:
         state = ctx.probe_state(self.name)
@@ -40,16 +46,15 @@ class WeightUpdate(Probe):
                     continue  # a parameter appeared or changed shape: nothing to compare
                 d = (p - prev[name]).float()
                 sq = d.square().sum()
-                ctx.log(self.name, f"mse/{name}", sq / max(d.numel(), 1))
-                ctx.log(self.name, f"l2/{name}", sq.sqrt())
+                ctx.log(self.mse, sq / max(d.numel(), 1), param=name)
+                ctx.log(self.l2, sq.sqrt(), param=name)
                 sq_total = sq_total + sq
                 count += d.numel()
-            ctx.log(self.name, "mse_all", sq_total / max(count, 1))
-            ctx.log(self.name, "l2_all", sq_total.sqrt())
+            ctx.log(self.mse_all, sq_total / max(count, 1))
+            ctx.log(self.l2_all, sq_total.sqrt())
             for mod_name, _conv in conv_modules(ctx.model):
                 key = f"{mod_name}.weight" if mod_name else "weight"
                 if key in now and key in prev and prev[key].shape == now[key].shape:
                     d = (now[key] - prev[key]).float()
-                    ctx.save_array(f"{self.name}.kernel_mse.{mod_name or 'conv'}",
-                                   d.square().flatten(1).mean(1))
+                    ctx.save_array(self.kernel_mse, d.square().flatten(1).mean(1), module=mod_name or "conv")
         state["prev"] = now

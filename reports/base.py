@@ -3,13 +3,16 @@ the training-progress axis and the catastrophic-overfitting (CO) point of a run.
 
 A *builder* is a function ``build(run, out_dir) -> Figure`` (one run) or
 ``build(runs, out_dir) -> Figure`` (several runs). It reads only the run
-directory (``codiag.runs.Run``), never a live model, and raises
-:class:`MissingData` with a one-line reason when the run lacks what it needs;
-the report then lists the figure as "not drawn" with that reason.
+directory (``codiag.runs.Run``), never a live model. It declares the probe
+outputs it reads with :func:`needs` (the report checks them first and names
+the probe to switch on), and raises :class:`MissingData` with a one-line
+reason for anything else it lacks; the report then lists the figure as "not
+drawn" with that reason.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import warnings
@@ -28,6 +31,8 @@ import seaborn as sns  # noqa: E402
 from codiag.data import dataset_spec
 from codiag.detector import detect_co
 from codiag.errors import UsageError
+from codiag.probes.outputs import Array, Key, Output
+from codiag.probes.robust_acc import RobustAcc
 from codiag.runs import Run  # noqa: E402
 
 #: Colours used consistently: ours vs the paper's reference values.
@@ -56,6 +61,9 @@ class Figure:
     paper: pd.DataFrame | None = None
     paper_source: str = ""
     notes: list[str] = field(default_factory=list)
+
+
+Builder = Callable[..., Figure]
 
 
 @contextlib.contextmanager
@@ -150,26 +158,66 @@ def progress(run: Run, df: pd.DataFrame) -> np.ndarray:
     return df["epoch"].to_numpy(dtype=float)
 
 
-def curve(run: Run, probe: str, key: str) -> pd.DataFrame:
-    """Columns step, epoch, x (progress in epochs), value; finite rows, last per step."""
-    df = run.scalar(probe, key)
+def curve(run: Run, key: Key, **fields: Any) -> pd.DataFrame:
+    """Columns step, epoch, x (progress in epochs), value of a declared key; last row per step."""
+    df = run.scalar(key.probe, key.format(**fields))
     df = df.drop_duplicates("step", keep="last").reset_index(drop=True)
     df["x"] = progress(run, df)
     return df
 
 
-def need(run: Run, probe: str, key: str | None = None) -> None:
-    """Raise MissingData unless the run recorded ``probe`` (and ``key``)."""
-    if not run.has(probe, key):
-        what = f"{probe}/{key}" if key else probe
-        raise MissingData(f"no '{what}' rows (probe {probe} not recorded)")
+def rows_of(run: Run, key: Key) -> pd.DataFrame:
+    """The metrics rows of every concrete key a (pattern) declaration covers."""
+    m = run.metrics
+    sel = m[m["probe"] == key.probe]
+    return sel[[key.parse(k) is not None for k in sel["key"].astype(str)]]
 
 
-def need_array(run: Run, name: str) -> dict[int, np.ndarray]:
-    """All snapshots of array ``name``; MissingData if there are none."""
-    arrays = run.arrays(name)
+def recorded(run: Run, out: Output) -> bool:
+    """Whether the run holds rows of a declared key, or snapshots of a declared array."""
+    if isinstance(out, Key):
+        return not rows_of(run, out).empty
+    return any(out.parse(name) is not None for name in run.array_names())
+
+
+Need = Output | tuple[Output, ...]
+
+
+def needs(*outputs: Need) -> Callable[[Builder], Builder]:
+    """Declare what a figure reads: each entry a probe's :class:`Key` or :class:`Array`, or a
+    tuple of alternatives (any one will do). The figure raises :class:`MissingData` naming
+    the probe to switch on when no run given holds a need; ``fn.needs`` lists them."""
+    def mark(fn: Builder) -> Builder:
+        @functools.wraps(fn)
+        def checked(run_or_runs: Run | Sequence[Run], *args: Any, **kwargs: Any) -> Figure:
+            runs = [run_or_runs] if isinstance(run_or_runs, Run) else list(run_or_runs)
+            why = unmet(runs, outputs)
+            if why:
+                raise MissingData(why)
+            return fn(run_or_runs, *args, **kwargs)
+
+        checked.needs = outputs
+        return checked
+    return mark
+
+
+def unmet(runs: Sequence[Run], outputs: Sequence[Need]) -> str | None:
+    """Why a figure needing ``outputs`` cannot be drawn from ``runs`` (None: some run holds each)."""
+    for need in outputs:
+        alternatives = need if isinstance(need, tuple) else (need,)
+        if not any(recorded(run, out) for run in runs for out in alternatives):
+            what = " or ".join(f"'{out}'" for out in alternatives)
+            probes = sorted({out.probe for out in alternatives})
+            return (f"no {what} recorded: switch on the probe {' or '.join(probes)} "
+                    f"(monitor probes=[..., {probes[0]!r}], or --probes)")
+    return None
+
+
+def need_array(run: Run, array: Array, **fields: Any) -> dict[int, np.ndarray]:
+    """All snapshots of a declared array; MissingData if there are none."""
+    arrays = run.arrays(array.format(**fields))
     if not arrays:
-        raise MissingData(f"no '{name}' arrays recorded")
+        raise MissingData(f"no '{array}' arrays recorded (probe {array.probe})")
     return arrays
 
 
@@ -221,7 +269,7 @@ def _co_from(run: Run, record: dict[str, Any], source: str) -> COPoint:
     epoch = record.get("epoch")
     m = run.metrics
     if step is None and epoch is not None:
-        rows = m[(m["epoch"] == int(epoch)) & (m["probe"] == "robust_acc")]
+        rows = m[(m["epoch"] == int(epoch)) & (m["probe"] == RobustAcc.pgd_acc.probe)]
         step = int(rows["step"].min()) if len(rows) else 0
     if epoch is None and step is not None:
         rows = m[m["step"] == int(step)]
@@ -232,8 +280,8 @@ def _co_from(run: Run, record: dict[str, Any], source: str) -> COPoint:
 
 def _fallback_co(run: Run) -> COPoint | None:
     """First event whose PGD accuracy is below half the best so far and 0.1 lower
-    (only used when codiag.detector is not importable)."""
-    df = run.scalar("robust_acc", "pgd_acc").drop_duplicates("step", keep="last")
+    (only used when the detector fails on the run's metrics)."""
+    df = run.scalar(*RobustAcc.pgd_acc.pair).drop_duplicates("step", keep="last")
     best = -math.inf
     for row in df.itertuples():
         if best > 0 and row.value < 0.5 * best and row.value < best - 0.1:
@@ -280,12 +328,9 @@ def pick_snapshots(steps: Sequence[int], co: COPoint | None, k: int = 6) -> list
     return sorted(chosen)
 
 
-Builder = Callable[..., Figure]
-
-
 def twin_adv_acc(ax: "plt.Axes", run: Run) -> None:
     """Test adversarial (PGD) accuracy on a right-hand axis, in red (ZeroGrad Fig. 1, 2)."""
-    df = curve(run, "robust_acc", "pgd_acc")
+    df = curve(run, RobustAcc.pgd_acc)
     if df.empty:
         return
     ax2 = ax.twinx()

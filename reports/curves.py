@@ -14,34 +14,43 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from codiag.probes.fgsm_pgd_cos import FgsmPgdCos
+from codiag.probes.grad_align import GradAlign
+from codiag.probes.instance_grad_norm import InstanceGradNorm
+from codiag.probes.outputs import Key
+from codiag.probes.perturbation_delta import PerturbationDelta
+from codiag.probes.perturbation_norm import PerturbationNorm
+from codiag.probes.robust_acc import RobustAcc
+from codiag.probes.sign_agreement import SignAgreement
+from codiag.probes.strength_gap import StrengthGap
+from codiag.probes.weight_update import WeightUpdate
 from codiag.runs import Run
 
 from . import paper
 from .base import (
     COPoint,
     Figure,
-    MissingData,
     before_after,
     co_point,
     curve,
     fmt_eps,
     mark_co,
     method_label,
-    need,
+    needs,
     save,
     style,
 )
 
-ACC = [("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("pgd_acc", "PGD")]
-LOSS = [("clean_loss", "clean"), ("fgsm_loss", "FGSM"), ("pgd_loss", "PGD")]
-ALIGN = [("grad_align", "mean", "grad_align"), ("fgsm_pgd_cos", "mean", "cos(δ_FGSM, δ_PGD)")]
+ACC = [(RobustAcc.clean_acc, "clean"), (RobustAcc.fgsm_acc, "FGSM"), (RobustAcc.pgd_acc, "PGD")]
+LOSS = [(RobustAcc.clean_loss, "clean"), (RobustAcc.fgsm_loss, "FGSM"), (RobustAcc.pgd_loss, "PGD")]
+ALIGN = [(GradAlign.mean, "grad_align"), (FgsmPgdCos.mean, "cos(δ_FGSM, δ_PGD)")]
 
 
-def _panel(ax: plt.Axes, run: Run, series: list[tuple[str, str, str]], co: COPoint | None,
+def _panel(ax: plt.Axes, run: Run, series: list[tuple[Key, str]], co: COPoint | None,
            ylabel: str, log: bool = False) -> int:
     drawn = 0
-    for probe, key, label in series:
-        df = curve(run, probe, key)
+    for key, label in series:
+        df = curve(run, key)
         if df.empty:
             continue
         ax.plot(df["x"], df["value"], marker="o", ms=3, label=label)
@@ -56,14 +65,14 @@ def _panel(ax: plt.Axes, run: Run, series: list[tuple[str, str, str]], co: COPoi
     return drawn
 
 
+@needs(RobustAcc.pgd_acc)
 def training_curves(run: Run, out_dir: Path) -> Figure:
     """GradAlign Fig. 4 / 11: accuracy, loss and local linearity over training for one run."""
-    need(run, "robust_acc", "pgd_acc")
     co = co_point(run)
     with style():
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        _panel(axes[0], run, [("robust_acc", k, lbl) for k, lbl in ACC], co, "accuracy (probe set)")
-        _panel(axes[1], run, [("robust_acc", k, lbl) for k, lbl in LOSS], co, "loss", log=True)
+        _panel(axes[0], run, ACC, co, "accuracy (probe set)")
+        _panel(axes[1], run, LOSS, co, "loss", log=True)
         n = _panel(axes[2], run, ALIGN, co, "cosine")
         if not n:
             axes[2].text(0.5, 0.5, "grad_align / fgsm_pgd_cos\nnot recorded", ha="center",
@@ -90,11 +99,10 @@ def co_table(run: Run, co: COPoint | None) -> pd.DataFrame:
     """Ours: CO epoch and the values at initialisation, just before / at CO, and at the end."""
     rows = [("CO epoch", "", "", "none detected" if co is None else f"{co.x:g} (step {co.step}, {co.source})",
              "")]
-    for probe, key, label in [("robust_acc", "pgd_acc", "PGD acc"), ("robust_acc", "fgsm_acc", "FGSM acc"),
-                              ("robust_acc", "clean_acc", "clean acc"),
-                              ("grad_align", "mean", "grad_align"),
-                              ("fgsm_pgd_cos", "mean", "fgsm_pgd_cos")]:
-        df = curve(run, probe, key)
+    for key, label in [(RobustAcc.pgd_acc, "PGD acc"), (RobustAcc.fgsm_acc, "FGSM acc"),
+                       (RobustAcc.clean_acc, "clean acc"), (GradAlign.mean, "grad_align"),
+                       (FgsmPgdCos.mean, "fgsm_pgd_cos")]:
+        df = curve(run, key)
         if df.empty:
             continue
         b, a = before_after(df, co)
@@ -109,25 +117,25 @@ def _fmt(row: pd.Series | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Several runs
 # ---------------------------------------------------------------------------------------------
-OVERLAY = [("robust_acc", "pgd_acc", "PGD accuracy"), ("robust_acc", "fgsm_acc", "FGSM accuracy"),
-           ("robust_acc", "clean_acc", "clean accuracy"), ("robust_acc", "pgd_loss", "PGD loss"),
-           ("grad_align", "mean", "gradient alignment"), ("fgsm_pgd_cos", "mean", "cos(δ_FGSM, δ_PGD)")]
+OVERLAY = [(RobustAcc.pgd_acc, "PGD accuracy"), (RobustAcc.fgsm_acc, "FGSM accuracy"),
+           (RobustAcc.clean_acc, "clean accuracy"), (RobustAcc.pgd_loss, "PGD loss"),
+           (GradAlign.mean, "gradient alignment"), (FgsmPgdCos.mean, "cos(δ_FGSM, δ_PGD)")]
 
-DIAGNOSTICS = [("weight_update", "mse_all", "weight-update MSE"),
-               ("perturbation_delta", "mse", "perturbation MSE between events"),
-               ("strength_gap", "gap", "strength gap L(δ) − L(δ_PGD)"),
-               ("sign_agreement", "disagree", "sign disagreement with PGD-10"),
-               ("perturbation_norm", "l2_mean", "mean ||δ||₂"),
-               ("instance_grad_norm", "long_tail_ratio", "grad-norm long-tail ratio")]
+DIAGNOSTICS = [(WeightUpdate.mse_all, "weight-update MSE"),
+               (PerturbationDelta.mse, "perturbation MSE between events"),
+               (StrengthGap.gap, "strength gap L(δ) − L(δ_PGD)"),
+               (SignAgreement.disagree, "sign disagreement with PGD-10"),
+               (PerturbationNorm.l2_mean, "mean ||δ||₂"),
+               (InstanceGradNorm.long_tail_ratio, "grad-norm long-tail ratio")]
 
 
-def tidy(runs: Sequence[Run], series: list[tuple[str, str, str]]) -> pd.DataFrame:
+def tidy(runs: Sequence[Run], series: list[tuple[Key, str]]) -> pd.DataFrame:
     """Long frame: run, method, quantity, x, value for the given series of all runs."""
     frames = []
     labels = _hue_labels(runs)
     for run, hue in zip(runs, labels):
-        for probe, key, name in series:
-            df = curve(run, probe, key)
+        for key, name in series:
+            df = curve(run, key)
             if df.empty:
                 continue
             frames.append(pd.DataFrame({"run": run.name, "method": hue, "quantity": name,
@@ -164,13 +172,12 @@ def _overlay(df: pd.DataFrame, names: list[str], out_dir: Path, stem: str, title
         return save(fig, out_dir, stem)
 
 
+@needs(tuple(key for key, _ in OVERLAY))
 def overlay_curves(runs: Sequence[Run], out_dir: Path) -> Figure:
     """GradAlign Fig. 4: the training curves of several runs overlaid by method
     (mean and standard deviation over seeds)."""
     df = tidy(runs, OVERLAY)
-    if df.empty:
-        raise MissingData("no robust_acc / grad_align rows in any run")
-    files = _overlay(df, [n for _, _, n in OVERLAY], out_dir, "overlay_curves",
+    files = _overlay(df, [n for _, n in OVERLAY], out_dir, "overlay_curves",
                      "training curves by method", log={"PGD loss"})
     return Figure(
         key="overlay_curves", title="Training curves by method", redraws="GradAlign Fig. 4",
@@ -180,14 +187,12 @@ def overlay_curves(runs: Sequence[Run], out_dir: Path) -> Figure:
         files=files)
 
 
+@needs(tuple(key for key, _ in DIAGNOSTICS))
 def overlay_diagnostics(runs: Sequence[Run], out_dir: Path) -> Figure:
     """The other recorded diagnostics (ZeroGrad Fig. 1, 2; APART Fig. 2; ZeroGrad Table 10;
     ATAS Fig. 6b) overlaid by method."""
     df = tidy(runs, DIAGNOSTICS)
-    if df.empty:
-        raise MissingData("no weight_update, perturbation_delta, strength_gap, sign_agreement, "
-                          "perturbation_norm or instance_grad_norm rows in any run")
-    files = _overlay(df, [n for _, _, n in DIAGNOSTICS], out_dir, "overlay_diagnostics",
+    files = _overlay(df, [n for _, n in DIAGNOSTICS], out_dir, "overlay_diagnostics",
                      "CO diagnostics by method", log={"weight-update MSE",
                                                       "perturbation MSE between events"})
     return Figure(

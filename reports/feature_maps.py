@@ -2,9 +2,8 @@
 plus uniform noise U[-eps, eps]. Redraws GradAlign Fig. 7 and 13.
 
 The maps are computed from the recorded last snapshot of the first-layer kernels
-(``filters.weight``, and ``filters.bias`` when recorded) applied to a few test
-images: recorded ``filters.images`` when the run has them, else the first test
-images of the dataset named in the run's config (read from its data root). No
+(``filters.weight``, and ``filters.bias`` when recorded) applied to the first few
+test images of the dataset named in the run's config (read from its data root). No
 live model is used; the gradient column of GradAlign Fig. 13 needs the whole
 model and is not drawn.
 """
@@ -19,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from codiag.data import dataset_spec, load_dataset
+from codiag.probes.filters import Filters
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, fmt_eps, method_label, need_array, save, style, x_of_step
+from .base import Figure, MissingData, fmt_eps, method_label, need_array, needs, save, style, x_of_step
 from .filters import pick_filters
 
 N_IMAGES = 2
@@ -38,9 +38,6 @@ def _images(run: Run, n: int) -> tuple[np.ndarray, tuple[float, ...], tuple[floa
         mean, std = tuple(spec.mean), tuple(spec.std)
     except Exception:
         pass
-    rec = run.arrays("filters.images")
-    if rec:
-        return np.asarray(next(iter(rec.values())), float)[:n], mean, std
     try:
         ds = load_dataset(name, root=run.config.get("data_root"), train=False, limit=n)
         imgs = np.stack([np.asarray(ds[i][0], float) for i in range(min(n, len(ds)))])
@@ -50,15 +47,16 @@ def _images(run: Run, n: int) -> tuple[np.ndarray, tuple[float, ...], tuple[floa
     return imgs, mean, std
 
 
+@needs(Filters.weight)
 def feature_maps(run: Run, out_dir: Path) -> Figure:
     """GradAlign Fig. 7 / 13: ReLU(w_i * normalise(x) + b_i) with and without U[-eps, eps] noise,
     for every first-layer filter, at the last snapshot."""
-    weights = need_array(run, "filters.weight")
+    weights = need_array(run, Filters.weight)
     step = max(weights)
     w = np.asarray(weights[step], float)
     if w.ndim != 4:
         raise MissingData(f"filters.weight has shape {w.shape}, expected (out, in, kh, kw)")
-    bias_snaps = run.arrays("filters.bias")
+    bias_snaps = run.arrays(Filters.bias.name)
     b = np.asarray(bias_snaps.get(step, np.zeros(w.shape[0])), float) if bias_snaps else np.zeros(w.shape[0])
     imgs, mean, std = _images(run, N_IMAGES)
     if imgs.ndim != 4 or imgs.shape[1] != w.shape[1]:

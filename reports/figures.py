@@ -1,10 +1,12 @@
 """The figure registry: which builder draws which figure, in page order."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
+
+from codiag.probes import PROBES
 
 from .analytic import lemma1, lemma2
-from .base import Figure
+from .base import Builder, Figure
 from .curves import overlay_curves, overlay_diagnostics, training_curves
 from .feature_maps import feature_maps
 from .filters import filter_evolution, filter_norms
@@ -46,3 +48,13 @@ MULTI_BUILDERS: dict[str, tuple[Callable[..., Figure], int]] = {
 ANALYTIC_BUILDERS: dict[str, Callable[..., Figure]] = {"lemma1": lemma1, "lemma2": lemma2}
 
 ALL_FIGURES = (*RUN_BUILDERS, *MULTI_BUILDERS, *ANALYTIC_BUILDERS)
+
+
+def undeclared_needs(builders: Mapping[str, Builder] | None = None) -> list[str]:
+    """``"figure: output"`` for each output a figure needs that no registered probe declares
+    (the run and across-run figures by default); empty when every need is declared."""
+    if builders is None:
+        builders = {**RUN_BUILDERS, **{k: fn for k, (fn, _) in MULTI_BUILDERS.items()}}
+    declared = {id(out) for cls in PROBES.values() for out in [*cls.keys(), *cls.arrays()]}
+    return [f"{key}: {out}" for key, fn in builders.items() for need in getattr(fn, "needs", ())
+            for out in (need if isinstance(need, tuple) else (need,)) if id(out) not in declared]

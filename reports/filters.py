@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from codiag.probes.filters import Filters
 from codiag.runs import Run
 
 from . import paper
@@ -23,6 +24,7 @@ from .base import (
     mark_co,
     method_label,
     need_array,
+    needs,
     pick_snapshots,
     save,
     style,
@@ -33,7 +35,7 @@ CHANNELS = {1: ["gray"], 3: ["R", "G", "B"]}
 
 
 def _weights(run: Run) -> dict[int, np.ndarray]:
-    snaps = need_array(run, "filters.weight")
+    snaps = need_array(run, Filters.weight)
     out = {}
     for s, w in snaps.items():
         w = np.asarray(w, float)
@@ -53,6 +55,7 @@ def pick_filters(weights: dict[int, np.ndarray]) -> tuple[int, int]:
     return int(np.argmin(growth)), int(np.argmax(growth))
 
 
+@needs(Filters.weight)
 def filter_evolution(run: Run, out_dir: Path) -> Figure:
     """GradAlign Fig. 5 and 12: a regular filter and the filter that grows most (w4 in the
     paper), each input channel, at up to six snapshots incl. just before and after CO."""
@@ -100,9 +103,10 @@ def filter_evolution(run: Run, out_dir: Path) -> Figure:
         files=files, paper=paper.GRADALIGN_FILTERS, paper_source=paper.GRADALIGN_FILTERS_SOURCE)
 
 
+@needs((Filters.norms, Filters.weight))
 def filter_norms(run: Run, out_dir: Path) -> Figure:
     """GradAlign Fig. 6: per-filter weight norms over training, CO dashed."""
-    snaps = run.arrays("filters.norms")
+    snaps = run.arrays(Filters.norms.name)
     if not snaps:
         snaps = {s: np.sqrt((w ** 2).sum(axis=(1, 2, 3))) for s, w in _weights(run).items()}
     steps = sorted(snaps)

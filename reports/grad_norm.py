@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from codiag.probes.instance_grad_norm import InstanceGradNorm
+from codiag.probes.method_state import MethodState
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, co_point, curve, mark_co, method_label, need_array, save, style, x_of_step
+from .base import Figure, MissingData, co_point, curve, mark_co, method_label, need_array, needs, save, style, x_of_step
 
-NAME = "instance_grad_norm"
 SUBSETS = (1, 5, 10)
 
 
@@ -27,12 +28,13 @@ def _ratio(g: np.ndarray) -> float:
     return float(np.mean(g ** 2) / np.mean(g) ** 2) if g.size and np.mean(g) > 0 else float("nan")
 
 
+@needs(InstanceGradNorm.norms)
 def grad_norm_hist(run: Run, out_dir: Path) -> Figure:
     """ATAS Fig. 6: histogram of per-instance ||grad_x L||_2 and the long-tail ratio."""
-    snaps = need_array(run, NAME)
+    snaps = need_array(run, InstanceGradNorm.norms)
     steps = sorted(snaps)
     first, last = np.asarray(snaps[steps[0]], float).ravel(), np.asarray(snaps[steps[-1]], float).ravel()
-    ratio = curve(run, NAME, "long_tail_ratio")
+    ratio = curve(run, InstanceGradNorm.long_tail_ratio)
     if ratio.empty:
         ratio = pd.DataFrame({"x": [x_of_step(run, s) for s in steps],
                               "value": [_ratio(np.asarray(snaps[s], float).ravel()) for s in steps]})
@@ -75,26 +77,17 @@ def subset_masks(norms: np.ndarray, parts: int = 10) -> dict[int, np.ndarray]:
 
 
 def _train_indices(run: Run) -> np.ndarray | None:
-    """Dataset indices of the training probe subset, where the run recorded them."""
-    for name in ("probe.train_indices", "train_probe_indices", "instance_grad_norm.index"):
-        arrays = run.arrays(name)
-        if arrays:
-            return np.asarray(next(iter(arrays.values()))).astype(int).ravel()
+    """Dataset indices of the training probe subset, as the monitor records them in the config."""
     mon = run.config.get("monitor") or {}
     tps = mon.get("train_probe_set") if isinstance(mon, dict) else None
     if isinstance(tps, dict) and isinstance(tps.get("indices"), list):
         return np.asarray(tps["indices"], dtype=int)
-    for holder in (run.meta, run.meta.get("probe") or {}, run.config):
-        if isinstance(holder, dict):
-            for key in ("train_probe_indices", "train_indices"):
-                if isinstance(holder.get(key), list):
-                    return np.asarray(holder[key], dtype=int)
     return None
 
 
 def _step_sizes(run: Run, n: int, steps: list[int]) -> tuple[str, np.ndarray] | None:
     """(name, (T, n) matrix) of per-instance step sizes from method_state arrays, if any."""
-    names = [a for a in run.array_names() if a.startswith("method_state.")
+    names = [a for a in run.array_names() if MethodState.array.parse(a) is not None
              and any(t in a for t in ("step", "alpha"))]
     idx = _train_indices(run)
     for name in names:
@@ -113,14 +106,15 @@ def _step_sizes(run: Run, n: int, steps: list[int]) -> tuple[str, np.ndarray] | 
             else:
                 break
         else:
-            return name[len("method_state."):], np.stack(rows)
+            return MethodState.array.parse(name)["state"], np.stack(rows)
     return None
 
 
+@needs(InstanceGradNorm.norms)
 def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
     """ATAS Fig. 10: gradient norm (and per-instance step size, when the method keeps one)
     of D1, D5 and D10 over training."""
-    snaps = need_array(run, NAME)
+    snaps = need_array(run, InstanceGradNorm.norms)
     steps = sorted(snaps)
     sizes = {np.asarray(a).size for a in snaps.values()}
     if len(sizes) != 1:

@@ -3,43 +3,40 @@
 GradAlign Fig. 10."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from codiag.probes.linear_approx import LinearApprox
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, co_point, method_label, need, pick_snapshots, save, style, x_of_step
+from .base import Figure, co_point, method_label, needs, pick_snapshots, rows_of, save, style, x_of_step
 
-_KEY = re.compile(r"^(?P<what>err_random|err|l2)/k=(?P<k>[-+0-9.eE]+)$")
-KINDS = {"err": "δ_FGSM (sign of the gradient)", "err_random": "δ_random (random corner)"}
+KINDS = {LinearApprox.err: "δ_FGSM (sign of the gradient)", LinearApprox.err_random: "δ_random (random corner)"}
 
 
 def _table(run: Run) -> pd.DataFrame:
     """Wide rows: step, kind, k, err, l2."""
-    m = run.metrics
-    sel = m[m["probe"] == "linear_approx"]
-    parts = sel["key"].str.extract(_KEY)
-    sel = pd.concat([sel.reset_index(drop=True), parts.reset_index(drop=True)], axis=1).dropna(subset=["what"])
-    if sel.empty:
-        raise MissingData("no linear_approx err/k=... rows (probe linear_approx)")
-    sel["k"] = sel["k"].astype(float)
+    parts = []
+    for key in (*KINDS, LinearApprox.l2):
+        rows = rows_of(run, key)
+        parts.append(rows.assign(what=key.name.split("/")[0],
+                                 k=[float(key.parse(k)["k"]) for k in rows["key"]]))
+    sel = pd.concat(parts, ignore_index=True)
     wide = sel.pivot_table(index=["step", "k"], columns="what", values="value", aggfunc="last").reset_index()
-    if "err" not in wide or "l2" not in wide:
-        raise MissingData("linear_approx needs both err/k= and l2/k= rows")
     # The random corner has the same mask, so the same ||delta||_2 up to clamping at [0, 1].
-    frames = [wide.assign(kind=KINDS[w], err=wide[w]) for w in KINDS if w in wide]
+    frames = [wide.assign(kind=label, err=wide[key.name.split("/")[0]]) for key, label in KINDS.items()
+              if key.name.split("/")[0] in wide]
     return pd.concat(frames, ignore_index=True)[["step", "k", "kind", "err", "l2"]]
 
 
+@needs(LinearApprox.err, LinearApprox.l2)
 def linear_approx(run: Run, out_dir: Path) -> Figure:
     """GradAlign Fig. 10: linearisation error against the L2 norm of delta, at a few
     probe events (initialisation, before and after CO, end)."""
-    need(run, "linear_approx")
     wide = _table(run)
     co = co_point(run)
     steps = pick_snapshots(sorted(set(wide["step"])), co, k=4)

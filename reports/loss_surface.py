@@ -3,37 +3,23 @@ the lowest- and highest-gradient-norm subsets, at a few points in training.
 Redraws ATAS Fig. 2."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from codiag.probes.loss_surface import LossSurface
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, co_point, method_label, pick_snapshots, save, style, x_of_step
+from .base import Figure, MissingData, co_point, method_label, needs, pick_snapshots, recorded, save, style, x_of_step
 
-PREFIX = "loss_surface."
-
-
-_NAMED = {"low": (0, "low: D1, the 10% smallest gradient norms"),
-          "high": (10 ** 6, "high: D10, the 10% largest gradient norms")}
-
-
-def _subset_order(name: str) -> tuple[int, str]:
-    if name in _NAMED:
-        return (_NAMED[name][0], name)
-    m = re.search(r"(\d+)$", name)
-    return (int(m.group(1)) if m else 10 ** 5, name)
-
-
-def _subset_title(name: str) -> str:
-    return _NAMED.get(name, (0, name))[1]
+SUBSETS = {LossSurface.low: "low: D1, the 10% smallest gradient norms",
+           LossSurface.high: "high: D10, the 10% largest gradient norms"}
 
 
 def _axes_for(run: Run, step: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    snaps = run.arrays(PREFIX + "axes")
+    snaps = run.arrays(LossSurface.axes.name)
     a = snaps.get(step) if snaps else None
     if a is None and snaps:
         a = next(iter(snaps.values()))
@@ -46,16 +32,12 @@ def _axes_for(run: Run, step: int, shape: tuple[int, int]) -> tuple[np.ndarray, 
     return np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1])
 
 
+@needs((LossSurface.low, LossSurface.high))
 def loss_surface(run: Run, out_dir: Path) -> Figure:
     """ATAS Fig. 2: mean loss of each gradient-norm subset on a grid along (v1, v2), columns
     at increasing training step (including just before and at CO)."""
-    subsets = sorted((n[len(PREFIX):] for n in run.array_names()
-                      if n.startswith(PREFIX) and n != PREFIX + "axes"), key=_subset_order)
-    if not subsets:
-        raise MissingData("no loss_surface.<subset> arrays (probe loss_surface)")
-    if len(subsets) > 2:
-        subsets = [subsets[0], subsets[-1]]
-    snaps = {s: run.arrays(PREFIX + s) for s in subsets}
+    subsets = [a for a in SUBSETS if recorded(run, a)]
+    snaps = {s: run.arrays(s.name) for s in subsets}
     steps = sorted(set.intersection(*(set(v) for v in snaps.values())))
     if not steps:
         raise MissingData("loss_surface subsets were recorded at different steps")
@@ -67,7 +49,7 @@ def loss_surface(run: Run, out_dir: Path) -> Figure:
             for c, step in enumerate(cols):
                 z = np.asarray(snaps[sub][step], float)
                 if z.ndim != 2:
-                    raise MissingData(f"loss_surface.{sub} is not a 2-D grid")
+                    raise MissingData(f"{sub} is not a 2-D grid")
                 a1, a2 = _axes_for(run, step, z.shape)
                 X, Y = np.meshgrid(a1, a2, indexing="ij")
                 ax = fig.add_subplot(len(subsets), len(cols), r * len(cols) + c + 1, projection="3d")
@@ -78,7 +60,7 @@ def loss_surface(run: Run, out_dir: Path) -> Figure:
                 tag = ""
                 if co is not None:
                     tag = ", before CO" if step < co.step else ", after CO"
-                label = _subset_title(sub) if c == 0 else sub
+                label = SUBSETS[sub] if c == 0 else sub.name.rsplit(".", 1)[-1]
                 ax.set_title(f"{label}: epoch {x_of_step(run, step):g}{tag}", fontsize=8)
         fig.suptitle(f"{method_label(run)}: loss surfaces", fontsize=10)
         files = save(fig, out_dir, "loss_surface")

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from codiag.probes.method_state import MethodState
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, co_point, curve, mark_co, method_label, need, save, style
+from .base import Figure, co_point, curve, mark_co, method_label, needs, rows_of, save, style
 
 
+@needs(MethodState.scalar)
 def method_state(run: Run, out_dir: Path) -> Figure:
     """APART Fig. 3: learned step sizes per perturbation point (any method's scalar state)."""
-    need(run, "method_state")
-    m = run.metrics
-    keys = sorted(set(m.loc[m["probe"] == "method_state", "key"]))
+    keys = sorted(set(rows_of(run, MethodState.scalar)["key"]))
     apart = str(run.config.get("method", "")).startswith("apart")
     if apart and any(k.startswith("alpha_") for k in keys):
         keys = [k for k in keys if k.startswith("alpha_")]   # the learned step sizes
@@ -24,7 +24,7 @@ def method_state(run: Run, out_dir: Path) -> Figure:
     with style():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key in keys:
-            df = curve(run, "method_state", key)
+            df = curve(run, MethodState.scalar, state=key)
             ax.plot(df["x"], df["value"], marker="o", ms=3, label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("step size" if apart else "value")

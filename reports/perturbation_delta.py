@@ -6,16 +6,17 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from codiag.probes.perturbation_delta import PerturbationDelta
 from codiag.runs import Run
 
 from . import paper
-from .base import BLUE, Figure, co_point, curve, mark_co, method_label, need, save, style, twin_adv_acc
+from .base import BLUE, Figure, co_point, curve, mark_co, method_label, needs, save, style, twin_adv_acc
 
 
+@needs(PerturbationDelta.mse)
 def perturbation_delta(run: Run, out_dir: Path) -> Figure:
     """ZeroGrad Fig. 2: perturbation MSE between consecutive events (blue) and PGD accuracy (red)."""
-    need(run, "perturbation_delta", "mse")
-    df = curve(run, "perturbation_delta", "mse")
+    df = curve(run, PerturbationDelta.mse)
     co = co_point(run)
     with style():
         fig, ax = plt.subplots(figsize=(6, 3.3))

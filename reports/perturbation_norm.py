@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from codiag.probes.perturbation_norm import PerturbationNorm
 from codiag.runs import Run
 
 from . import paper
@@ -25,6 +26,7 @@ from .base import (
     input_dim,
     method_label,
     need_array,
+    needs,
     save,
     style,
     value_at,
@@ -32,14 +34,15 @@ from .base import (
 )
 
 
+@needs(PerturbationNorm.l2)
 def perturbation_norm_hist(run: Run, out_dir: Path) -> Figure:
     """ATAS Fig. 11: histogram of the L2 norms (and L1 norms per coordinate) of the method's
     perturbations at the last probe event."""
-    l2 = need_array(run, "perturbation_norm.l2")
+    l2 = need_array(run, PerturbationNorm.l2)
     step = max(l2)
     eps = float(run.config.get("eps", float("nan")))
     d = input_dim(run)
-    l1 = run.arrays("perturbation_norm.l1")
+    l1 = run.arrays(PerturbationNorm.l1.name)
     panels = 2 if l1 else 1
     with style():
         fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.3), squeeze=False)
@@ -61,7 +64,7 @@ def perturbation_norm_hist(run: Run, out_dir: Path) -> Figure:
             ax.set_title(f"L1 norms, epoch {x_of_step(run, s1):g}")
         fig.suptitle(f"{method_label(run)}, eps {fmt_eps(eps)}", fontsize=10)
         files = save(fig, out_dir, "perturbation_norm_hist")
-    linf = curve(run, "perturbation_norm", "linf_mean")
+    linf = curve(run, PerturbationNorm.linf_mean)
     rows = [("mean ||δ||₂ (last event)", f"{v.mean():.4g}"), ("std ||δ||₂", f"{v.std():.4g}")]
     if not linf.empty:
         rows.append(("mean ||δ||∞ × 255 (last event)", f"{linf['value'].iloc[-1] * 255:.3g}"))
@@ -78,7 +81,7 @@ def l1_rows(runs: Sequence[Run]) -> pd.DataFrame:
     """Per run: mean |delta| x 255 after epoch 2 and at the last event (ZeroGrad Table 4)."""
     rows = []
     for run in runs:
-        df = curve(run, "perturbation_norm", "l1_mean")
+        df = curve(run, PerturbationNorm.l1_mean)
         d = input_dim(run)
         if df.empty or not d:
             continue
@@ -89,6 +92,7 @@ def l1_rows(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@needs(PerturbationNorm.l1_mean)
 def l1_table(runs: Sequence[Run], out_dir: Path) -> Figure:
     """ZeroGrad Table 4: L1 perturbation norms (x255 per coordinate) per method, ours beside
     the paper's."""

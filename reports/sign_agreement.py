@@ -9,15 +9,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from codiag.probes.sign_agreement import SignAgreement
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, before_after, co_point, curve, mark_co, method_label, need, save, style
+from .base import Figure, before_after, co_point, curve, mark_co, method_label, needs, recorded, save, style
 from .curves import tidy
 
 
 def _before_after_row(run: Run) -> dict[str, str]:
-    df = curve(run, "sign_agreement", "disagree")
+    df = curve(run, SignAgreement.disagree)
     co = co_point(run)
     b, a = before_after(df, co)
     fmt = lambda r: "" if r is None else f"{100 * r['value']:.2f} (epoch {r['x']:g})"  # noqa: E731
@@ -27,11 +28,11 @@ def _before_after_row(run: Run) -> dict[str, str]:
             "last event (%)": f"{100 * df['value'].iloc[-1]:.2f}" if len(df) else ""}
 
 
+@needs(SignAgreement.disagree)
 def sign_agreement(run: Run, out_dir: Path) -> Figure:
     """ZeroGrad Table 10 for one run: sign disagreement with PGD-10 over training and its
     values at the events just before and at CO."""
-    need(run, "sign_agreement", "disagree")
-    df = curve(run, "sign_agreement", "disagree")
+    df = curve(run, SignAgreement.disagree)
     co = co_point(run)
     with style():
         fig, ax = plt.subplots(figsize=(6, 3.3))
@@ -52,14 +53,12 @@ def sign_agreement(run: Run, out_dir: Path) -> Figure:
         files=files, table=table, paper=paper.ZEROGRAD_TABLE10, paper_source=paper.ZEROGRAD_TABLE10_SOURCE)
 
 
+@needs(SignAgreement.disagree)
 def sign_table(runs: Sequence[Run], out_dir: Path) -> Figure:
     """ZeroGrad Table 10 across runs: one row per run, ours beside the paper's."""
-    rows = [_before_after_row(r) for r in runs if r.has("sign_agreement", "disagree")]
-    if not rows:
-        raise MissingData("no sign_agreement/disagree rows (probe sign_agreement)")
-    table = pd.DataFrame(rows)
-    df = tidy([r for r in runs if r.has("sign_agreement", "disagree")],
-              [("sign_agreement", "disagree", "disagree")])
+    runs = [r for r in runs if recorded(r, SignAgreement.disagree)]
+    table = pd.DataFrame([_before_after_row(r) for r in runs])
+    df = tidy(runs, [(SignAgreement.disagree, "disagree")])
     df["value"] *= 100
     with style():
         fig, ax = plt.subplots(figsize=(6.5, 3.4))

@@ -6,25 +6,24 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from codiag.probes.strength_gap import StrengthGap
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, co_point, curve, mark_co, method_label, need, save, style
+from .base import Figure, co_point, curve, mark_co, method_label, needs, recorded, save, style
 
 
+@needs(StrengthGap.gap)
 def strength_gap(run: Run, out_dir: Path) -> Figure:
     """APART Fig. 2: (a) transfer accuracy on a reference model (when recorded; higher means a
     weaker perturbation), (b) strength gap G to PGD (eq. 2; |G| grows as the perturbation weakens)."""
-    need(run, "strength_gap", "gap")
     co = co_point(run)
-    m = run.metrics
-    transfer_keys = sorted(k for k in set(m.loc[m["probe"] == "strength_gap", "key"])
-                           if k.startswith("transfer_acc"))
+    transfer_keys = [k for k in (StrengthGap.transfer_acc, StrengthGap.transfer_acc_random) if recorded(run, k)]
     panels = 2 if transfer_keys else 1
     with style():
         fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.4), squeeze=False)
         ax = axes[0, -1]
-        df = curve(run, "strength_gap", "gap")
+        df = curve(run, StrengthGap.gap)
         ax.plot(df["x"], df["value"], marker="o", ms=3, label=method_label(run))
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title("(b) strength gap to PGD (APART eq. 2)")
@@ -35,8 +34,8 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
         if transfer_keys:
             ax = axes[0, 0]
             for key in transfer_keys:
-                d = curve(run, "strength_gap", key)
-                label = "random" if "random" in key else method_label(run)
+                d = curve(run, key)
+                label = "random" if key is StrengthGap.transfer_acc_random else method_label(run)
                 ax.plot(d["x"], d["value"], marker="o", ms=3, label=label)
             ax.set_title("(a) accuracy of the reference model on δ_method")
             ax.set_ylabel("transfer accuracy")

@@ -7,21 +7,33 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from codiag.probes.weight_update import WeightUpdate
 from codiag.runs import Run
 
 from . import paper
-from .base import BLUE, Figure, MissingData, co_point, mark_co, save, steps_per_epoch, style, twin_adv_acc, x_of_step
-
-PREFIX = "weight_update.kernel_mse."
+from .base import (
+    BLUE,
+    Figure,
+    co_point,
+    curve,
+    mark_co,
+    needs,
+    rows_of,
+    save,
+    steps_per_epoch,
+    style,
+    twin_adv_acc,
+    x_of_step,
+)
 
 
 def _kernel_series(run: Run) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Three (label, x, mse) series: the kernel with the largest peak update in the first,
     middle and last recorded conv module (more kernels per module when there are fewer)."""
-    modules = [n[len(PREFIX):] for n in run.array_names() if n.startswith(PREFIX)]
+    modules = [f["module"] for f in map(WeightUpdate.kernel_mse.parse, run.array_names()) if f is not None]
     per_module = []
     for mod in modules:
-        snaps = run.arrays(PREFIX + mod)
+        snaps = run.arrays(WeightUpdate.kernel_mse.format(module=mod))
         steps = sorted(snaps)
         mat = np.stack([np.asarray(snaps[s], dtype=float).reshape(-1) for s in steps])  # (T, K)
         x = np.array([x_of_step(run, s) for s in steps])
@@ -49,23 +61,20 @@ def _kernel_series(run: Run) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def _param_series(run: Run) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Fallback: per-parameter-tensor MSE scalars (``mse/<param>``) of conv weights."""
-    m = run.metrics
-    sel = m[(m["probe"] == "weight_update") & m["key"].str.startswith("mse/")]
-    keys = sorted(set(sel["key"]))
-    keys = [k for k in keys if k.endswith("weight")] or keys
+    params = sorted({WeightUpdate.mse.parse(k)["param"] for k in rows_of(run, WeightUpdate.mse)["key"]})
+    params = [p for p in params if p.endswith("weight")] or params
     out = []
-    for k in keys[:3]:
-        df = sel[sel["key"] == k].drop_duplicates("step", keep="last").sort_values("step")
-        out.append((k[4:], np.array([x_of_step(run, s) for s in df["step"]]), df["value"].to_numpy()))
+    for param in params[:3]:
+        df = curve(run, WeightUpdate.mse, param=param)
+        out.append((param, df["x"].to_numpy(), df["value"].to_numpy()))
     return out
 
 
+@needs((WeightUpdate.kernel_mse, WeightUpdate.mse))
 def weight_update(run: Run, out_dir: Path) -> Figure:
     """ZeroGrad Fig. 1: MSE of weight updates of three conv kernels (blue) against test
     adversarial accuracy (red), between consecutive probe events."""
     series = _kernel_series(run) or _param_series(run)
-    if not series:
-        raise MissingData("no weight_update kernel arrays or mse/<param> rows (probe weight_update)")
     co = co_point(run)
     per = "epoch" if steps_per_epoch(run) is None or run.config.get("every", "epoch") == "epoch" \
         else f"{run.config.get('every')} steps"

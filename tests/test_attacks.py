@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codiag import attacks
+from codiag.tensors import input_grad
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 EPS = 0.05  # the trained model keeps about 45% PGD accuracy here: a comparison with room both ways
@@ -123,7 +124,7 @@ def test_delta_stays_in_the_eps_ball_and_the_image_box(trained, fmnist_test, att
 def test_fgsm_default_is_one_step_of_eps_from_zero(trained, fmnist_test):
     x, y = fmnist_test
     x, y = x[:32], y[:32]
-    grad = attacks.input_grad(trained, x, y)
+    grad = input_grad(trained, x, y, precision="fp32")
     expected = torch.clamp(x + EPS * grad.sign(), 0, 1) - x
     torch.testing.assert_close(attacks.fgsm(trained, x, y, EPS), expected, rtol=0, atol=0)
 
@@ -224,7 +225,7 @@ def test_autocast_does_not_leak_into_attacks(trained, fmnist_test):
     plain = {
         "pgd": attacks.pgd(trained, x, y, EPS, steps=5),
         "fgsm": attacks.fgsm(trained, x, y, EPS),
-        "grad": attacks.input_grad(trained, x, y),
+        "grad": input_grad(trained, x, y, precision="fp32"),
         "eval": attacks.evaluate(trained, (x, y), EPS, pgd_steps=3, restarts=1),
     }
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -232,7 +233,8 @@ def test_autocast_does_not_leak_into_attacks(trained, fmnist_test):
         mixed = {
             "pgd": attacks.pgd(trained, x, y, EPS, steps=5),
             "fgsm": attacks.fgsm(trained, x, y, EPS),
-            "grad": attacks.input_grad(trained, x, y),
+            "grad": input_grad(trained, x, y, precision="fp32"),
+            "autocast_grad": input_grad(trained, x, y, precision="autocast"),
             "eval": attacks.evaluate(trained, (x, y), EPS, pgd_steps=3, restarts=1),
         }
         assert torch.is_autocast_enabled("cpu")  # and is still live for the caller
@@ -240,6 +242,8 @@ def test_autocast_does_not_leak_into_attacks(trained, fmnist_test):
         assert mixed[key].dtype == torch.float32
         assert torch.equal(mixed[key], plain[key]), key
     assert mixed["eval"] == plain["eval"]
+    # the training precision follows the caller's autocast: bf16 changes the gradient
+    assert not torch.equal(mixed["autocast_grad"], plain["grad"])
 
 
 def test_attack_loops_never_sync_with_the_host(trained, fmnist_test, monkeypatch):
@@ -322,7 +326,7 @@ def test_input_grad_leaves_model_and_inputs_alone(fmnist):
     x, y = fmnist[2][:12], fmnist[3][:12]
     model = tiny_bn_model().eval()
     before = snapshot(model)
-    attacks.input_grad(model, x, y)
+    input_grad(model, x, y, precision="fp32")
     assert_same(before, snapshot(model))
     assert not x.requires_grad
 
@@ -347,10 +351,10 @@ def test_input_grad_is_the_analytic_cross_entropy_gradient():
     onehot = F.one_hot(y, 5).float()
     with torch.no_grad():
         expected = (torch.softmax(linear(x), 1) - onehot) @ linear.weight  # d CE / d x, per sample
-    torch.testing.assert_close(attacks.input_grad(linear, x, y), expected)
-    torch.testing.assert_close(attacks.input_grad(linear, x, y, reduction="mean"), expected / 6)
+    torch.testing.assert_close(input_grad(linear, x, y, precision="fp32"), expected)
+    torch.testing.assert_close(input_grad(linear, x, y, reduction="mean", precision="fp32"), expected / 6)
     # sum reduction: a sample's gradient does not depend on its batch
-    torch.testing.assert_close(attacks.input_grad(linear, x[:1], y[:1]), expected[:1])
+    torch.testing.assert_close(input_grad(linear, x[:1], y[:1], precision="fp32"), expected[:1])
     assert linear.weight.grad is None
 
 
@@ -358,13 +362,13 @@ def test_input_grad_create_graph_supports_double_backprop():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 16), nn.Softplus(), nn.Linear(16, 5))
     x, y = torch.rand(6, 20), torch.randint(0, 5, (6,))
-    grad = attacks.input_grad(model, x, y, create_graph=True)
+    grad = input_grad(model, x, y, create_graph=True, precision="fp32")
     assert grad.requires_grad and all(p.grad is None for p in model.parameters())
     grad.pow(2).sum().backward()  # a gradient penalty, as GradAlign's regulariser does
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     # an input that already carries a graph keeps it (e.g. learnable perturbation sizes)
     scale = torch.tensor(0.5, requires_grad=True)
-    attacks.input_grad(model, x * scale, y, create_graph=True).sum().backward()
+    input_grad(model, x * scale, y, create_graph=True, precision="fp32").sum().backward()
     assert scale.grad is not None
 
 
@@ -443,7 +447,8 @@ BAD = {
     "restarts=0": lambda m, x, y: attacks.pgd(m, x, y, 0.1, restarts=0),
     "alpha<=0": lambda m, x, y: attacks.pgd(m, x, y, 0.1, alpha=0.0),
     "fgsm step<0": lambda m, x, y: attacks.fgsm(m, x, y, 0.1, step=-1.0),
-    "reduction": lambda m, x, y: attacks.input_grad(m, x, y, reduction="max"),
+    "reduction": lambda m, x, y: input_grad(m, x, y, reduction="max", precision="fp32"),
+    "precision": lambda m, x, y: input_grad(m, x, y, precision="fp16"),
     "n=0": lambda m, x, y: attacks.evaluate(m, (x, y), 0.1, n=0),
     "eval steps": lambda m, x, y: attacks.evaluate(m, (x, y), 0.1, pgd_steps=0),
     "eval range": lambda m, x, y: attacks.evaluate(m, (x * 255, y), 0.1, pgd_steps=1, restarts=1),

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from codiag.errors import UsageError
 from codiag.methods import METHODS, get_method
-from codiag.methods.base import input_grad
 from codiag.methods.sample_store import SampleStore, crop, uncrop_into
 from codiag.methods.zerograd import zero_lower_quantile
+from codiag.tensors import input_grad
 
 EPS = 0.1
 DESIGN_METHODS = {"fgsm", "fgsm_rs", "fgsm_reduced", "n_fgsm", "zerograd", "zerograd_rollback", "multigrad",
@@ -162,13 +162,13 @@ def test_seed_is_honoured_and_probe_calls_are_pure(name):
 def test_fgsm_variants_steps():
     model = tiny_cnn()
     x, y, _ = batch(interior=True)
-    g = input_grad(model, x, y)
+    g = input_grad(model, x, y, precision="autocast")
     assert torch.allclose(make("fgsm").perturb(model, x, y), EPS * g.sign())
     assert torch.allclose(make("fgsm_reduced").perturb(model, x, y), 7 / 8 * EPS * g.sign())
     rs = make("fgsm_rs")
     start = rs.start(model, x, y, generator=torch.Generator().manual_seed(0))
     d = rs.perturb(model, x, y, generator=torch.Generator().manual_seed(0))
-    g_start = input_grad(model, x + start, y)
+    g_start = input_grad(model, x + start, y, precision="autocast")
     assert torch.allclose(d, (start + 1.25 * EPS * g_start.sign()).clamp(-EPS, EPS))
 
 
@@ -240,7 +240,7 @@ def test_multigrad_keeps_only_sign_agreeing_coordinates():
     # rebuild the three starts from the same generator stream
     g = torch.Generator().manual_seed(7)
     starts = (torch.rand((3, *x.shape), generator=g) * 2 - 1) * EPS
-    grads = torch.stack([input_grad(model, x + s, y) for s in starts])
+    grads = torch.stack([input_grad(model, x + s, y, precision="autocast") for s in starts])
     agree = (grads.sign() == grads[0].sign()).all(0) & (grads[0] != 0)
     assert 0 < agree.float().mean() < 1                       # the test is not trivial
     assert torch.equal(d != 0, agree)
@@ -357,7 +357,7 @@ def test_atta_resumes_from_the_stored_perturbation_of_the_same_index():
     assert not torch.allclose(other, d1[3:4], atol=EPS / 10)
     # and the next step starts there: d2 = proj(d1 + step * sign(grad at x + d1))
     d2 = m.perturb(model, x[3:4], y[3:4], torch.tensor([13]))
-    g = input_grad(model, x[3:4] + start, y[3:4])
+    g = input_grad(model, x[3:4] + start, y[3:4], precision="autocast")
     expect = ((start + 0.5 * EPS * g.sign()).clamp(-EPS, EPS) + x[3:4]).clamp(0, 1) - x[3:4]
     assert torch.allclose(d2, expect, atol=1e-6)
 
@@ -376,7 +376,8 @@ def test_atta_with_sample_meta_and_augmentation():
 def test_atas_step_sizes_are_inversely_ordered_with_the_moving_average():
     model = tiny_cnn()
     x, y, idx = batch(16)
-    g0 = input_grad(model, x + make("atas").start(model, x, y, idx, generator=torch.Generator()), y)
+    start = make("atas").start(model, x, y, idx, generator=torch.Generator())
+    g0 = input_grad(model, x + start, y, precision="autocast")
     c = float((0.5 ** 0.5 * g0.flatten(1).norm(dim=1)).median()) / 128   # put the norms where c bites
     # the reference's constants (16/255, [4, 14]/255) scaled to this test's eps, as a setting would
     m = make("atas", warmup_epochs=0, c=c, gamma_c=2 * EPS, min_step=0.5 * EPS, max_step=1.75 * EPS)
@@ -390,7 +391,7 @@ def test_atas_step_sizes_are_inversely_ordered_with_the_moving_average():
     assert torch.equal(torch.argsort(-steps[inside]), order_v)
     assert torch.allclose(steps, (2 * EPS / (1 + v.sqrt() / (c * 128))).clamp(0.5 * EPS, 1.75 * EPS))
     # moving average with beta 0.5 on the next visit
-    g = input_grad(model, x + m.start(model, x, y, idx, generator=torch.Generator()), y)
+    g = input_grad(model, x + m.start(model, x, y, idx, generator=torch.Generator()), y, precision="autocast")
     m.perturb(model, x, y, idx)
     assert torch.allclose(m.v[idx], 0.5 * v + 0.5 * g.flatten(1).norm(dim=1) ** 2, rtol=1e-4)
     assert isinstance(m.state()["step_size"], np.ndarray)

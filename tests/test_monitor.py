@@ -21,6 +21,7 @@ from codiag.errors import UsageError
 from codiag.monitoring import monitor, parse_every
 from codiag.probes import PROBES
 from codiag.probes.base import Probe
+from codiag.probes.robust_acc import RobustAcc
 from codiag.runs import load_run
 
 EPS = 0.1
@@ -189,8 +190,8 @@ def test_online_alarm_fires_once_writes_event_and_calls_back(tmp_path, monkeypat
 
         def run(self, ctx):
             pgd, fgsm = next(script)
-            ctx.log("robust_acc", "pgd_acc", torch.tensor(pgd))
-            ctx.log("robust_acc", "fgsm_acc", fgsm)
+            ctx.log(RobustAcc.pgd_acc, torch.tensor(pgd))
+            ctx.log(RobustAcc.fgsm_acc, fgsm)
 
     monkeypatch.setitem(PROBES, "scripted", Scripted)
     x, y = tensors()
@@ -312,8 +313,8 @@ def test_resume_keeps_the_alarm_state(tmp_path, monkeypatch):
 
         def run(self, ctx):
             pgd, fgsm = next(values)
-            ctx.log("robust_acc", "pgd_acc", pgd)
-            ctx.log("robust_acc", "fgsm_acc", fgsm)
+            ctx.log(RobustAcc.pgd_acc, pgd)
+            ctx.log(RobustAcc.fgsm_acc, fgsm)
 
     monkeypatch.setitem(PROBES, "scripted", Scripted)
     x, y = tensors()

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from codiag import attacks
-from codiag.monitoring import eval_mode
 from codiag.probes import DEFAULT_PROBES, PROBES, resolve_probes
 from codiag.probes.base import ProbeContext, ProbeSet
+from codiag.tensors import eval_mode, input_grad
 
 EPS = 0.1
 
@@ -212,7 +212,7 @@ def test_sign_agreement_counts_nonzero_coordinates_of_different_sign():
     model, ps = tiny_cnn(), data(n=16)
 
     def half_zero(model, x, y, index=None, generator=None):  # ZeroGrad-like: zeroed coordinates
-        d = EPS * attacks.input_grad(model, x, y).sign()
+        d = EPS * input_grad(model, x, y, precision="fp32").sign()
         d[..., :3] = 0
         return d
 
@@ -228,7 +228,7 @@ def test_perturbation_delta_is_zero_for_an_unchanged_model_and_the_mse_otherwise
 
     def fgsm_rs(model, x, y, index=None, generator=None):  # random start from the given generator
         start = (torch.rand(x.shape, generator=generator) * 2 - 1) * EPS
-        g = attacks.input_grad(model, (x + start).clamp(0, 1), y)
+        g = input_grad(model, (x + start).clamp(0, 1), y, precision="fp32")
         return (start + 1.25 * EPS * g.sign()).clamp(-EPS, EPS)
 
     state: dict = {}

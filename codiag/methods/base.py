@@ -34,7 +34,7 @@ Conventions shared by all methods (DESIGN.md):
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Mapping, TypeVar
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -42,23 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..registry import registrar
+from ..tensors import clamp_to_image, input_grad
 from .checks import COMMON_CHECKS, Check, inferred
 
 StateValue = float | np.ndarray
 
 METHODS: dict[str, type["Method"]] = {}
-
-_M = TypeVar("_M", bound=type["Method"])
-
-
-def register(cls: _M) -> _M:
-    """Class decorator: add ``cls`` to :data:`METHODS` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
+register = registrar(METHODS, "method")
 
 
 def get_method(name: str, eps: float, **hparams: Any) -> "Method":
@@ -265,28 +256,6 @@ def uniform_like(x: Tensor, radius: float, generator: torch.Generator) -> Tensor
     return (u * 2 - 1).mul_(radius).to(x.dtype)
 
 
-def clamp_to_image(x: Tensor, delta: Tensor) -> Tensor:
-    """Shrink ``delta`` so that ``x + delta`` lies in [0, 1] (the papers' ``clamp(delta, -x, 1-x)``)."""
-    return torch.clamp(x + delta, 0.0, 1.0) - x
-
-
-def project(x: Tensor, delta: Tensor, eps: float) -> Tensor:
-    """Project ``delta`` onto the L-inf eps ball, then into the image box."""
-    return clamp_to_image(x, delta.clamp(-eps, eps))
-
-
-def input_grad(model: nn.Module, x_in: Tensor, y: Tensor, create_graph: bool = False) -> Tensor:
-    """grad_x of the sum-reduced CE at ``x_in`` via ``torch.autograd.grad`` (param.grad untouched).
-
-    Runs under whatever autocast and model mode the caller has set (training
-    perturbations follow the reference code: train mode, the user's precision).
-    """
-    x_in = x_in.detach().requires_grad_(True) if not x_in.requires_grad else x_in
-    loss = F.cross_entropy(model(x_in), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x_in, create_graph=create_graph)
-    return grad
-
-
 def per_sample_norm(t: Tensor) -> Tensor:
     """L2 norm of each sample (first dimension) of ``t``, in fp32."""
     return t.float().flatten(1).norm(dim=1)
@@ -295,26 +264,11 @@ def per_sample_norm(t: Tensor) -> Tensor:
 def fgsm_step(model: nn.Module, x: Tensor, y: Tensor, start: Tensor, step: float, eps: float | None
               ) -> Tensor:
     """One signed-gradient step of size ``step`` from ``start``; projected to eps if ``eps`` is set."""
-    grad = input_grad(model, x + start, y)
+    grad = input_grad(model, x + start, y, precision="autocast")
     delta = start + step * grad.sign()
     if eps is not None:
         delta = delta.clamp(-eps, eps)
     return clamp_to_image(x, delta).detach()
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block and restore every module's own flag afterwards."""
-    if not enabled:
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def as_index(index: Any) -> Tensor | None:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, eval_mode, input_grad, uniform_like
+from ..tensors import clamp_to_image, eval_mode, input_grad
+from .base import Method, StateValue, uniform_like
 from .checks import Flag, Integer
 from .sample_store import SampleStore, ensure_store, split_meta
 
@@ -89,8 +90,8 @@ class CarriedPerturbation(Method):
                 self.store = ensure_store(self.store, self.num_samples, x, aug, self.eps,
                                           self.generator(x.device))
             start = self._read_start(x, idx, aug, gen)
-        with eval_mode(model, bool(self.eval_mode)):
-            grad = input_grad(model, x + start, y)
+        with eval_mode(model, enabled=bool(self.eval_mode)):
+            grad = input_grad(model, x + start, y, precision="autocast")
         step = self.step_size(grad, idx if self.store is not None else None, write)
         if isinstance(step, Tensor):
             self._last_step = step.detach()

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, fgsm_step, register
+from ..tensors import clamp_to_image
+from .base import Method, StateValue, fgsm_step, register
 from .checks import POSITIVE, Integer
 
 

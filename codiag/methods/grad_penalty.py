@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, input_grad, register
+from ..tensors import clamp_to_image, input_grad
+from .base import Method, StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, Integer, Optional
 
 
@@ -68,7 +69,7 @@ class GradPenalty(Method):
                 generator: torch.Generator | None = None) -> Tensor:
         keep_graph = generator is None and torch.is_grad_enabled()
         x_in = x.detach().requires_grad_(True)
-        grad = input_grad(model, x_in, y, create_graph=keep_graph)
+        grad = input_grad(model, x_in, y, create_graph=keep_graph, precision="autocast")
         if keep_graph:
             self._cache = (x, grad)          # differentiable; consumed by loss()
         delta = (self.step * self.eps * grad.detach().sign()).clamp(-self.eps, self.eps)
@@ -78,7 +79,7 @@ class GradPenalty(Method):
         cache, self._cache = self._cache, None
         if cache is not None and cache[0] is x:
             return cache[1]
-        return input_grad(model, x.detach().requires_grad_(True), y, create_graph=True)
+        return input_grad(model, x.detach().requires_grad_(True), y, create_graph=True, precision="autocast")
 
     def regulariser(self, model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
         g = self._grad_at_x(model, x, y)

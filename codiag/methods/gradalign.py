@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, input_grad, register, uniform_like
+from ..tensors import clamp_to_image, input_grad
+from .base import Method, StateValue, register, uniform_like
 from .checks import NON_NEGATIVE, POSITIVE, OneOf, Optional
 
 
@@ -97,10 +98,10 @@ class GradAlign(Method):
         if generator is None and self._batches(model, x):
             # the FGSM gradient at x and the regulariser's at x + eta from one double-size batch
             both = torch.cat([x, self._second_point(x)]).requires_grad_(True)
-            g = input_grad(model, both, torch.cat([y, y]), create_graph=torch.is_grad_enabled())
+            g = input_grad(model, both, torch.cat([y, y]), create_graph=torch.is_grad_enabled(), precision="autocast")
             grad, g2 = g[: len(x)].detach(), g[len(x):]
         else:
-            grad = input_grad(model, x, y)
+            grad = input_grad(model, x, y, precision="autocast")
         if generator is None:
             self._cache = (x, grad.detach(), g2)   # reused by loss(): the reference's grad1 (and grad2)
         delta = (self.step * self.eps * grad.sign()).clamp(-self.eps, self.eps)
@@ -116,9 +117,10 @@ class GradAlign(Method):
         if cache is not None and cache[0] is x:
             g1, g2 = cache[1], cache[2]
         else:
-            g1, g2 = input_grad(model, x, y).detach(), None
+            g1, g2 = input_grad(model, x, y, precision="autocast").detach(), None
         if g2 is None:
-            g2 = input_grad(model, self._second_point(x).requires_grad_(True), y, create_graph=True)
+            g2 = input_grad(model, self._second_point(x).requires_grad_(True), y, create_graph=True,
+                            precision="autocast")
         cos, valid = cosine_per_sample(g1, g2)
         mean_cos = cos.sum() / valid.sum().clamp_min(1)
         self._last_cos = mean_cos.detach()

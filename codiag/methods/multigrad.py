@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, input_grad, register, uniform_like
+from ..tensors import clamp_to_image, input_grad
+from .base import Method, StateValue, register, uniform_like
 from .checks import NON_NEGATIVE, POSITIVE, Flag, Integer, OneOf
 
 
@@ -76,9 +77,9 @@ class MultiGrad(Method):
         batched = x.is_cuda if self.batched == "auto" else bool(self.batched)
         if batched:
             grads = input_grad(model, (xs + starts).reshape(n * x.shape[0], *x.shape[1:]),
-                               y.repeat(n)).view(n, *x.shape)
+                               y.repeat(n), precision="autocast").view(n, *x.shape)
         else:
-            grads = torch.stack([input_grad(model, x + starts[j], y) for j in range(n)])
+            grads = torch.stack([input_grad(model, x + starts[j], y, precision="autocast") for j in range(n)])
         direction = agreeing_signs(grads)
         if generator is None:     # state() reports training's share, not a probe's
             self._kept = direction.ne(0)

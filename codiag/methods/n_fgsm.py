@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, clamp_to_image, input_grad, register
+from ..tensors import clamp_to_image, input_grad
+from .base import Method, register
 from .checks import NON_NEGATIVE, POSITIVE, Optional
 
 
@@ -33,7 +34,7 @@ class NFGSM(Method):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
         eta = self.start(model, x, y, index, generator)
-        grad = input_grad(model, x + eta, y)
+        grad = input_grad(model, x + eta, y, precision="autocast")
         delta = eta + self.step * self.eps * grad.sign()
         if self.clip is not None:
             delta = delta.clamp(-self.clip * self.eps, self.clip * self.eps)

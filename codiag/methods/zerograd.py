@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, input_grad, register
+from ..tensors import clamp_to_image, input_grad
+from .base import Method, StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, SHARE
 
 
@@ -74,7 +75,7 @@ class ZeroGrad(Method):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
         start = self.start(model, x, y, index, generator)
-        grad = input_grad(model, x + start, y)
+        grad = input_grad(model, x + start, y, precision="autocast")
         grad, zeroed = zero_lower_quantile(grad, float(self.q))
         if generator is None:   # training's share (a probe's own call leaves it), read at probe events
             self._zeroed = zeroed
