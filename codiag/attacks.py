@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .errors import UsageError
 from .tensors import eval_mode, isolated_rng, project
 
-__all__ = ["AUTOATTACK_VERSIONS", "attack_mode", "autoattack", "evaluate", "fgsm", "pgd"]
+__all__ = ["AUTOATTACK_VERSIONS", "attack_mode", "autoattack", "evaluate", "fgsm", "pgd", "require_autoattack"]
 
 #: AutoAttack versions (torchattacks' names) and the members each one runs, in order.
 AUTOATTACK_VERSIONS: dict[str, tuple[str, ...]] = {
@@ -282,8 +283,25 @@ def evaluate(model: nn.Module, data: Any, eps: float, n: int = 1000, pgd_steps: 
 # ---------------------------------------------------------------------------------------------
 # AutoAttack (torchattacks)
 # ---------------------------------------------------------------------------------------------
+AUTOATTACK_MISSING = ("AutoAttack needs the optional package torchattacks: "
+                      "pip install 'codiag[autoattack]'")
+
+
+def require_autoattack() -> Any:
+    """The torchattacks module; UsageError (one line: how to install it) when it is missing.
+
+    torchattacks is an optional extra because it pins an old ``requests``;
+    installing codiag must not downgrade a user's environment.
+    """
+    try:
+        import torchattacks
+    except ImportError:
+        raise UsageError(AUTOATTACK_MISSING) from None
+    return torchattacks
+
+
 def _member_name(attack: Any) -> str:
-    import torchattacks
+    torchattacks = require_autoattack()
 
     if isinstance(attack, torchattacks.APGDT):
         return "apgd-t"
@@ -307,7 +325,7 @@ def build_autoattack(model: nn.Module, eps: float, version: str = "standard", se
     their order (e.g. ``("apgd-ce",)`` for a cheap check). Runs the package's own
     attack classes and its worst-case ensemble (``MultiAttack``); nothing is rewritten.
     """
-    import torchattacks
+    torchattacks = require_autoattack()
 
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"version must be one of {sorted(AUTOATTACK_VERSIONS)}; got {version!r}")
@@ -365,6 +383,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, version: str 
     Each adversarial input is re-projected to the eps ball and [0, 1] before it is
     scored. Returns ``{"aa_acc", "n"}``.
     """
+    require_autoattack()
     eps = _check_eps(eps)
     batch_size = _check_count("batch_size", batch_size)
     if version not in AUTOATTACK_VERSIONS:

@@ -123,6 +123,8 @@ class TrainConfig:
             raise UsageError("the run directory (--out) is empty; name a directory")
         check_method(self.method, self.method_args)
         resolve_probes(self.probes)
+        if self.autoattack:
+            attacks.require_autoattack()     # at the start, not after the training
 
 
 def build_method(cfg: TrainConfig, num_samples: int) -> Method:

@@ -4,14 +4,14 @@ A plain FGSM adversarial-training loop on Fashion-MNIST, written the way you
 would write it yourself: your model, your optimizer and schedule, your attack,
 your loop. The only codiag lines are marked ``# codiag``: the ``with`` line,
 ``mon.epoch_end()`` and the report at the end. The setting is codiag's
-embedded CO demo (DESIGN.md): a single-layer CNN with 4 filters (GradAlign),
+embedded CO demo (the README's `codiag demo`): a single-layer CNN with 4 filters (GradAlign),
 eps = 0.2, FGSM with step eps from zero, Adam lr 3e-3 on a one-cycle
 schedule, batch 128, 30k training images, 20 epochs; PGD accuracy collapses
 near epoch 10 while FGSM accuracy climbs and gradient alignment falls.
 
     python examples/wrap_your_loop.py              # the demo, a few CPU minutes
     python examples/wrap_your_loop.py --quick      # 4k images, 4 epochs: a smoke run
-    codiag report runs/wrap_your_loop              # (the script calls it at the end)
+    codiag report runs/wrap_your_loop              # the same report as the script's codiag.report()
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` through
 ``codiag.load_dataset`` (a plain ``torch.utils.data.Dataset``), or from
@@ -20,7 +20,6 @@ torchvision's layout with ``--data-root``.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 import torch
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="torchvision-layout data root (default: Debian package)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="4k images, 4 epochs")
-    p.add_argument("--no-report", action="store_true", help="skip `codiag report` at the end")
+    p.add_argument("--no-report", action="store_true", help="skip codiag.report() at the end")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.train_limit = 4, 4000
@@ -91,24 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     co = codiag.detect_co(run.metrics)
     print(f"\nrun: {args.out}   CO epoch: {co['epoch'] if co else 'none'}")
     if not args.no_report:
-        report(args.out)
+        print(f"report: {codiag.report(args.out)}")                                   # codiag
     return 0
-
-
-def report(run_dir: str) -> None:
-    """`codiag report RUN_DIR`, guarded: the run is complete even when reporting is unavailable."""
-    try:
-        done = subprocess.run([sys.executable, "-m", "codiag", "report", run_dir], capture_output=True,
-                              text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        print(f"codiag report could not run ({e}); the run directory is complete: {run_dir}")
-        return
-    if done.returncode == 0:
-        print(done.stdout.strip() or f"report written under {run_dir}/report")
-    else:
-        last = (done.stderr or done.stdout).strip().splitlines()
-        print(f"codiag report is unavailable ({last[-1] if last else 'exit ' + str(done.returncode)}); "
-              f"the run directory is complete: {run_dir}")
 
 
 if __name__ == "__main__":

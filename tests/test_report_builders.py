@@ -191,7 +191,8 @@ def test_report_on_a_half_written_run_is_partial_with_a_warning(tmp_path, capsys
     assert "not finished" in err and "grad_norm_hist" in err
     page = (run / "report" / "index.html").read_text()
     assert "training_curves.png" in page and "l1_table.png" in page
-    assert "no &#x27;instance_grad_norm&#x27; arrays recorded" in page     # says what is missing
+    # says what is missing and which probe to switch on
+    assert "no &#x27;instance_grad_norm&#x27; recorded: switch on the probe instance_grad_norm" in page
     rows = list(csv.DictReader(open(run / "report" / "summary.csv")))
     assert len(rows) == 1 and rows[0]["status"] == "running"
 

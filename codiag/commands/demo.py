@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 
 from ..detector import detect_co
+from ..probes.grad_align import GradAlign
+from ..probes.robust_acc import RobustAcc
 from ..reports import report
 from ..runs import load_run
 from ..trainer import TrainConfig, train
@@ -53,10 +55,9 @@ def summarize(run_dir: str | Path) -> str:
 
     run = load_run(run_dir)
     m = run.metrics
-    table = m[m["probe"].isin(["robust_acc", "grad_align"])]
+    cols = [RobustAcc.clean_acc.pair, RobustAcc.fgsm_acc.pair, RobustAcc.pgd_acc.pair, GradAlign.mean.pair]
+    table = m[m["probe"].isin({probe for probe, _ in cols})]
     wide = table.pivot_table(index="epoch", columns=["probe", "key"], values="value", aggfunc="last")
-    cols = [("robust_acc", "clean_acc"), ("robust_acc", "fgsm_acc"), ("robust_acc", "pgd_acc"),
-            ("grad_align", "mean")]
     lines = [f"{'epoch':>5} {'clean':>7} {'FGSM':>7} {'PGD':>7} {'grad_align':>10}"]
     for epoch, row in wide.iterrows():
         vals = [row.get(c, float("nan")) for c in cols]
