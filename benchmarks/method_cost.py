@@ -14,7 +14,7 @@ Methods with per-sample state get fixed indices (ATAS with its warm-up skipped,
 so the adaptive path is timed). Free-m does ``m`` optimizer steps per
 ``train_step``; its time is divided by ``m``.
 
-Targets (issue 4; PreAct ResNet-18): ZeroGrad and ATAS <= 1.1, APART <= 1.5,
+Targets (PreAct ResNet-18): ZeroGrad and ATAS <= 1.1, APART <= 1.5,
 MultiGrad (N=3) <= 1.6, GradAlign <= 2.3, PGD-10 ~4.5-5.5. cnn4, where
 per-call overhead dominates: below ZeroGrad 1.22, MultiGrad 3.8, GradAlign 3.7,
 PGD-10 7.5. Not part of the test suite.

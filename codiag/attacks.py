@@ -1,6 +1,6 @@
 """L-inf attacks for probes and evaluation: input gradients, FGSM, PGD, PGD-50-10, AutoAttack.
 
-Conventions (DESIGN.md "Probe attacks", "Precision", "Side-effect freedom"):
+Conventions (docs/CONVENTIONS.md, "Probe attacks", "Precision", "Side-effect freedom"):
 
 * inputs live in [0, 1]; every perturbation is projected to the eps ball and
   ``x + delta`` clamped to [0, 1] after each step, before any loss is measured;
@@ -154,7 +154,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float | None 
     restarts never lower the attack's success rate. ``early_stop=True`` freezes a
     sample as soon as it is misclassified (Wong et al.'s evaluation); GradAlign's
     evaluation does not stop early (default). The probe PGD is the default:
-    10 steps, one random start, no early stop (DESIGN "Probe attacks").
+    10 steps, one random start, no early stop (docs/CONVENTIONS.md, "Probe attacks").
     """
     return _pgd(model, x, y, eps, alpha, steps, restarts, random_start, early_stop, generator)[0]
 
@@ -320,7 +320,7 @@ def build_autoattack(model: nn.Module, eps: float, version: str = "standard", se
     """A torchattacks.AutoAttack with the original paper's iteration counts; (runner, member names).
 
     torchattacks 3.5 builds APGD, APGD-T and FAB with 10 iterations, where AutoAttack
-    (Croce and Hein 2020) uses 100 (torchattacks issue #196), so ``steps`` is set on
+    (Croce and Hein 2020) uses 100 (a known gap in torchattacks), so ``steps`` is set on
     every iterative member. ``attacks`` keeps a subset of the version's members in
     their order (e.g. ``("apgd-ce",)`` for a cheap check). Runs the package's own
     attack classes and its worst-case ensemble (``MultiAttack``); nothing is rewritten.

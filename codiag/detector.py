@@ -12,7 +12,7 @@ instead the signature every paper describes at the collapse:
   (43 % -> 87 %): the model now beats its own training attack but not PGD.
   This "FGSM-PGD gap" separates catastrophic overfitting from a run that
   simply diverges (where both accuracies fall).
-* GradAlign Sec. 4: gradient alignment collapses (0.95 -> 0.05; the issue's
+* GradAlign Sec. 4: gradient alignment collapses (0.95 -> 0.05; codiag's
   threshold is 0.3) together with the PGD accuracy.
 
 Rule ``pgd_collapse`` fires at the first probe event where

@@ -1,6 +1,6 @@
 """``codiag.monitor``: wrap your own adversarial-training loop and record every CO diagnostic.
 
-Usage (DESIGN.md "Public API")::
+Usage (docs/API.md)::
 
     with codiag.monitor(model, optimizer, "runs/fgsm", eps=8/255,
                         probe_data=test_loader, train_data=train_loader,
@@ -23,7 +23,7 @@ What it does:
   user's loader (a shuffling DataLoader draws from the global RNG when
   iterated), with the global RNG states saved and restored around the reads.
   Their indices are recorded in run.json.
-* **Probe events** run the selected probes (``probes/``, DESIGN's table) on
+* **Probe events** run the selected probes (``probes/``, docs/PROBES.md) on
   the fixed sets, in eval mode (every module's own flag restored afterwards),
   with autocast off, under ``torch.enable_grad()``, with the global RNGs
   (torch CPU and the model's CUDA device, Python, NumPy) forked and restored.
@@ -40,7 +40,7 @@ What it does:
   reads the event's values; the first alarm writes a ``co_alarm`` event, sets
   ``mon.co_detected`` / ``mon.co_alarm`` and calls ``on_co(alarm)``.
 
-Side-effect freedom (DESIGN, a hard rule): a monitored and an unmonitored
+Side-effect freedom (docs/CONVENTIONS.md, a hard rule): a monitored and an unmonitored
 run with the same seed end with bit-identical parameters, buffers and global
 RNG state; ``tests/test_monitor_side_effects.py`` checks it with BatchNorm,
 dropout and every probe at every step.

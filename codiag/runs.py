@@ -1,6 +1,6 @@
 """The run directory: the only channel between a training run and its reports.
 
-Layout (DESIGN.md, "Run directory")::
+Layout (docs/RUN_FORMAT.md)::
 
     run_dir/
       run.json        config, versions, device, seed, git commit, status, times

@@ -3,7 +3,7 @@
 It is an ordinary single-step adversarial-training loop, wrapped in the public
 ``codiag.monitor`` exactly as a user would wrap their own loop, followed by
 the final evaluation (PGD-50-10 in fp32 on the first ``eval_n`` test points,
-GradAlign Appendix B). Defaults reproduce the embedded CO demo of DESIGN.md:
+GradAlign Appendix B). Defaults reproduce the embedded CO demo (``codiag demo``):
 cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
 (one-cycle) schedule, batch 128, 30k training images.
 """

@@ -4,7 +4,7 @@
     python examples/methods_vs_co.py --methods fgsm zerograd --seeds 0
     python examples/methods_vs_co.py --tune               # the validation runs behind HPARAMS
 
-Setting (issue 4; DESIGN "Data and models"): cnn4 (GradAlign's single-layer CNN,
+Setting (the embedded demo's, ``codiag demo``): cnn4 (GradAlign's single-layer CNN,
 4 filters) on Fashion-MNIST, eps = 0.2, 20 epochs, Adam lr 3e-3 with the cyclic
 (one-cycle) schedule peaking at 2/5 of training, batch 128, the first 30k
 training images, seeds 0, 1, 2; final PGD-50-10 (step eps/4, fp32) on the first

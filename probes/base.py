@@ -1,11 +1,11 @@
 """The shared probe machinery: the ``Probe`` base class, the per-event ``ProbeContext``, the registry.
 
-A *probe* measures one diagnostic of DESIGN.md's probe table at a probe event
+A *probe* measures one diagnostic of docs/PROBES.md's table at a probe event
 and writes rows through the context. Probes never see the training loop: the
 monitor builds one :class:`ProbeContext` per event and calls every selected
 probe's :meth:`Probe.run` with it.
 
-Side-effect rule (DESIGN.md, "Side-effect freedom"), enforced here and in the
+Side-effect rule (docs/CONVENTIONS.md, "Side-effect freedom"), enforced here and in the
 monitor rather than in each probe:
 
 * the monitor puts the model in eval mode for the whole event and restores
@@ -18,7 +18,7 @@ monitor rather than in each probe:
 * input gradients come from ``codiag.tensors.input_grad``
   (``torch.autograd.grad``): ``param.grad`` is never written and
   ``requires_grad`` flags are left as found;
-* autocast is off: gradients, norms and losses are fp32 (DESIGN "Precision").
+* autocast is off: gradients, norms and losses are fp32 (docs/CONVENTIONS.md, "Precision").
 
 Results that several probes need (clean gradients, the FGSM, PGD and method
 perturbations, the per-sample losses at each) are computed lazily, once per
@@ -101,7 +101,7 @@ def per_sample_cos(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
     The cosine is undefined where either vector is zero; those samples are
     masked out (and counted by the caller) instead of being dropped silently
-    or set to 1 (DESIGN "grad_align").
+    or set to 1 (docs/CONVENTIONS.md, "grad_align").
     """
     a, b = a.flatten(1).float(), b.flatten(1).float()
     na, nb = a.norm(dim=1), b.norm(dim=1)

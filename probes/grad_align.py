@@ -7,7 +7,7 @@ at every event) and ``x + eta`` clamped to [0, 1]. It is 1 for a model that
 is linear inside the eps-ball and near 0 after catastrophic overfitting
 (GradAlign: 0.95 -> 0.05 within an epoch). Where either gradient is exactly
 zero the cosine is undefined: such samples are counted in ``n_zero_grad`` and
-left out of the mean (DESIGN "grad_align"), never set to 1.
+left out of the mean (docs/CONVENTIONS.md, "grad_align"), never set to 1.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 at the method's starting point x~_i (ATAS Sec. III: the random start for
 FGSM-RS, the carried perturbation for ATTA; the clean point for FGSM or
 when the method does not expose ``start``), with the per-sample (sum-reduced)
-loss so g_i does not depend on the batch size (DESIGN "Per-instance gradient
+loss so g_i does not depend on the batch size (docs/CONVENTIONS.md, "Per-instance gradient
 norms"). The whole vector is kept as an array per event (one entry per
 training probe sample, in the order of the recorded indices), so reports can
 split instances into gradient-norm deciles as ATAS does. Scalars: mean,
@@ -35,7 +35,7 @@ class InstanceGradNorm(Probe):
         g = ctx.train_grad_norm
         mean = g.mean()
         ctx.log(self.mean, mean)
-        # kthvalue, not torch.quantile (which fails above 2^24 elements; DESIGN "Quantiles")
+        # kthvalue, not torch.quantile (which fails above 2^24 elements; docs/CONVENTIONS.md)
         ctx.log(self.median, g.kthvalue((g.numel() + 1) // 2).values)
         ctx.log(self.max, g.max())
         ctx.log(self.long_tail_ratio, g.square().mean() / mean.square().clamp_min(1e-30))

@@ -1,6 +1,6 @@
 """``method_state``: the training method's own internal quantities (APART Fig. 3, ATAS Fig. 10).
 
-Whatever ``method.state()`` returns (DESIGN "Methods"): scalars become rows
+Whatever ``method.state()`` returns (docs/EXTENDING.md, "Adding a method"): scalars become rows
 under their own keys (APART's learnable step sizes, ZeroGrad's q), arrays are
 saved as ``method_state.<name>`` (ATAS's per-instance step sizes and gradient
 norm averages). Nothing is written when the monitor has no method. The

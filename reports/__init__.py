@@ -1,4 +1,4 @@
-"""Figure builders and the HTML report writer (issue 5).
+"""Figure builders and the HTML report writer.
 
 Each module draws one kind of figure from recorded run directories (never a
 live model) and names the paper figure it redraws. ``report`` turns run

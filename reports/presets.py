@@ -3,7 +3,7 @@
 
 * ``embedded``: CPU minutes. Fashion-MNIST (Debian's ``dataset-fashion-mnist``) with
   the 4-filter CNN at eps 0.2, Adam 3e-3 one-cycle, batch 128, 30k images, 20 epochs
-  (DESIGN.md's CO demo); the GradAlign single-layer-CNN figures (Fig. 5, 6, 7, 11,
+  (the CO demo of ``codiag demo``); the GradAlign single-layer-CNN figures (Fig. 5, 6, 7, 11,
   12, 13) use their own setting, cnn4 on CIFAR-10 at eps 10/255 (App. B, C.2).
 * ``paper``: the papers' settings, PreAct ResNet-18 on CIFAR-10 (for a GPU), each
   method with the schedule of the paper the figure comes from.

@@ -1,6 +1,6 @@
 """The CO signature, recorded by the monitor on a real short FGSM run (Fashion-MNIST, cnn4).
 
-Short seeded version of the embedded demo (DESIGN.md "Data and models"):
+Short seeded version of the embedded demo (``codiag demo``):
 cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps from zero, Adam on the
 one-cycle schedule, batch 128, but 20k images, 8 epochs and a peak lr of
 8e-3 instead of 30k, 20 and 3e-3 (the full demo collapses near epoch 10 after

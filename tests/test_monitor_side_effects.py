@@ -1,4 +1,4 @@
-"""Side-effect freedom (DESIGN.md, a hard rule): monitoring must not change training by one bit.
+"""Side-effect freedom (docs/CONVENTIONS.md, a hard rule): monitoring must not change training by one bit.
 
 A model with BatchNorm and dropout is trained for several steps from a
 shuffling DataLoader (which draws from the global RNG) with a perturbation

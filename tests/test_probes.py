@@ -2,7 +2,7 @@
 
 The probes are run through a hand-built ProbeContext (as the monitor builds
 it), and every expected value is recomputed here from its definition in
-DESIGN.md / the cited paper with plain per-sample autograd loops.
+docs/PROBES.md / the cited paper with plain per-sample autograd loops.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference trainer end to end on real data: CO with FGSM, none with PGD-10 (issue 2).
+"""The reference trainer end to end on real data: CO with FGSM, none with PGD-10.
 
 The embedded setting (cnn4, Fashion-MNIST, eps 0.2, FGSM step eps, Adam with a
 cyclic schedule, batch 128) shortened for the suite: 10k training images,

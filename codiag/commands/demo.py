@@ -2,7 +2,7 @@
 
 cnn4 (GradAlign's 4-filter CNN) on Fashion-MNIST, eps 0.2, FGSM with step eps,
 Adam 3e-3 with a cyclic schedule, batch 128, 30k training images, 20 epochs
-(DESIGN.md). The demo prints the per-epoch curves that show the collapse, the
+(docs/CONVENTIONS.md and the README). The demo prints the per-epoch curves that show the collapse, the
 epoch the detector names, and writes the HTML report.
 """
 from __future__ import annotations

@@ -51,7 +51,7 @@ def _method_arg(text: str) -> tuple[str, Any]:
 
 
 def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    """Options shared by ``train`` and ``demo``; defaults are the demo's (DESIGN.md)."""
+    """Options shared by ``train`` and ``demo``; defaults are the demo's (the README's ``codiag demo``)."""
     d = defaults
     p.add_argument("--out", "-o", default=d.out, help="run directory to write (default %(default)s)")
     p.add_argument("--dataset", default=d.dataset,

@@ -18,7 +18,7 @@ epochs except in the last (ATTA; needs ``epochs``, which the trainer passes);
 perturbation computed in eval mode. For another data set and radius, set the three
 constants explicitly (``codiag.methods.settings`` does for Fashion-MNIST at eps 0.2).
 
-Mapping of ``c`` (DESIGN "Per-instance gradient norms"). The reference takes the
+Mapping of ``c`` (docs/CONVENTIONS.md, "Per-instance gradient norms"). The reference takes the
 gradient of the *batch-mean* loss at batch 128, i.e. ``grad_ref = g_i / 128``
 with ``g_i`` the per-sample (sum-reduced) gradient that codiag uses, so its
 ``sqrt(v)/c`` equals ``||g_i|| / (128 c)``. codiag therefore keeps ``v`` in

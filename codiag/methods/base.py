@@ -11,7 +11,7 @@ and ``method.train_step(model, optimizer, x, y, index)`` does both, then
 backward, step" (Free-m replay, APART's ascent on its step sizes, gradient
 clipping) override it, so a trainer only ever calls ``train_step``.
 
-Conventions shared by all methods (DESIGN.md):
+Conventions shared by all methods (docs/CONVENTIONS.md):
 
 * ``eps`` is the L-inf radius in pixel units; inputs live in [0, 1] and every
   perturbed input is clamped to [0, 1].
@@ -28,7 +28,7 @@ Conventions shared by all methods (DESIGN.md):
   call: randomness comes from ``g``, and no per-sample state (ATTA/ATAS/APART
   buffers, ATAS's moving averages, the method's generator) is read-modified-
   written. The monitor must pass its own generator so that monitored and
-  unmonitored runs stay bit-identical (DESIGN "Side-effect freedom"). Calls with
+  unmonitored runs stay bit-identical (docs/CONVENTIONS.md, "Side-effect freedom"). Calls with
   ``index=None`` never write per-sample state either.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Andriushchenko & Flammarion, "Understanding and Improving Fast Adversarial
 Training" (GradAlign), Sec. 3: ``delta = alpha * sign(grad_x L(x, y))`` from
-zero, projected to [0, 1]. Default step ``alpha = eps`` (DESIGN "Method
-defaults"); this is the method that shows catastrophic overfitting.
+zero, projected to [0, 1]. Default step ``alpha = eps`` (docs/CONVENTIONS.md,
+"Method defaults"); this is the method that shows catastrophic overfitting.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ with ``eta ~ U[-eps, eps]^d``. As in the reference ``train.py``: the gradient at
 ``x`` is the (detached) FGSM gradient, reused; only the gradient at ``x + eta``
 is built with ``create_graph=True`` (double backpropagation); samples with a
 zero gradient at either point are left out of the mean. Ours: ``x + eta`` is
-clamped to [0, 1] (DESIGN convention; the reference does not clamp).
+clamped to [0, 1] (docs/CONVENTIONS.md, "Inputs and eps"; the reference does not clamp).
 
 ``batched`` (``"auto"``): take the two input gradients (at ``x`` and at ``x + eta``) in one
 forward and backward of a double-size batch. That is exact only where no batch statistics

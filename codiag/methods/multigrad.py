@@ -6,7 +6,7 @@ and set the rest to zero; ``delta = alpha * sign(g_1)`` on the kept coordinates,
 added to the *clean* input (no random start in the result), clipped to the eps
 ball and [0, 1]. Defaults (Sec. 4): ``N = 3``, ``alpha = eps``.
 
-Batched vs sequential starts (DESIGN "MultiGrad's starts"). ``batched=True``
+Batched vs sequential starts (docs/CONVENTIONS.md, "MultiGrad's starts"). ``batched=True``
 concatenates the N starts into one forward and one backward of an ``N*B``
 batch: one kernel launch/Python round trip instead of N, the fast path on a GPU
 (Alg. 2 says "in parallel"). In train mode BatchNorm then normalises

@@ -1,6 +1,6 @@
 """N-FGSM (de Jorge et al., "Make Some Noise: Reliable and Efficient Single-Step
 Adversarial Training", NeurIPS 2022) -- a method none of the four papers has
-(DESIGN "Methods": welcome).
+(a method none of the papers has, welcome as a baseline).
 
 ``delta = eta + alpha * sign(grad_x L(x + eta))`` with ``eta ~ U[-k eps, k eps]^d``,
 **no** projection onto the eps ball (so ``||delta||_inf`` can reach ``k eps + alpha``),

@@ -2,7 +2,7 @@
 
 ATTA (Zheng et al. 2020) and ATAS (Huang et al., Alg. 1) carry each training
 sample's perturbation from one epoch to the next; APART keeps a learned
-per-sample initialisation. DESIGN "Per-sample state": the state is keyed by
+per-sample initialisation. docs/CONVENTIONS.md, "Per-sample state": the state is keyed by
 dataset index, kept in the *padded* frame of the augmentation, and follows the
 same crop and flip as the image (inverted when written back), as in the ATAS
 code (``aug`` / ``inverse_aug``).

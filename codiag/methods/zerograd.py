@@ -4,7 +4,7 @@ in FGSM Adversarial Training", Sec. 3.1, Algorithm 1).
 From a uniform random start ``delta0 ~ U[-eps, eps]^d``, take the input gradient,
 zero each sample's lower ``q``-quantile of ``|gradient|`` coordinates, step
 ``alpha * sign`` and clip to the eps ball (and [0, 1]). Zeroed coordinates keep
-their random start. Defaults (paper Sec. 4, DESIGN): ``q = 0.35`` (CIFAR-10;
+their random start. Defaults (paper Sec. 4): ``q = 0.35`` (CIFAR-10;
 CIFAR-100 0.45, SVHN 0.7), step ``alpha = 2 eps`` ("the maximum possible step
 size for this method"), random start. For larger eps the paper lowers the step
 (App. C.2, eps 16/255: step 1.5 eps with q 0.6); on Fashion-MNIST at eps 0.2 the
@@ -16,7 +16,7 @@ Exactness: each sample gets exactly ``k = round(q * d)`` coordinates zeroed
 The reference uses ``torch.quantile`` and ``|g| < threshold``, which zeroes
 ``ceil(q (d-1))`` coordinates without ties and an arbitrary number with ties
 (common under bf16 autocast). We use ``kthvalue`` (``torch.quantile`` fails
-above 2^24 elements, DESIGN "Quantiles") and resolve ties only when present.
+above 2^24 elements, docs/CONVENTIONS.md, "Quantiles") and resolve ties only when present.
 """
 from __future__ import annotations
 
