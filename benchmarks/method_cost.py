@@ -17,7 +17,9 @@ so the adaptive path is timed). Free-m does ``m`` optimizer steps per
 Targets (PreAct ResNet-18): ZeroGrad and ATAS <= 1.1, APART <= 1.5,
 MultiGrad (N=3) <= 1.6, GradAlign <= 2.3, PGD-10 ~4.5-5.5. cnn4, where
 per-call overhead dominates: below ZeroGrad 1.22, MultiGrad 3.8, GradAlign 3.7,
-PGD-10 7.5. Not part of the test suite.
+PGD-10 7.5. Goals for the newer methods (both models): AAER and FGSM-PGI <= 1.15,
+GAT <= 1.3, ELLE <= 1.6 (``--only elle elle_a aaer fgsm_pgi gat``). Not part of the
+test suite.
 """
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("apart_paper", "apart", {"variant": "paper"}, 1),
     ("apart_simple", "apart_simple", {}, 1),
     ("grad_clip", "grad_clip", {}, 1),
+    ("elle", "elle", {}, 1),
+    ("elle_a", "elle_a", {}, 1),
+    ("aaer", "aaer", {}, 1),
+    ("fgsm_pgi", "fgsm_pgi", {}, 1),
+    ("gat", "gat", {}, 1),
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),
@@ -58,8 +65,10 @@ METHODS: list[tuple[str, str, dict, int]] = [
 
 TARGETS = {
     "preact_resnet18": {"zerograd": "<= 1.1", "atas": "<= 1.1", "apart": "<= 1.5", "multigrad": "<= 1.6",
-                        "gradalign": "<= 2.3", "pgd10": "4.5-5.5"},
-    "cnn4": {"zerograd": "< 1.22", "multigrad": "< 3.8", "gradalign": "< 3.7", "pgd10": "< 7.5"},
+                        "gradalign": "<= 2.3", "pgd10": "4.5-5.5", "aaer": "<= 1.15", "fgsm_pgi": "<= 1.15",
+                        "gat": "<= 1.3", "elle": "<= 1.6", "elle_a": "<= 1.6"},
+    "cnn4": {"zerograd": "< 1.22", "multigrad": "< 3.8", "gradalign": "< 3.7", "pgd10": "< 7.5",
+             "aaer": "<= 1.15", "fgsm_pgi": "<= 1.15", "gat": "<= 1.3", "elle": "<= 1.6", "elle_a": "<= 1.6"},
 }
 
 DATASET_OF = {"cnn4": "fashion_mnist", "small_cnn": "fashion_mnist", "preact_resnet18": "cifar10",

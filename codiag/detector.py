@@ -27,6 +27,13 @@ recorded). Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3,
 align_high 0.5, align_drop 0.25. Both read only probe values (``robust_acc``
 and ``grad_align``); missing or NaN values just disable the rule that needs them.
 
+A second online rule, :class:`ELLEADetector` (``codiag.monitor(..., detector="elle_a")``,
+or ``"both"``), is ELLE-A's switch rule (Abad Rocamora et al., ICLR 2024; reference
+LIONS-EPFL/ELLE ``core/utils/train.py`` lines 216-227) applied to the ``local_linearity``
+probe: it fires at the first probe event whose local-linearity error exceeds the mean plus
+``sensitivity`` (2) standard deviations of all earlier events' errors (at least
+``min_history`` = 3 of them). It reads one forward pass per event instead of PGD.
+
 The online detector (:class:`CODetector`, used by ``codiag.monitor``) fires
 once: the monitor writes one ``co_alarm`` event, sets ``mon.co_detected`` and
 calls ``on_co``. :func:`detect_co` replays the same rules over a recorded
@@ -36,13 +43,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
+import numpy as np
 import pandas as pd
 
 from codiag.probes.fgsm_pgd_cos import FgsmPgdCos
 from codiag.probes.grad_align import GradAlign
+from codiag.probes.local_linearity import LocalLinearity
 from codiag.probes.robust_acc import RobustAcc
+
+from .errors import UsageError
 
 #: (probe, key) of metrics.csv -> the short name the rules use, from the probes' declarations
 SIGNALS: dict[tuple[str, str], str] = {
@@ -51,6 +62,7 @@ SIGNALS: dict[tuple[str, str], str] = {
     RobustAcc.clean_acc.pair: "clean_acc",
     GradAlign.mean.pair: "grad_align",
     FgsmPgdCos.mean.pair: "fgsm_pgd_cos",
+    LocalLinearity.mse.pair: "lin_err",
 }
 
 
@@ -87,6 +99,11 @@ class CODetector:
     @property
     def fired(self) -> bool:
         return self.alarm is not None
+
+    def settings(self) -> dict[str, Any]:
+        """The thresholds (recorded in run.json)."""
+        return {"rule": "codiag", **{k: getattr(self, k) for k in ("drop", "min_peak", "min_gap", "align_low",
+                                                                    "align_high", "align_drop")}}
 
     def reset(self) -> None:
         """Forget the running maxima and the alarm: the detector can fire again."""
@@ -135,6 +152,107 @@ class CODetector:
                       "values": {k: v for k, v in clean.items() if v is not None},
                       "peak_pgd_acc": self.peak_pgd}
         return self.alarm
+
+
+class Detector(Protocol):
+    """What the monitor needs of an online detector."""
+
+    alarm: dict[str, Any] | None
+
+    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def reset(self) -> None: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ELLEADetector:
+    """ELLE-A's rule as a CO alarm: ``lin_err > mean + sensitivity * std`` of all earlier events' values.
+
+    ``lin_err`` is the ``local_linearity`` probe's ``mse``; std is the population standard
+    deviation (``np.std``, as in the reference); the rule needs ``min_history`` earlier values.
+    """
+
+    sensitivity: float = 2.0
+    min_history: int = 3
+    alarm: dict[str, Any] | None = None
+    values: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def fired(self) -> bool:
+        return self.alarm is not None
+
+    def settings(self) -> dict[str, Any]:
+        return {"rule": "elle_a", "sensitivity": self.sensitivity, "min_history": self.min_history}
+
+    def reset(self) -> None:
+        self.alarm = None
+        self.values.clear()
+
+    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        err = _finite(values.get("lin_err"))
+        if err is None:
+            return None
+        past = self.values
+        limit = float(np.mean(past) + self.sensitivity * np.std(past)) if past else math.inf
+        past.append(err)
+        if self.alarm is not None or len(past) - 1 < self.min_history or err <= limit:
+            return None
+        self.alarm = {"step": int(step), "epoch": int(epoch), "rule": "elle_a",
+                      "reason": (f"local-linearity error {err:.3g} exceeds mean + {self.sensitivity:g} std "
+                                 f"of the {len(past) - 1} earlier events ({limit:.3g})"),
+                      "values": {"lin_err": err}}
+        return self.alarm
+
+
+@dataclass
+class AnyDetector:
+    """Several detectors side by side: the alarm is the first that any of them raises."""
+
+    detectors: Sequence[Detector]
+    alarm: dict[str, Any] | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.alarm is not None
+
+    def settings(self) -> dict[str, Any]:
+        return {"rule": "any", "detectors": [d.settings() for d in self.detectors]}
+
+    def reset(self) -> None:
+        self.alarm = None
+        for d in self.detectors:
+            d.reset()
+
+    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        hits = [d.update(step, epoch, values) for d in self.detectors]
+        hit = next((h for h in hits if h is not None), None)
+        if self.alarm is not None or hit is None:
+            return None
+        self.alarm = hit
+        return hit
+
+
+DETECTORS = ("codiag", "elle_a", "both")
+
+
+def make_detector(spec: Any) -> Detector | None:
+    """The monitor's detector from ``spec``: True or "codiag" (:class:`CODetector`), "elle_a"
+    (:class:`ELLEADetector`), "both" (either fires), False/None (none), or a detector object."""
+    if spec is None or spec is False:
+        return None
+    if spec is True or spec == "codiag":
+        return CODetector()
+    if spec == "elle_a":
+        return ELLEADetector()
+    if spec == "both":
+        return AnyDetector([CODetector(), ELLEADetector()])
+    if isinstance(spec, str):
+        raise UsageError(f"unknown detector {spec!r}; choose from {', '.join(DETECTORS)}")
+    if callable(getattr(spec, "update", None)) and hasattr(spec, "alarm"):
+        return spec
+    raise UsageError(f"detector must be True, False, one of {', '.join(DETECTORS)} or a detector object")
 
 
 def event_values(metrics: pd.DataFrame) -> list[tuple[int, int, dict[str, float]]]:

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from codiag.probes import resolve_probes
 from codiag.probes.base import ProbeContext, ProbeSet
 
-from .detector import SIGNALS, CODetector, event_values
+from .detector import SIGNALS, Detector, event_values, make_detector
 from .errors import UsageError
 from .runs import RunWriter, host_values, load_run
 from .tensors import eval_mode, isolated_rng
@@ -231,7 +231,7 @@ class Monitor:
                  seed: int = 0, config: Mapping[str, Any] | None = None, resume: bool = False,
                  overwrite: bool = False, reference_model: nn.Module | None = None,
                  on_co: Callable[[dict[str, Any]], Any] | None = None,
-                 detector: CODetector | bool | None = True, pgd_steps: int = 10,
+                 detector: Detector | bool | str | None = True, pgd_steps: int = 10,
                  pgd_alpha: float | None = None, pgd_random_start: bool = True,
                  probe_options: Mapping[str, Mapping[str, Any]] | None = None,
                  step_update_norms: bool = False, tensorboard: Any = None,
@@ -257,8 +257,7 @@ class Monitor:
         self.strict = bool(strict)
         self.pgd = {"steps": int(pgd_steps), "alpha": pgd_alpha, "random_start": bool(pgd_random_start)}
         self.step_update_norms = bool(step_update_norms)
-        self.detector: CODetector | None = (CODetector() if detector is True else
-                                             detector if isinstance(detector, CODetector) else None)
+        self.detector: Detector | None = make_detector(detector)
         self.device = _model_device(model)
         self._attack_fn = attack
         self._attack = normalise_attack(attack, self.device)
@@ -381,9 +380,7 @@ class Monitor:
             "instance_grad_start": "method.start" if callable(getattr(self.method, "start", None)) else "clean",
             "probe_stand_in": getattr(self.method, "probe_stand_in", "") or None,
             "step_update_norms": self.step_update_norms,
-            "detector": None if self.detector is None else {
-                k: getattr(self.detector, k) for k in ("drop", "min_peak", "min_gap", "align_low",
-                                                         "align_high", "align_drop")},
+            "detector": None if self.detector is None else self.detector.settings(),
         }
         return {**self._user_config, "monitor": mon}
 
@@ -635,7 +632,8 @@ def monitor(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: str | P
     ``step_update_norms`` (record ||theta_t - theta_{t-1}|| after every step,
     kept on the device), ``tensorboard`` (None: when installed; False; True;
     or a SummaryWriter-like object), ``detector`` (True, False or a
-    ``CODetector`` with other thresholds), ``strict`` (re-raise probe errors
+    ``CODetector`` with other thresholds; ``"elle_a"`` for ELLE-A's rule on the
+    ``local_linearity`` probe, ``"both"`` for either), ``strict`` (re-raise probe errors
     instead of warning).
     """
     return Monitor(model, optimizer, run_dir, eps, probe_data=probe_data, train_data=train_data,

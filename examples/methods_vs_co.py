@@ -50,6 +50,11 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "multigrad": [{}, {"n": 6}, {"step": 0.75}, {"step": 0.5}, {"random_start": True}],
     "atas": [{}, {"c": 0.002}, {"c": 0.002, "warmup_epochs": 0}],
     "n_fgsm": [{}, {"noise": 3.0}, {"step": 0.75}],
+    "elle": [{}, {"lam": 1000.0}],
+    "elle_a": [{}],
+    "aaer": [{}, {"init": 2.0, "step": 1.0, "project": False, "lam2": 1.5, "lam3": 0.15}],
+    "fgsm_pgi": [{}],
+    "gat": [{}],
 }
 
 

@@ -31,6 +31,8 @@ _MODULES = (
     "loss_surface",
     "filters",
     "method_state",
+    "local_linearity",
+    "abnormal_examples",
 )
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")

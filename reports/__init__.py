@@ -23,6 +23,8 @@ filter_norms               GradAlign Fig. 6
 feature_maps               GradAlign Fig. 7, 13
 linear_approx              GradAlign Fig. 10
 sign_agreement             ZeroGrad Table 10
+local_linearity            ELLE Fig. 2c
+abnormal_examples          AAER Fig. 1
 =========================  =============================================
 
 Across runs (``MULTI_BUILDERS``): overlay_curves, overlay_diagnostics (two or

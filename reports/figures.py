@@ -5,6 +5,7 @@ from typing import Callable, Mapping
 
 from codiag.probes import PROBES
 
+from .abnormal_examples import abnormal_examples
 from .analytic import lemma1, lemma2
 from .base import Builder, Figure
 from .curves import overlay_curves, overlay_diagnostics, training_curves
@@ -12,6 +13,7 @@ from .feature_maps import feature_maps
 from .filters import filter_evolution, filter_norms
 from .grad_norm import grad_norm_hist, grad_norm_subsets
 from .linear_approx import linear_approx
+from .local_linearity import local_linearity
 from .loss_surface import loss_surface
 from .method_state import method_state
 from .perturbation_delta import perturbation_delta
@@ -35,6 +37,8 @@ RUN_BUILDERS: dict[str, Callable[..., Figure]] = {
     "feature_maps": feature_maps,
     "linear_approx": linear_approx,
     "sign_agreement": sign_agreement,
+    "local_linearity": local_linearity,
+    "abnormal_examples": abnormal_examples,
 }
 
 #: key -> (builder, fewest runs it is drawn for)

@@ -26,12 +26,14 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from codiag.methods import get_method
+from codiag.methods.elle_a import MeanStdRule
 from codiag.models import PreActBlock
 from codiag.trainer import TrainConfig, build_method
 
@@ -559,3 +561,300 @@ def test_carried_perturbation_resets_match_reference(name):
             redrawn.append(epoch + 1)
         method.perturb(model, x, y, meta)
     assert redrawn == [e for e in range(1, cfg.epochs + 1) if e % 10 == 0 and e != cfg.epochs]
+
+
+# ---------------------------------------------------------------------------------------------
+# ELLE, ELLE-A, AAER, GAT (official code) and FGSM-PGI (the paper's equations).
+# Their own small harness: 1x8x8 inputs inside [0.3, 0.7] (no clamp to [0, 1] acts, which
+# codiag applies and the ELLE and GAT references do not); the random numbers replayed from a
+# generator seeded like the method's, in the order each method documents.
+# ---------------------------------------------------------------------------------------------
+SEED = 5
+EPS_NEW = 0.1          # a larger radius than EPS: the tiny models below show abnormal examples at it
+
+
+def net(bn: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(1, 4, 3, padding=1)]
+    if bn:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)]
+    return nn.Sequential(*layers)
+
+
+def batch(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.4 * torch.rand(n, 1, 8, 8, generator=g)
+    return x, torch.randint(0, 10, (n,), generator=g), torch.arange(n)
+
+
+def replay() -> torch.Generator:
+    return torch.Generator().manual_seed(SEED)
+
+
+def close_weights(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=atol, rtol=1e-5), name
+
+
+def ours(name: str, model: nn.Module, x, y, idx, steps: int = 1, lr: float = 0.1, **hp):
+    method = get_method(name, EPS_NEW, seed=SEED, num_samples=len(y), epochs=10, **hp)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    method.on_epoch_start(0)
+    for _ in range(steps):
+        method.train_step(model, opt, x, y, idx)
+    return method
+
+
+
+
+class Sin(nn.Module):
+    """A bumpy activation, so that a random start often has a higher loss than the FGSM step from it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(5 * x)
+
+
+def bumpy_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), Sin(), nn.Flatten(), nn.Linear(256, 10))
+
+
+# ------------------------------------------------------------------------------- ELLE
+def reference_elle_loss(model, x, y, eps, lam, u, alpha):
+    """LIONS-EPFL/ELLE core/utils/train.py lines 293-339 (``loss``, reg 'ELLE', attack-iter 1,
+    attack-step eps, input_noise_rate 0, clamp False), the regulariser weighted by ``lam``."""
+    bs = x.shape[0]
+    x_adv = copy.deepcopy(x) + 0 * eps
+    x_adv.requires_grad = True
+    outputs = model(x_adv)
+    (g,) = torch.autograd.grad(F.cross_entropy(outputs, y), x_adv)
+    x_adv = (x_adv + eps * torch.sign(g)).detach()
+    loss = F.cross_entropy(model(x_adv), y)
+    x_ab = x.repeat([2, 1, 1, 1]) + eps * (2 * u - 1)
+    a = alpha.view(-1, 1, 1, 1)
+    x_c = (1 - a) * x_ab[:bs] + a * x_ab[bs:]
+    losses = F.cross_entropy(model(torch.cat((x_ab, x_c), dim=0)), y.repeat([3]), reduction="none")
+    lin_err = F.mse_loss(losses[2 * bs:], (1 - alpha) * losses[:bs] + alpha * losses[bs:2 * bs])
+    return loss + lam * lin_err, lin_err
+
+
+def draw_triplet_noise(g: torch.Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u = torch.rand((2 * x.shape[0], *x.shape[1:]), generator=g)
+    return u, torch.rand((x.shape[0],), generator=g)
+
+
+def test_elle_step_matches_the_reference():
+    x, y, idx = batch()
+    model, ref = net(), net()
+    ours("elle", model, x, y, idx, lam=50.0)
+    # one optimizer step per batch (ELLE Alg. 1; the reference's second step() is a bug)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    u, alpha = draw_triplet_noise(replay(), x)
+    loss, _ = reference_elle_loss(ref, x, y, EPS_NEW, 50.0, u, alpha)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    close_weights(model, ref)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), net().parameters()))
+
+
+def reference_onoff(values: list[float], lam_max: float, decay: float = 0.99, sensitivity: float = 2.0):
+    """The lambda sequence of LIONS-EPFL/ELLE core/utils/train.py lines 216-227 (``onoff``),
+    started as in train.py lines 122-127 (lambda_aux = lin_reg, lin_reg = 0)."""
+    lin_reg, history, used = 0.0, [], []
+    for v in values:
+        used.append(lin_reg)
+        if len(history) > 2 and v > np.mean(history) + sensitivity * np.std(history):
+            lin_reg = lam_max
+        else:
+            lin_reg *= decay
+        history.append(v)
+    return used
+
+
+def test_elle_a_rule_matches_the_reference_sequence():
+    values = [1.0, 1.2, 0.9, 1.1, 3.0, 1.0, 1.05, 0.95, 2.5, 1.0, 1.0, 40.0, 1.0]
+    method = get_method("elle_a", EPS_NEW, lam=4000.0)
+    used = []
+    for v in values:
+        used.append(float(method.weight()))
+        method.observe(torch.tensor(v, dtype=torch.float32))
+    expected = reference_onoff([float(np.float32(v)) for v in values], 4000.0)
+    assert np.allclose(used, expected, rtol=1e-6)
+    assert max(used) == 4000.0 and 0 < min(u for u in used if u) < 4000.0   # both branches ran
+    rule = MeanStdRule(2.0)
+    for v in values[:3]:
+        assert not bool(rule.is_outlier(torch.tensor(v)))   # fewer than 3 earlier values
+        rule.push(torch.tensor(v))
+
+
+def test_elle_a_steps_match_the_reference():
+    steps, lr = 6, 0.5
+    batches = [batch(seed=i) for i in range(steps)]
+    model, ref = bumpy_net(), bumpy_net()
+    method = get_method("elle_a", EPS_NEW, seed=SEED, lam=50.0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for x, y, idx in batches:
+        method.train_step(model, opt, x, y, idx)
+    opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    g = replay()
+    lin_reg, history = 0.0, []
+    for x, y, _ in batches:
+        u, alpha = draw_triplet_noise(g, x)
+        loss, lin_err = reference_elle_loss(ref, x, y, EPS_NEW, lin_reg, u, alpha)
+        opt.zero_grad()
+        loss.backward()
+        v = lin_err.item()
+        if len(history) > 2 and v > np.mean(history) + 2 * np.std(history):
+            lin_reg = 50.0
+        else:
+            lin_reg *= 0.99
+        history.append(v)
+        opt.step()
+    close_weights(model, ref, atol=1e-5)
+    assert lin_reg > 0, "the rule never switched the weight on: the test would not check it"
+    assert float(method.weight()) == pytest.approx(lin_reg, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------- AAER
+def reference_aaer_step(model, opt, x, y, eps, delta0, alpha=1.25, lam1=1.0, lam2=2.5, lam3=1.5):
+    """tmllab/2023_NeurIPS_AAER CIFAR10/AAER.py lines 93-149 (RS-AAER: --clamp 1), in pixel units."""
+    delta = torch.max(torch.min(delta0, 1 - x), -x)
+    delta.requires_grad = True
+    output = model(x + delta)
+    output_org = output.detach()
+    loss = F.cross_entropy(output, y, reduction="none")
+    loss_before = loss.detach()
+    (grad,) = torch.autograd.grad(loss.mean(), delta)
+    delta = (delta + alpha * eps * torch.sign(grad)).clamp(-eps, eps)
+    delta = torch.max(torch.min(delta, 1 - x), -x).detach()
+    output = model(torch.clamp(x + delta, 0, 1))
+    loss = F.cross_entropy(output, y, reduction="none")
+    loss_after = loss.detach()
+    loss = loss.mean()
+    abnormal = loss_before > loss_after
+    normal = loss_before <= loss_after
+    n_ab, n_norm = torch.count_nonzero(abnormal), torch.count_nonzero(normal)
+    if n_ab != 0 and n_norm != 0:
+        ab_var = ((output_org[abnormal] - output[abnormal]) ** 2).sum(1).mean(0)
+        ab_ce = (abnormal * (loss_before - loss_after)).sum() / n_ab
+        norm_var = ((output_org[normal] - output[normal]) ** 2).sum(1).mean(0)
+        loss = loss + (lam1 * n_ab / y.size(0)) * (lam2 * ab_ce + lam3 * max(ab_var - norm_var.item(), 0))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return int(n_ab)
+
+
+def test_aaer_step_matches_the_reference():
+    x, y, idx = batch(64)
+    model, ref = bumpy_net(), bumpy_net()
+    method = get_method("aaer", EPS_NEW, seed=SEED)
+    method.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, idx)
+    delta0 = (torch.rand(x.shape, generator=replay()) * 2 - 1) * EPS_NEW
+    n_ab = reference_aaer_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, EPS_NEW, delta0)
+    close_weights(model, ref)
+    assert 0 < n_ab < len(y)     # abnormal and normal examples: the regulariser is live
+    assert float(method.state()["abnormal_share"]) == pytest.approx(n_ab / len(y))
+    assert float(method.state()["reg"]) > 0
+
+
+# -------------------------------------------------------------------------------- GAT
+def reference_gat_step(model, opt, data, target, eps, bits, counter, l2_reg=10.0, b_val=0.5):
+    """val-iisc/GAMA-GAT CIFAR10/GAT_cifar10.py lines 188-218 with Guided_Attack (lines 90-104),
+    B_val = b_val * eps, Feps = eps, l_ce = 1."""
+    out = model(data)
+    p_out = F.softmax(out, dim=1)
+    adv = torch.clamp(data + b_val * eps * torch.sign(0.5 - bits), 0.0, 1.0)
+    model.eval()
+    img = adv.clone().requires_grad_(True)
+    o = model(img)
+    cost = F.cross_entropy(o, target) + (counter % 2) * l2_reg * ((p_out - F.softmax(o, dim=1)) ** 2).sum(1).mean(0)
+    (g,) = torch.autograd.grad(cost, img)
+    img = torch.clamp(img.detach() + eps * torch.sign(g), 0, 1)
+    delta = torch.clamp(img - data, -eps, eps)
+    adv = torch.clamp(data + delta, 0.0, 1.0)
+    model.train()
+    opt.zero_grad()
+    adv_out, out = model(adv), model(data)
+    reg = ((F.softmax(out, dim=1) - F.softmax(adv_out, dim=1)) ** 2).sum(1).mean(0)
+    (F.cross_entropy(out, target) + l2_reg * reg).backward()
+    opt.step()
+
+
+def test_gat_steps_match_the_reference():
+    # no BatchNorm: the reference runs the clean batch through BN twice per step, codiag once,
+    # so from the second step on the eval-mode attack would see other running statistics
+    x, y, idx = batch()
+    model, ref = net(bn=False), net(bn=False)
+    ours("gat", model, x, y, idx, steps=3)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    g = replay()
+    for counter in range(3):       # counter % 2: guided term off, on, off
+        reference_gat_step(ref, opt, x, y, EPS_NEW, torch.rand(x.shape, generator=g), counter)
+    close_weights(model, ref)
+
+
+def test_gat_first_step_with_batchnorm_matches_the_reference():
+    # one step: the reference's second clean pass changes only BatchNorm's running statistics
+    x, y, idx = batch()
+    model, ref = net(), net()
+    ours("gat", model, x, y, idx)
+    reference_gat_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, EPS_NEW,
+                       torch.rand(x.shape, generator=replay()), 0)
+    close_weights(model, ref)
+
+
+def test_gat_lambda_boost_schedule():
+    m = get_method("gat", EPS_NEW, epochs=100)
+    m.on_epoch_start(85)
+    assert m.current_lam() == 10.0
+    m.on_epoch_start(86)
+    assert m.current_lam() == 40.0
+
+
+# --------------------------------------------------------------------------- FGSM-PGI
+def paper_pgi_loss(model, x, y, eta, eps, lam):
+    """FGSM-EP (Jia et al., ECCV 2022): delta = Proj(eta + alpha sign(grad CE(x + eta))), alpha = eps;
+    loss = CE(x + delta) + lam * MSE(f(x + delta), f(x + eta)), gradients through both outputs."""
+    x_eta = (x + eta).requires_grad_(True)
+    f_eta = model(x_eta)
+    (g,) = torch.autograd.grad(F.cross_entropy(f_eta, y), x_eta, retain_graph=True)
+    delta = (eta + eps * torch.sign(g)).clamp(-eps, eps)
+    f_adv = model(x + delta)
+    return F.cross_entropy(f_adv, y) + lam * ((f_adv - f_eta) ** 2).mean(), delta
+
+
+def test_fgsm_pgi_follows_the_paper_equations_across_epochs():
+    x, y, idx = batch()
+    model, ref = net(), net()
+    method = get_method("fgsm_pgi", EPS_NEW, seed=SEED, num_samples=len(y), epochs=100)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+
+    def stored() -> torch.Tensor:
+        return method.store.data.float() * (EPS_NEW / 127)
+
+    # epoch 0: the prior is a random corner of the ball (+-alpha = +-eps), drawn when the store is made
+    method.on_epoch_start(0)
+    method.train_step(model, opt, x, y, idx)
+    eta0 = torch.where(torch.rand(x.shape, generator=replay()) < 0.5, -EPS_NEW, EPS_NEW)
+    loss, delta1 = paper_pgi_loss(ref, x, y, eta0, EPS_NEW, 10.0)
+    ref_opt.zero_grad()
+    loss.backward()
+    ref_opt.step()
+    close_weights(model, ref)
+    assert torch.allclose(stored(), delta1, atol=EPS_NEW / 254)        # the stored prior is this epoch's delta
+    # epoch 1: each sample starts from its own delta of epoch 0
+    method.on_epoch_start(1)
+    method.train_step(model, opt, x, y, idx)
+    loss, delta2 = paper_pgi_loss(ref, x, y, delta1, EPS_NEW, 10.0)
+    ref_opt.zero_grad()
+    loss.backward()
+    ref_opt.step()
+    close_weights(model, ref)
+    assert torch.allclose(stored(), delta2, atol=EPS_NEW / 254)
+    assert not torch.equal(delta1, delta2)
+    # re-drawn every 40 epochs: random corners again
+    method.on_epoch_start(40)
+    assert set(method.store.data.unique().tolist()) == {-127, 127}

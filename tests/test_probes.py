@@ -60,7 +60,8 @@ def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
 def test_registry_holds_every_probe_of_the_design_table():
     table = {"grad_align", "fgsm_pgd_cos", "robust_acc", "weight_update", "perturbation_delta",
              "strength_gap", "instance_grad_norm", "linear_approx", "sign_agreement",
-             "perturbation_norm", "loss_surface", "filters", "method_state"}
+             "perturbation_norm", "loss_surface", "filters", "method_state", "local_linearity",
+             "abnormal_examples"}
     assert set(PROBES) == table
     assert "loss_surface" not in DEFAULT_PROBES and "robust_acc" in DEFAULT_PROBES
     assert [p.name for p in resolve_probes("all")] == list(PROBES)

@@ -25,6 +25,11 @@ pgd                    PGD-10, random start (Madry et al.; Wong et al.'s code)  
 pgd10, pgd2            PGD-10 / PGD-2 from zero (GradAlign Sec. 5 baselines)        pgd.py
 free                   Free-m, m 8 (Shafahi et al.; GradAlign Sec. 5)               free.py
 grad_clip              FGSM-RS step 2 eps + grad-norm clipping 0.06 (ZeroGrad C.5)  grad_clip.py
+elle                   FGSM + local-linearity error on triplets (ELLE, ICLR 24)     elle.py
+elle_a                 ELLE with the adaptive weight rule (ELLE-A)                  elle_a.py
+aaer                   FGSM-RS + abnormal-example regulariser (NeurIPS 23)          aaer.py
+fgsm_pgi               FGSM from the previous epoch's perturbation (FGSM-EP, ECCV 22) fgsm_pgi.py
+gat                    guided single step + softmax L2 term (GAT, NeurIPS 20)       gat.py
 =====================  ==========================================================  =================
 
 Where a paper and its code differ, the default follows the code that produced the paper's
@@ -59,7 +64,7 @@ from .base import METHODS, Method, check_method, get_method, register
 # Importing a module registers its class(es).
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
             "zerograd", "zerograd_rollback", "multigrad", "gradalign", "grad_penalty", "cure",
-            "atta", "atas", "apart", "apart_simple")
+            "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 

@@ -65,7 +65,8 @@ class SampleStore:
 
     Created lazily by the methods on the first batch (when the image shape and
     padding are known). ``init`` is ``"uniform"`` (U[-scale, scale], ATAS Alg. 1
-    line 2), ``"normal"`` (scale * N(0, 1), APART's code) or ``"zero"``. ``dtype``
+    line 2), ``"normal"`` (scale * N(0, 1), APART's code), ``"sign"`` (random corners
+    +-scale, FGSM-PGI's first priors) or ``"zero"``. ``dtype``
     int8 quantises to ``scale / 127``; a floating dtype (APART: float16) keeps the
     values themselves, for state whose values are far below its range.
     """
@@ -100,6 +101,9 @@ class SampleStore:
             chunk = self.data[s:s + 4096]
             if self.init == "normal":
                 u = torch.randn(chunk.shape, generator=generator, device=chunk.device)
+            elif self.init == "sign":
+                u = torch.rand(chunk.shape, generator=generator, device=chunk.device)
+                u = torch.where(u < 0.5, -1.0, 1.0)
             else:
                 u = torch.rand(chunk.shape, generator=generator, device=chunk.device) * 2 - 1
             chunk.copy_(torch.round(u * _Q).to(torch.int8) if self.quantised else u * self.scale)

@@ -65,6 +65,8 @@ class Setting:
 
 
 _FMNIST_VAL = "chosen on the Fashion-MNIST validation split (this module's docstring)"
+_ELLE = "LIONS-EPFL/ELLE scripts/run_elle_cifar10.sh"
+_AAER = "tmllab/2023_NeurIPS_AAER README (RS-AAER)"
 
 
 def _fm(method: str, hparams: Mapping[str, Any]) -> Setting:
@@ -86,6 +88,24 @@ SETTINGS: tuple[Setting, ...] = (
             "ZeroGrad App. C.2: step 1.5 eps and q 0.6 hold at 16/255 (step 2 eps overfits)"),
     Setting("gradalign", "cifar10", 16 / 255, {"lam": 2.0},
             "GradAlign App. B Table 2 and sh/exps_diff_eps_cifar10.sh: lambda 2.0 at 16/255"),
+    # ELLE, CIFAR-10 (PreAct ResNet-18, 30 epochs): LIONS-EPFL/ELLE scripts/run_elle_cifar10.sh;
+    # ELLE-A uses lambda_max 4000 (its default) at every eps in scripts/run_elle-a_cifar10.sh
+    *(Setting("elle", "cifar10", px / 255, {"lam": lam}, _ELLE)
+      for px, lam in ((2, 1000.0), (4, 1000.0), (6, 1000.0), (8, 1000.0), (10, 5000.0), (12, 5000.0),
+                      (14, 5000.0), (16, 5000.0), (18, 5000.0), (20, 5000.0), (22, 10000.0), (24, 10000.0),
+                      (26, 10000.0))),
+    # AAER (RS-AAER: uniform start eps, step 1.25 eps, projected): tmllab/2023_NeurIPS_AAER README
+    *(Setting("aaer", data, px / 255, {"lam1": 1.0, "lam2": l2, "lam3": l3}, _AAER)
+      for data, px, l2, l3 in (("cifar10", 8, 2.5, 1.5), ("cifar10", 12, 5.0, 2.75), ("cifar10", 16, 7.0, 3.25),
+                               ("cifar10", 32, 5.75, 1.5), ("cifar100", 8, 3.5, 1.5),
+                               ("cifar100", 12, 3.5, 2.75), ("cifar100", 16, 6.0, 2.25),
+                               ("cifar100", 32, 5.0, 0.75))),
+    # GAT on MNIST: val-iisc/GAMA-GAT MNIST/GAT-MNIST.py (l2_reg 15, B_val = eps, guided term at every
+    # step, lam x3 once, after epoch 25 of 50: the reference's `epoch in [epochs/4, ...]` matches 25 only)
+    Setting("gat", "mnist", 0.3, {"lam": 15.0, "init": 1.0, "alternate": False, "boost": 3.0,
+                                  "boost_at": 0.52}, "val-iisc/GAMA-GAT MNIST/GAT-MNIST.py"),
+    # FGSM-PGI on CIFAR-100: priors re-drawn every 10 epochs (FGSM_MEP_cifar100.py, --epochs_reset)
+    Setting("fgsm_pgi", "cifar100", 8 / 255, {"reset_every": 10}, "jiaxiaojunQAQ/FGSM-PGI FGSM_MEP_cifar100.py"),
 )
 
 
