@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, register, uniform_like
+from .checks import NON_NEGATIVE, POSITIVE, Flag
 from .step_tally import StepTally
 
 
@@ -49,6 +50,9 @@ class AAER(Method):
     name = "aaer"
     defaults: dict[str, Any] = {"step": 1.25, "init": 1.0, "project": True,
                                 "lam1": 1.0, "lam2": 2.5, "lam3": 1.5}
+    checks = {"step": POSITIVE, "init": NON_NEGATIVE, "project": Flag(), "lam1": NON_NEGATIVE,
+              "lam2": NON_NEGATIVE, "lam3": NON_NEGATIVE}
+    lr_peak = 0.5     # CIFAR10/AAER.py: CyclicLR(step_size_up=lr_steps / 2)
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, fgsm_step, register
+from .checks import NON_NEGATIVE, POSITIVE, Optional
 
 
 def elle_lambda(eps: float) -> float:
@@ -72,6 +73,8 @@ class ELLE(Method):
 
     name = "elle"
     defaults: dict[str, Any] = {"lam": None, "step": 1.0}
+    checks = {"lam": Optional(NON_NEGATIVE), "step": POSITIVE}
+    lr_peak = 0.5     # the reference's 'GradAlign' CyclicLR on CIFAR-10: step_size_up = lr_steps / 2
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .base import StateValue, register
+from .checks import NON_NEGATIVE, Real
 from .elle import ELLE
 
 
@@ -72,6 +73,7 @@ class ELLEA(ELLE):
 
     name = "elle_a"
     defaults: dict[str, Any] = {"lam": 4000.0, "decay": 0.99, "sensitivity": 2.0}
+    checks = {"lam": NON_NEGATIVE, "decay": Real(0, 1), "sensitivity": NON_NEGATIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)

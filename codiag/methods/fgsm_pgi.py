@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import StateValue, clamp_to_image, register
+from .base import StateValue, clamp_to_image, eval_mode, register
 from .carried import CarriedPerturbation
+from .checks import NON_NEGATIVE, POSITIVE
 from .sample_store import ensure_store, split_meta
 from .step_tally import StepTally
 
@@ -45,6 +46,7 @@ class FGSMPGI(CarriedPerturbation):
 
     name = "fgsm_pgi"
     defaults: dict[str, Any] = {"step": 1.0, "lam": 10.0, "reset_every": 40, "eval_mode": False}
+    checks = {"step": POSITIVE, "lam": NON_NEGATIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
@@ -76,7 +78,8 @@ class FGSMPGI(CarriedPerturbation):
                                           self.generator(x.device), init="sign")
             start = self._read_start(x, idx, aug, gen)
         x0 = (x + start).detach().requires_grad_(True)
-        logits0 = model(x0)
+        with eval_mode(model, bool(self.eval_mode)):
+            logits0 = model(x0)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits0, y, reduction="sum"), x0, retain_graph=not pure)
         if not pure:
             self._cache = (x, logits0)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Method, StateValue, clamp_to_image, eval_mode, register
+from .checks import NON_NEGATIVE, POSITIVE, SHARE, Flag, Optional
 
 
 def prob_gap(p_clean: Tensor, logits: Tensor) -> Tensor:
@@ -46,6 +47,8 @@ class GAT(Method):
     name = "gat"
     defaults: dict[str, Any] = {"lam": 10.0, "init": 0.5, "step": 1.0, "alternate": True,
                                 "boost": 4.0, "boost_at": 0.86}
+    checks = {"lam": NON_NEGATIVE, "init": NON_NEGATIVE, "step": POSITIVE, "alternate": Flag(),
+              "boost": POSITIVE, "boost_at": Optional(SHARE)}
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
