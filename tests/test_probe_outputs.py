@@ -46,6 +46,14 @@ def _written_by_every_probe() -> tuple[list[tuple[str, str]], list[str]]:
         scalars += [(p, k) for p, k, _ in ctx.rows.scalars]
         arrays += [n for n, _ in ctx.rows.arrays]
         method.train_step(model, opt, ps.x, ps.y, ps.index)    # moves the model, fills the method's state
+    # a method that counts its training steps' losses (AAER) for abnormal_examples' per-step keys
+    aaer, aaer_state = get_method("aaer", EPS), {}
+    for step in (2, 3):
+        ctx = ProbeContext(model, EPS, step, step, ps, method=aaer, attack=aaer.perturb, state=aaer_state)
+        with eval_mode(model), torch.enable_grad():
+            resolve_probes(["abnormal_examples"])[0].run(ctx)
+        scalars += [(p, k) for p, k, _ in ctx.rows.scalars]
+        aaer.train_step(model, opt, ps.x, ps.y)
     return scalars, arrays
 
 

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, register, uniform_like
+from ..tensors import clamp_to_image
+from .base import Method, StateValue, register, uniform_like
 from .checks import NON_NEGATIVE, POSITIVE, Flag
 from .step_tally import StepTally
 

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import StateValue, clamp_to_image, eval_mode, register
+from ..tensors import clamp_to_image, eval_mode
+from .base import StateValue, register
 from .carried import CarriedPerturbation
 from .checks import NON_NEGATIVE, POSITIVE
 from .sample_store import ensure_store, split_meta
@@ -78,7 +79,7 @@ class FGSMPGI(CarriedPerturbation):
                                           self.generator(x.device), init="sign")
             start = self._read_start(x, idx, aug, gen)
         x0 = (x + start).detach().requires_grad_(True)
-        with eval_mode(model, bool(self.eval_mode)):
+        with eval_mode(model, enabled=bool(self.eval_mode)):
             logits0 = model(x0)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits0, y, reduction="sum"), x0, retain_graph=not pure)
         if not pure:

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method, StateValue, clamp_to_image, eval_mode, register
+from ..tensors import clamp_to_image, eval_mode
+from .base import Method, StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, SHARE, Flag, Optional
 
 
