@@ -23,9 +23,30 @@ Rule ``pgd_collapse`` fires at the first probe event where
 Rule ``grad_align_collapse`` fires where gradient alignment, after having
 reached ``align_high``, is below ``align_low`` and the PGD accuracy has
 fallen by at least ``align_drop`` of its peak (or no PGD accuracy is
-recorded). Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3,
-align_high 0.5, align_drop 0.25. Both read only probe values (``robust_acc``
-and ``grad_align``); missing or NaN values just disable the rule that needs them.
+recorded). Rule ``signature`` needs no peak at all: it fires where
+
+    pgd_acc <= sig_pgd  and  fgsm_acc - pgd_acc >= sig_gap  and  fgsm_acc >= min_fgsm + sig_rise
+    and  grad_align <= sig_align * peak_align
+
+i.e. PGD accuracy near zero, FGSM accuracy far above it and risen from its own
+lowest value, and gradient alignment collapsed from its own early level (the
+three curves of GradAlign Fig. 4 at the collapse). It catches runs that
+collapse inside the first epoch, before the PGD accuracy ever had a peak to
+fall from (a CNN on Fashion-MNIST at eps 0.25-0.3: PGD accuracy never above
+0.15, FGSM accuracy climbing past the clean accuracy, alignment 0.7 -> 0.1).
+Without recorded alignment its last condition is skipped.
+
+Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3, align_high 0.5,
+align_drop 0.25, sig_pgd 0.1, sig_gap 0.3, sig_rise 0.1, sig_align 0.5. All
+rules read only probe values (``robust_acc`` and ``grad_align``); missing or
+NaN values just disable the rule (or condition) that needs them.
+
+Detectors are pluggable: :data:`DETECTORS` maps a name to a class with the
+interface of :class:`Detector` (``signals``, ``update``, ``reset``,
+``alarm``); ``codiag.monitor(detector="name")`` and ``detect_co(...,
+detector="name")`` pick one, and ``benchmarks/detector_eval.py`` scores every
+registered detector on the same corpus. Adding one is a :class:`Detector`
+subclass plus its line in :data:`DETECTORS`.
 
 A second online rule, :class:`ELLEADetector` (``codiag.monitor(..., detector="elle_a")``,
 or ``"both"``), is ELLE-A's switch rule (Abad Rocamora et al., ICLR 2024; reference
@@ -34,7 +55,7 @@ probe: it fires at the first probe event whose local-linearity error exceeds the
 ``sensitivity`` (2) standard deviations of all earlier events' errors (at least
 ``min_history`` = 3 of them). It reads one forward pass per event instead of PGD.
 
-The online detector (:class:`CODetector`, used by ``codiag.monitor``) fires
+The default online detector (:class:`CODetector`, ``"codiag"``) fires
 once: the monitor writes one ``co_alarm`` event, sets ``mon.co_detected`` and
 calls ``on_co``. :func:`detect_co` replays the same rules over a recorded
 run's metrics, so the "CO epoch" of a report equals the online alarm.
@@ -43,7 +64,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,8 +95,37 @@ def _finite(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+class Detector:
+    """Interface of an online CO detector (one instance per run).
+
+    ``signals`` maps the (probe, key) rows it reads to short names;
+    ``update(step, epoch, values)`` takes one probe event's values keyed by
+    those names and returns the alarm dict (step, epoch, rule, reason, values)
+    the first time it fires, else None; ``reset()`` re-arms it; ``alarm`` holds
+    the alarm once fired.
+    """
+
+    name: ClassVar[str] = ""
+    signals: ClassVar[Mapping[tuple[str, str], str]] = SIGNALS
+    alarm: dict[str, Any] | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.alarm is not None
+
+    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """Thresholds recorded in run.json."""
+        return {}
+
+
 @dataclass
-class CODetector:
+class CODetector(Detector):
     """Online CO alarm evaluated at each probe event from that event's probe values.
 
     ``update(step, epoch, values)`` takes the event's values keyed by the
@@ -85,35 +135,41 @@ class CODetector:
     ZeroGrad roll-back restored weights from before the collapse).
     """
 
+    name: ClassVar[str] = "codiag"
+
     drop: float = 0.5
     min_peak: float = 0.1
     min_gap: float = 0.2
     align_low: float = 0.3
     align_high: float = 0.5
     align_drop: float = 0.25
+    sig_pgd: float = 0.1
+    sig_gap: float = 0.3
+    sig_rise: float = 0.1
+    sig_align: float = 0.5
     alarm: dict[str, Any] | None = None
     peak_pgd: float | None = None
     peak_align: float | None = None
+    min_fgsm: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    @property
-    def fired(self) -> bool:
-        return self.alarm is not None
+    THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "align_low", "align_high",
+                                             "align_drop", "sig_pgd", "sig_gap", "sig_rise", "sig_align")
 
     def settings(self) -> dict[str, Any]:
         """The thresholds (recorded in run.json)."""
-        return {"rule": "codiag", **{k: getattr(self, k) for k in ("drop", "min_peak", "min_gap", "align_low",
-                                                                    "align_high", "align_drop")}}
+        return {"rule": "codiag", **{k: getattr(self, k) for k in self.THRESHOLDS}}
 
     def reset(self) -> None:
-        """Forget the running maxima and the alarm: the detector can fire again."""
+        """Forget the running extremes and the alarm: the detector can fire again."""
         self.alarm = None
         self.peak_pgd = None
         self.peak_align = None
+        self.min_fgsm = None
         self.history.clear()
 
     def check(self, values: Mapping[str, Any]) -> tuple[str, str] | None:
-        """Evaluate the rules for one event (running maxima include this event); (rule, reason) or None."""
+        """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None."""
         pgd = _finite(values.get("pgd_acc"))
         fgsm = _finite(values.get("fgsm_acc"))
         align = _finite(values.get("grad_align"))
@@ -121,6 +177,8 @@ class CODetector:
             self.peak_pgd = pgd if self.peak_pgd is None else max(self.peak_pgd, pgd)
         if align is not None:
             self.peak_align = align if self.peak_align is None else max(self.peak_align, align)
+        if fgsm is not None:
+            self.min_fgsm = fgsm if self.min_fgsm is None else min(self.min_fgsm, fgsm)
         peak = self.peak_pgd
         if (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
                 and pgd <= (1 - self.drop) * peak and fgsm - pgd >= self.min_gap):
@@ -136,6 +194,14 @@ class CODetector:
                 extra = "" if pgd is None else f"; PGD accuracy {pgd:.3f} (peak {peak:.3f})"
                 return ("grad_align_collapse",
                         f"gradient alignment fell from {self.peak_align:.3f} to {align:.3f}{extra}")
+        if (pgd is not None and fgsm is not None and self.min_fgsm is not None and pgd <= self.sig_pgd
+                and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise
+                and (align is None or self.peak_align is None or align <= self.sig_align * self.peak_align)):
+            extra = "" if align is None else (f"; gradient alignment {align:.3f}, "
+                                              f"down from {self.peak_align:.3f}")
+            return ("signature",
+                    f"PGD accuracy {pgd:.3f} near zero while FGSM accuracy rose to {fgsm:.3f} "
+                    f"(from {self.min_fgsm:.3f}){extra}")
         return None
 
     def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -154,34 +220,20 @@ class CODetector:
         return self.alarm
 
 
-class Detector(Protocol):
-    """What the monitor needs of an online detector."""
-
-    alarm: dict[str, Any] | None
-
-    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None: ...
-
-    def reset(self) -> None: ...
-
-    def settings(self) -> dict[str, Any]: ...
-
-
 @dataclass
-class ELLEADetector:
+class ELLEADetector(Detector):
     """ELLE-A's rule as a CO alarm: ``lin_err > mean + sensitivity * std`` of all earlier events' values.
 
     ``lin_err`` is the ``local_linearity`` probe's ``mse``; std is the population standard
     deviation (``np.std``, as in the reference); the rule needs ``min_history`` earlier values.
     """
 
+    name: ClassVar[str] = "elle_a"
+
     sensitivity: float = 2.0
     min_history: int = 3
     alarm: dict[str, Any] | None = None
     values: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def fired(self) -> bool:
-        return self.alarm is not None
 
     def settings(self) -> dict[str, Any]:
         return {"rule": "elle_a", "sensitivity": self.sensitivity, "min_history": self.min_history}
@@ -207,15 +259,13 @@ class ELLEADetector:
 
 
 @dataclass
-class AnyDetector:
+class AnyDetector(Detector):
     """Several detectors side by side: the alarm is the first that any of them raises."""
 
-    detectors: Sequence[Detector]
-    alarm: dict[str, Any] | None = None
+    name: ClassVar[str] = "both"
 
-    @property
-    def fired(self) -> bool:
-        return self.alarm is not None
+    detectors: Sequence[Detector] = field(default_factory=lambda: [CODetector(), ELLEADetector()])
+    alarm: dict[str, Any] | None = None
 
     def settings(self) -> dict[str, Any]:
         return {"rule": "any", "detectors": [d.settings() for d in self.detectors]}
@@ -234,60 +284,67 @@ class AnyDetector:
         return hit
 
 
-DETECTORS = ("codiag", "elle_a", "both")
+#: name -> detector class: ``codiag.monitor(detector=name)``, ``detect_co(..., detector=name)``;
+#: ``benchmarks/detector_eval.py`` scores every entry on the same corpus. Adding a detector is a
+#: :class:`Detector` subclass and one line here.
+DETECTORS: dict[str, Callable[..., Detector]] = {
+    CODetector.name: CODetector,
+    ELLEADetector.name: ELLEADetector,
+    AnyDetector.name: AnyDetector,
+}
 
 
-def make_detector(spec: Any) -> Detector | None:
-    """The monitor's detector from ``spec``: True or "codiag" (:class:`CODetector`), "elle_a"
-    (:class:`ELLEADetector`), "both" (either fires), False/None (none), or a detector object."""
+def make_detector(spec: Any = True, **thresholds: Any) -> Detector | None:
+    """The detector ``spec`` names: True or "codiag" (:class:`CODetector`, the default rules),
+    "elle_a" (:class:`ELLEADetector`), "both" (either fires), another name from
+    :data:`DETECTORS`, a detector object (used as is), or False/None (no detector).
+    ``thresholds`` go to the named detector's constructor."""
     if spec is None or spec is False:
         return None
-    if spec is True or spec == "codiag":
-        return CODetector()
-    if spec == "elle_a":
-        return ELLEADetector()
-    if spec == "both":
-        return AnyDetector([CODetector(), ELLEADetector()])
-    if isinstance(spec, str):
-        raise UsageError(f"unknown detector {spec!r}; choose from {', '.join(DETECTORS)}")
+    if isinstance(spec, str) or spec is True:
+        name = CODetector.name if spec is True else spec
+        if name not in DETECTORS:
+            raise UsageError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+        return DETECTORS[name](**thresholds)
     if callable(getattr(spec, "update", None)) and hasattr(spec, "alarm"):
         return spec
     raise UsageError(f"detector must be True, False, one of {', '.join(DETECTORS)} or a detector object")
 
 
-def event_values(metrics: pd.DataFrame) -> list[tuple[int, int, dict[str, float]]]:
-    """Group the detector's signals of a tidy metrics frame by probe event: [(step, epoch, values)]."""
+def event_values(metrics: pd.DataFrame, signals: Mapping[tuple[str, str], str] = SIGNALS
+                 ) -> list[tuple[int, int, dict[str, float]]]:
+    """Group a detector's signals of a tidy metrics frame by probe event: [(step, epoch, values)]."""
     if metrics is None or len(metrics) == 0:
         return []
     m = metrics
     pairs = list(zip(m["probe"].astype(str), m["key"].astype(str)))
-    sel = m[[p in SIGNALS for p in pairs]]
+    sel = m[[p in signals for p in pairs]]
     if sel.empty:
         return []
     out = []
     for (step, epoch), grp in sel.groupby(["step", "epoch"], sort=True):
-        values = {SIGNALS[(p, k)]: float(v) for p, k, v in
+        values = {signals[(p, k)]: float(v) for p, k, v in
                   zip(grp["probe"].astype(str), grp["key"].astype(str), grp["value"])}
         out.append((int(step), int(epoch), values))
     out.sort(key=lambda t: (t[0], t[1]))
     return out
 
 
-def detect_co(metrics: Any, **thresholds: Any) -> dict[str, Any] | None:
+def detect_co(metrics: Any, detector: Any = True, **thresholds: Any) -> dict[str, Any] | None:
     """The collapse of a recorded run, or None if the run shows no catastrophic overfitting.
 
     ``metrics`` is the tidy frame of ``load_run(dir).metrics`` (columns step,
-    epoch, probe, key, value) or a Run. Replays :class:`CODetector` (same
-    rules and defaults as the online alarm; ``thresholds`` override them) over
-    the probe events in step order and returns the first alarm:
-    ``{"step", "epoch", "rule", "reason", "values", "peak_pgd_acc"}`` where
-    ``epoch`` is the (1-based) epoch of the first probe event after the
-    collapse, the "CO epoch" of a report.
+    epoch, probe, key, value) or a Run. Replays the detector (``detector``: as
+    for :func:`make_detector`; the default rules unless told otherwise, with
+    ``thresholds`` overriding their defaults) over the probe events in step
+    order and returns the first alarm: ``{"step", "epoch", "rule", "reason",
+    "values", "peak_pgd_acc"}`` where ``epoch`` is the (1-based) epoch of the
+    first probe event after the collapse, the "CO epoch" of a report.
     """
     if hasattr(metrics, "metrics") and not isinstance(metrics, pd.DataFrame):
         metrics = metrics.metrics
-    det = CODetector(**thresholds)
-    for step, epoch, values in event_values(metrics):
+    det = make_detector(detector, **thresholds)
+    for step, epoch, values in event_values(metrics, getattr(det, "signals", SIGNALS)):
         alarm = det.update(step, epoch, values)
         if alarm is not None:
             return alarm

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -80,8 +80,12 @@ def project(x: Tensor, delta: Tensor, eps: float) -> Tensor:
 
 
 def input_grad(model: nn.Module, x: Tensor, y: Tensor, *, precision: Precision,
-               reduction: str = "sum", create_graph: bool = False) -> Tensor:
+               reduction: str = "sum", create_graph: bool = False,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """grad_x of CE(model(x), y) with ``torch.autograd.grad`` (``param.grad`` is never written).
+
+    ``loss_fn`` (``(logits, y) -> per-sample loss``, a monitored loop's own
+    loss) replaces the cross-entropy; it is reduced the same way.
 
     ``precision="fp32"`` turns autocast off and differentiates the fp32 loss
     (probes, evaluation); ``"autocast"`` runs under whatever autocast the
@@ -102,6 +106,10 @@ def input_grad(model: nn.Module, x: Tensor, y: Tensor, *, precision: Precision,
             torch.enable_grad():
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         logits = model(x_in.float()).float() if fp32 else model(x_in)
-        loss = F.cross_entropy(logits, y, reduction=reduction)
+        if loss_fn is None:
+            loss = F.cross_entropy(logits, y, reduction=reduction)
+        else:
+            per_sample = loss_fn(logits.float() if fp32 else logits, y)
+            loss = per_sample.sum() if reduction == "sum" else per_sample.mean()
         (grad,) = torch.autograd.grad(loss, x_in, create_graph=create_graph)
     return grad

@@ -163,7 +163,10 @@ class ProbeContext:
     perturbation, normalised to ``attack(model, x, y, index, generator)``;
     FGSM when none was given), ``method`` (the method object or None),
     ``reference_model`` (or None), ``state`` (per-probe dicts kept across
-    events), ``seed``.
+    events), ``seed``, ``loss_fn`` (``(logits, y) -> per-sample loss``, the
+    user's ``loss_fn=``; None: cross-entropy). The loss the probes measure and
+    differentiate is ``loss_fn``; the probe PGD maximises the cross-entropy, as
+    the papers' evaluation does.
     """
 
     def __init__(self, model: nn.Module, eps: float, step: int, epoch: int, probe_set: ProbeSet,
@@ -171,8 +174,10 @@ class ProbeContext:
                  method: Any = None, reference_model: nn.Module | None = None,
                  state: dict[str, dict[str, Any]] | None = None, seed: int = 0,
                  pgd_steps: int = 10, pgd_alpha: float | None = None,
-                 pgd_random_start: bool = True) -> None:
+                 pgd_random_start: bool = True,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         self.model = model
+        self.loss_fn = loss_fn
         self.eps = float(eps)
         self.step = int(step)
         self.epoch = int(epoch)
@@ -234,14 +239,17 @@ class ProbeContext:
 
     # -- primitive computations (fp32, eval mode set by the monitor) ------------------------
     def input_grad(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-sample input gradients of the sum-reduced CE, in fp32 (``codiag.tensors.input_grad``)."""
-        return input_grad(self.model, x, y, precision="fp32").detach()
+        """Per-sample input gradients of the sum-reduced loss (``loss_fn``, default CE), in fp32
+        (``codiag.tensors.input_grad``)."""
+        return input_grad(self.model, x, y, precision="fp32", loss_fn=self.loss_fn).detach()
 
     def losses(self, x_adv: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-        """Per-sample CE and correctness of ``model`` (default: the monitored one) at ``x_adv``."""
+        """Per-sample loss (``loss_fn``, default CE) and correctness of ``model`` (default: the monitored one)."""
         with torch.no_grad():
             logits = (model or self.model)(x_adv).float()
-            return F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) == y
+            loss = F.cross_entropy(logits, y, reduction="none") if self.loss_fn is None else \
+                self.loss_fn(logits, y).reshape(-1).float()
+            return loss, logits.argmax(1) == y
 
     # -- shared results on the probe set (each computed once per event) --------------------
     @cached_property

@@ -78,6 +78,17 @@ def _run_warnings(run: Run) -> list[str]:
                    "was recorded so far")
     if run.metrics.empty:
         out.append(f"run {run.path} has no metric rows yet (metrics.csv missing or empty)")
+    errors = run.meta.get("probe_errors") or {}
+    firsts = {e.get("probe"): e for e in reversed(run.events_of("probe_error"))}
+    for probe, count in sorted(errors.items()):
+        first = firsts.get(probe, {})
+        out.append(f"run {run.path}: probe {probe} failed {count} time{'s' if count != 1 else ''}"
+                   + (f" (first at step {first.get('step')}: {first.get('error')})" if first else ""))
+    bad = run.events_of("nonfinite_loss")
+    if bad:
+        step = min(int(e.get("step", 0)) for e in bad)
+        keys = ", ".join(sorted({f"{e.get('probe')}/{e.get('key')}" for e in bad}))
+        out.append(f"run {run.path}: this run diverged at step {step} (non-finite {keys})")
     return out
 
 
@@ -85,9 +96,13 @@ def _summary_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool
                       warnings: list[str]) -> tuple[list[Section], Path]:
     """The summary table and the figures drawn across runs."""
     table, summary_csv = write_summary(runs, out)
-    intro = ('<p>One row per run; <a href="summary.csv">summary.csv</a>. Accuracies are the '
-             "trainer's final evaluation (PGD-k-r on the first n test points); CO epoch is where "
-             "the detector found the PGD-accuracy collapse.</p>" +
+    evaluated = any(r.meta.get("final") or (r.metrics["probe"] == "eval").any() for r in runs)
+    source = ("the final evaluation (PGD-k-r on the first n test points) where a run has one, else "
+              "the last probe event (the probe PGD on the n probe points)" if evaluated else
+              "those of the last probe event (the probe PGD on the n probe points; these runs have no "
+              "final evaluation)")
+    intro = (f'<p>One row per run; <a href="summary.csv">summary.csv</a>. Accuracies are {source}; '
+             "CO epoch is where the detector found the collapse.</p>" +
              table_html(table, "summary (ours)", "ours"))
     sections = [Section("summary", "Summary", intro=intro)]
     comp = Section("comparison", "Across runs")

@@ -1,6 +1,8 @@
 """The summary table over several runs: method, eps, seed, clean and PGD-50-10
 accuracy, AutoAttack where evaluated, CO epoch if any, training time.
-Written as CSV (``summary.csv``) and as HTML."""
+Written as CSV (``summary.csv``) and as HTML. A run without a final evaluation
+(a monitored loop of the user's) shows the accuracies of its last probe event
+(the probe PGD on the probe set), and ``pgd_attack`` / ``eval_n`` say so."""
 from __future__ import annotations
 
 import datetime as dt
@@ -31,6 +33,26 @@ def _final(run: Run) -> dict[str, float]:
     return out
 
 
+def _last_probe_event(run: Run) -> dict[str, float]:
+    """Clean and PGD accuracy of the last full probe event (``robust_acc``), for runs without a
+    final evaluation (a monitored loop of the user's), with the probe set's size."""
+    m = run.metrics
+    acc = m[(m["probe"] == "robust_acc") & m["key"].isin(["clean_acc", "pgd_acc"])]
+    if acc.empty:
+        return {}
+    sizes = m[(m["probe"] == "event") & (m["key"] == "probe_n")].set_index("step")["value"]
+    steps = sorted(set(acc["step"]))
+    if len(sizes):   # light events run on a slice: the last event on the whole probe set
+        full = [s for s in steps if sizes.get(s, sizes.max()) == sizes.max()]
+        steps = full or steps
+    last = acc[acc["step"] == steps[-1]]
+    out = {str(k): float(v) for k, v in zip(last["key"], last["value"])}
+    n = (run.config.get("monitor") or {}).get("probe_set", {}).get("n")
+    if isinstance(n, int):
+        out["n"] = n
+    return out
+
+
 def _train_time(run: Run) -> float:
     t = run.meta.get("train_time_s")
     if isinstance(t, (int, float)):
@@ -48,6 +70,10 @@ def summary_row(run: Run) -> dict[str, Any]:
     final = _final(run)
     co = co_point(run)
     steps, restarts = c.get("eval_steps"), c.get("eval_restarts")
+    if "pgd_acc" not in final and "clean_acc" not in final:
+        final = _last_probe_event(run)
+        pgd = (c.get("monitor") or {}).get("probe_pgd") or {}
+        steps, restarts = (pgd.get("steps"), 1) if final else (None, None)
     args = c.get("method_args") or {}
     return {
         "run": run.name, "method": c.get("method", ""),

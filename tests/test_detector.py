@@ -55,8 +55,47 @@ def test_divergence_without_fgsm_gap_and_noise_are_not_co():
     # a noisy but robust run (drops of < 50 %)
     assert detect_co(frame(seq(pgd=[0.3, 0.42, 0.30, 0.40, 0.25, 0.41],
                                fgsm=[0.4, 0.5, 0.45, 0.5, 0.5, 0.5]))) is None
-    # at initialisation PGD accuracy is ~0: no peak to fall from
-    assert detect_co(frame(seq(pgd=[0.08, 0.02, 0.0], fgsm=[0.3, 0.5, 0.9]))) is None
+    # at initialisation PGD and FGSM accuracy are both low: no gap, no alarm
+    assert detect_co(frame(seq(pgd=[0.0, 0.02, 0.05], fgsm=[0.1, 0.15, 0.2]))) is None
+
+
+def test_the_signature_fires_without_a_pgd_peak_only_with_alignment_collapsed():
+    # a collapse inside the first epoch: PGD accuracy never above 0.1, FGSM accuracy rising far above it
+    pgd, fgsm = [0.0, 0.08, 0.05, 0.03, 0.01], [0.13, 0.2, 0.3, 0.45, 0.6]
+    co = detect_co(frame(seq(pgd=pgd, fgsm=fgsm, align=[0.3, 0.6, 0.5, 0.25, 0.15])))
+    assert co["rule"] == "signature" and co["step"] == 30 and "0.450" in co["reason"]
+    # same accuracies, alignment at its early level: a hard but not collapsed run
+    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm, align=[0.3, 0.6, 0.55, 0.5, 0.45]))) is None
+    # FGSM accuracy not risen from its own lowest value: no alarm
+    assert detect_co(frame(seq(pgd=[0.05] * 4, fgsm=[0.5, 0.45, 0.5, 0.5], align=[0.6, 0.5, 0.2, 0.1]))) is None
+
+
+def test_detectors_are_pluggable_by_name():
+    from codiag.detector import DETECTORS, Detector, make_detector
+    from codiag.errors import UsageError
+
+    class Always(Detector):
+        name = "always_test"
+        signals = {("robust_acc", "pgd_acc"): "pgd_acc"}
+
+        def update(self, step, epoch, values):
+            if self.alarm is None:
+                self.alarm = {"step": step, "epoch": epoch, "rule": "always", "reason": "test", "values": values}
+                return self.alarm
+            return None
+
+        def reset(self):
+            self.alarm = None
+
+    DETECTORS["always_test"] = Always
+    try:
+        rows = frame(seq(pgd=[0.4, 0.41, 0.40], fgsm=[0.5, 0.5, 0.5]))
+        assert detect_co(rows) is None and detect_co(rows, detector="always_test")["step"] == 0
+        assert isinstance(make_detector("always_test"), Always) and make_detector(False) is None
+        with pytest.raises(UsageError, match="unknown detector"):
+            make_detector("nope")
+    finally:
+        DETECTORS.pop("always_test")
 
 
 def test_grad_align_collapse_needs_the_pgd_accuracy_to_fall_too():

@@ -179,7 +179,7 @@ def test_scalars_go_to_a_tensorboard_writer(tmp_path):
     # absent tensorboard package: silently off (import guarded)
     with monitor(model, opt, tmp_path / "r2", eps=EPS, probe_data=(x, y), probes=["robust_acc"],
                  probe_n=8, tensorboard=False) as mon:
-        assert mon._tb is None
+        assert mon.recorder.tb is None
 
 
 def test_online_alarm_fires_once_writes_event_and_calls_back(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 A model with BatchNorm and dropout is trained for several steps from a
 shuffling DataLoader (which draws from the global RNG) with a perturbation
-that itself draws from the global RNG, once with every probe at every step
+that itself draws from the global RNG (and, in one case, switches the model
+between eval and train mode and runs a BatchNorm-updating forward itself), once with every probe at every step
 and once without the monitor, from the same seed. Every parameter, buffer
 (BatchNorm running statistics and counters), optimizer state and the global
 RNG state must be bit-identical afterwards.
@@ -39,6 +40,17 @@ def global_rng_fgsm_rs(model, x, y, index=None):
     return (delta + 1.25 * EPS * g.sign()).clamp(-EPS, EPS).detach()
 
 
+def mode_toggling_fgsm_rs(model, x, y, index=None):
+    """A user's attack that switches modes itself: eval for the gradient, then a train-mode forward
+    (BatchNorm statistics move, dropout draws), and leaves the model in train mode."""
+    model.eval()
+    delta = global_rng_fgsm_rs(model, x, y, index)
+    model.train()
+    with torch.no_grad():
+        model((x + delta).clamp(0, 1))
+    return delta
+
+
 def train(monitored: bool, attack_kind: str, tmp_path) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor]:
     torch.manual_seed(0)
     random.seed(0)
@@ -51,7 +63,8 @@ def train(monitored: bool, attack_kind: str, tmp_path) -> tuple[nn.Module, torch
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     method = get_method("fgsm_rs", EPS, seed=0) if attack_kind == "method" else None
-    attack = method.perturb if method is not None else global_rng_fgsm_rs
+    attack = (method.perturb if method is not None else
+              mode_toggling_fgsm_rs if attack_kind == "mode_toggling" else global_rng_fgsm_rs)
     reference = make_model().eval()   # built in both runs: its init draws from the global RNG
 
     def loop(mon=None) -> None:
@@ -78,7 +91,8 @@ def train(monitored: bool, attack_kind: str, tmp_path) -> tuple[nn.Module, torch
     return model, opt, torch.get_rng_state()
 
 
-@pytest.mark.parametrize("attack_kind", ["global_rng", "method"])
+@pytest.mark.filterwarnings("ignore:codiag.monitor. attack:RuntimeWarning")
+@pytest.mark.parametrize("attack_kind", ["global_rng", "method", "mode_toggling"])
 def test_monitored_training_is_bit_identical_to_unmonitored(tmp_path, attack_kind):
     m0, o0, rng0 = train(False, attack_kind, tmp_path)
     m1, o1, rng1 = train(True, attack_kind, tmp_path)

@@ -1,0 +1,224 @@
+"""Detector scorecard: recall, false alarms and latency of every registered CO detector on one corpus.
+
+The corpus is a grid of short adversarial trainings that nobody tuned the
+detector's rules on (the rules were set on the runs of tests/test_monitor_early_co.py
+and tests/test_monitor_co.py): Fashion-MNIST (and MNIST when ``--data-root`` holds
+it), models ``cnn4`` and ``small_cnn`` (width 8), FGSM at eps 0.05-0.35 over 3
+seeds, and FGSM-RS, N-FGSM, ZeroGrad, ATAS and PGD-10 at a large eps. Each run is
+monitored at the default cadence (per epoch plus the light events of the first
+epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
+``local_linearity``), and trained with Adam 3e-3, batch 128.
+
+**Label (independent of every detector).** Before training and after every epoch,
+the model is evaluated by ``codiag.attacks.evaluate``: PGD-50 (one random start,
+step eps/4) and clean accuracy on 1000 held-out test points that the probe set
+does not contain. With ``pgd[e]`` / ``clean[e]`` those accuracies after epoch
+``e``, the run's *labelled collapse* is the first epoch ``e >= 1`` with
+
+* (a) ``pgd[e] <= 0.5 * max(pgd[1..e-1])`` and that maximum ``>= 0.1``
+  (robust accuracy won, then at least half of it lost), or
+* (b) ``pgd[e] <= 0.05`` and ``clean[e] >= 0.5`` and ``pgd`` stays ``<= 0.05``
+  until the end (the model learned the task but never held any robustness:
+  a collapse inside the first epoch).
+
+A run without such an epoch is labelled "no collapse".
+
+**Scores.** A detector's alarm epoch is the epoch of the probe event that fired
+(events inside epoch ``k`` and at its end count as ``k``). Recall = collapsed runs
+with an alarm / collapsed runs; false alarms = runs labelled "no collapse" with an
+alarm; latency = alarm epoch - labelled collapse epoch (negative: before the
+label). The default detector (``codiag``) is scored from the online alarm;
+every other registered detector (``codiag.detector.DETECTORS``: ``elle_a``,
+``both``, ...) is replayed over the same recorded metrics.
+
+    python benchmarks/detector_eval.py --out runs/detector_eval --jobs 2     # train + score
+    python benchmarks/detector_eval.py --out runs/detector_eval --score-only # score what is there
+
+Runs are resumable: a run whose ``label.json`` exists is not trained again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_EPOCHS = 5
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    model: str
+    method: str
+    eps: float
+    seed: int
+    method_args: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
+
+
+def corpus(datasets: list[str]) -> list[RunSpec]:
+    specs = []
+    for ds in datasets:
+        for model in ("cnn4", "small_cnn"):
+            for eps in (0.05, 0.15, 0.25, 0.35):
+                for seed in (0, 1, 2):
+                    specs.append(RunSpec(ds, model, "fgsm", eps, seed))
+            for method in ("fgsm_rs", "n_fgsm", "zerograd", "atas", "pgd10"):
+                specs.append(RunSpec(ds, model, method, 0.3, 0))
+    return specs
+
+
+def label_collapse(pgd: list[float], clean: list[float]) -> int | None:
+    """The labelled collapse epoch (see the module docstring) from per-epoch accuracies (index 0 = init)."""
+    for e in range(1, len(pgd)):
+        best = max(pgd[1:e], default=0.0)
+        if best >= 0.1 and pgd[e] <= 0.5 * best:
+            return e
+        if pgd[e] <= 0.05 and clean[e] >= 0.5 and max(pgd[e:]) <= 0.05:
+            return e
+    return None
+
+
+def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: str | None) -> dict:
+    import torch
+
+    from codiag import attacks
+    from codiag.data import load_dataset, make_loader
+    from codiag.methods import get_method
+    from codiag.models import build_model
+    from codiag.monitoring import monitor
+
+    torch.set_num_threads(1)
+    run_dir = out / spec.name
+    train = load_dataset(spec.dataset, root=data_root, train=True, limit=n_train)
+    test = load_dataset(spec.dataset, root=data_root, train=False, limit=1256)
+    xt, yt = test.images.float() / 255, test.labels
+    held_out, probe = (xt[:1000], yt[:1000]), (xt[1000:], yt[1000:])
+    torch.manual_seed(spec.seed)
+    kwargs = {"width": 8, "hidden": 64} if spec.model == "small_cnn" else {}
+    model = build_model(spec.model, train.spec, **kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    method = get_method(spec.method, spec.eps, seed=spec.seed, num_samples=len(train), epochs=epochs,
+                        **spec.method_args)
+    loader = make_loader(train, 128, shuffle=True, with_index=True, seed=spec.seed)
+
+    def evaluate() -> dict:
+        r = attacks.evaluate(model, held_out, spec.eps, n=1000, pgd_steps=50, restarts=1, seed=spec.seed)
+        return {"clean_acc": float(r["clean_acc"]), "pgd_acc": float(r["pgd_acc"])}
+
+    t0 = time.perf_counter()
+    evals = [evaluate()]
+    with monitor(model, opt, run_dir, eps=spec.eps, probe_data=probe, attack=method.perturb, method=method,
+                 probes="robust_acc,grad_align,local_linearity", config={**asdict(spec), "n_train": n_train},
+                 tensorboard=False, overwrite=True) as mon:
+        for epoch in range(epochs):
+            method.on_epoch_start(epoch)
+            model.train()
+            for x, y, meta in loader:
+                method.train_step(model, opt, x, y, meta)
+            mon.epoch_end()
+            method.on_epoch_end(epoch, model, opt, mon)
+            evals.append(evaluate())   # after the event: the monitor never sees these numbers
+            mon.log("label_eval", evals[-1])
+    result = {"spec": asdict(spec), "name": spec.name, "steps_per_epoch": len(loader),
+              "pgd": [e["pgd_acc"] for e in evals], "clean": [e["clean_acc"] for e in evals],
+              "online_alarm": mon.co_alarm, "seconds": time.perf_counter() - t0}
+    (run_dir / "label.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def alarm_epoch(alarm: dict | None) -> int | None:
+    return None if alarm is None else int(alarm["epoch"])
+
+
+def score(results: list[dict], out: Path) -> str:
+    from codiag.detector import DETECTORS, CODetector, detect_co
+    from codiag.runs import load_run
+
+    lines = []
+    per_detector: dict[str, list[tuple[dict, int | None, int | None]]] = {}
+    for r in results:
+        label = label_collapse(r["pgd"], r["clean"])
+        metrics = load_run(out / r["name"]).metrics
+        for name in DETECTORS:
+            alarm = r["online_alarm"] if name == CODetector.name else detect_co(metrics, detector=name)
+            per_detector.setdefault(name, []).append((r, label, alarm_epoch(alarm)))
+    lines.append("| detector | runs | collapsed (label) | recall | false alarms | latency (epochs) mean / max |")
+    lines.append("|---|---|---|---|---|---|")
+    for name, rows in per_detector.items():
+        pos = [(lab, al) for _, lab, al in rows if lab is not None]
+        neg = [al for _, lab, al in rows if lab is None]
+        hits = [al - lab for lab, al in pos if al is not None]
+        recall = f"{len([1 for _, al in pos if al is not None])}/{len(pos)}" if pos else "-"
+        lat = f"{sum(hits) / len(hits):+.2f} / {max(hits):+d}" if hits else "-"
+        lines.append(f"| {name} | {len(rows)} | {len(pos)} | {recall} | "
+                     f"{sum(al is not None for al in neg)}/{len(neg)} | {lat} |")
+    lines.append("")
+    lines.append("| run | PGD-50 per epoch (0 = init) | label epoch | " +
+                 " | ".join(f"{n} alarm epoch" for n in per_detector) + " |")
+    lines.append("|---|---|---|" + "---|" * len(per_detector))
+    for i, r in enumerate(results):
+        cells = [per_detector[n][i] for n in per_detector]
+        lab = cells[0][1]
+        lines.append(f"| {r['name']} | {' '.join(f'{p:.2f}' for p in r['pgd'])} | "
+                     f"{'-' if lab is None else lab} | " +
+                     " | ".join("-" if c[2] is None else str(c[2]) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/detector_eval")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
+    p.add_argument("--n-train", type=int, default=4000, help="training images per run (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--data-root", default=None, help="torchvision-layout root; MNIST runs need it")
+    p.add_argument("--score-only", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = ["fashion_mnist"]
+    try:
+        from codiag.data import load_dataset
+        load_dataset("mnist", root=args.data_root, train=False, limit=1)
+        datasets.append("mnist")
+    except Exception as e:
+        print(f"MNIST runs skipped: {str(e).splitlines()[0]}", file=sys.stderr)
+    specs = corpus(datasets)[: args.limit]
+    todo = [s for s in specs if not (out / s.name / "label.json").exists()]
+    if todo and not args.score_only:
+        print(f"training {len(todo)} of {len(specs)} runs with {args.jobs} job(s)", file=sys.stderr)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(train_one, s, out, args.n_train, args.epochs, args.data_root): s for s in todo}
+            for f in as_completed(futures):
+                s = futures[f]
+                try:
+                    r = f.result()
+                    print(f"done {s.name} in {r['seconds']:.0f}s: PGD-50 "
+                          f"{' '.join(f'{v:.2f}' for v in r['pgd'])}; online alarm epoch "
+                          f"{alarm_epoch(r['online_alarm'])}", file=sys.stderr, flush=True)
+                except Exception as e:  # one broken run must not lose the others
+                    print(f"FAILED {s.name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    results = [json.loads((out / s.name / "label.json").read_text()) for s in specs
+               if (out / s.name / "label.json").exists()]
+    if not results:
+        print("no finished run to score", file=sys.stderr)
+        return 1
+    table = score(results, out)
+    print(table)
+    (out / "scorecard.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

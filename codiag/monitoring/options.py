@@ -1,0 +1,114 @@
+"""Every option of ``codiag.monitor``, typed, with its default and meaning, in one place."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import Tensor, nn
+
+from ..errors import UsageError
+
+#: the probe events' core probes: the CO alarm reads them, so their failure at step 0 is an error
+CORE_PROBES = ("robust_acc", "grad_align")
+
+
+@dataclass
+class MonitorOptions:
+    """The keyword options of :func:`codiag.monitor` (``monitor(..., **options)``).
+
+    Model outputs and inputs:
+
+    * ``output_fn``: model output -> logits, for models that return a tuple, a
+      dict or an object (``lambda out: out[0]``, ``lambda out: out["logits"]``).
+      A model whose output is not a tensor is refused at the step-0 event.
+    * ``loss_fn``: ``(logits, y) -> per-sample loss`` used by every probe
+      (default: cross-entropy, ``reduction="none"``).
+    * ``normalization``: ``(mean, std)`` (scalars or per-channel sequences) when
+      the user's loaders yield standardized tensors ``(x - mean) / std``: the
+      probe sets are mapped back to pixels (checked to lie in [0, 1]), the
+      user's ``attack`` keeps receiving standardized inputs (its delta is mapped
+      back to pixels), and ``eps`` stays in pixel units.
+
+    Probe sets (read once at the start, by index, with whatever transform the
+    dataset applies, then frozen):
+
+    * ``probe_n`` (256) points of ``probe_data``, ``train_probe_n`` (512) of
+      ``train_data``;
+    * ``probe_select``: ``"first"`` (the first points, default) or
+      ``"balanced"`` (class-stratified, deterministic: the first points of each
+      class in turn). A probe set holding fewer than half the classes warns.
+
+    Probes and cadence:
+
+    * ``early_events`` (True): light events (the alarm's probes ``robust_acc``
+      and ``grad_align`` on the first ``light_n`` = 128 probe points) at steps
+      8, 16, 32, ... until the first regular event after step 0, so that a
+      collapse inside the first epoch is seen;
+    * ``pgd_steps`` / ``pgd_alpha`` / ``pgd_random_start``: the probe PGD
+      (10, eps/4, True);
+    * ``probe_options``: ``{probe: {option: value}}``;
+    * ``method``: the method object (its ``state()`` feeds ``method_state``,
+      its ``start()`` the instance gradient norms);
+    * ``reference_model``: transfer accuracy of ``strength_gap``;
+    * ``seed``: of the probe generators;
+    * ``step_update_norms``: record ||theta_t - theta_{t-1}|| after every step.
+
+    Alarm: ``detector`` (True: the default rules; a name from
+    ``codiag.detector.DETECTORS``; a detector object; False: none), ``on_co``
+    (called once with the alarm dict).
+
+    Run directory: ``config`` (recorded in run.json; method, eps, dataset and
+    model are filled in from the monitor's arguments where it does not give
+    them), ``resume``, ``overwrite``, ``tensorboard`` (None: when installed;
+    False; True; or a SummaryWriter-like object), ``strict`` (re-raise every
+    probe error instead of counting it).
+    """
+
+    output_fn: Callable[[Any], Tensor] | None = None
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    normalization: tuple[Any, Any] | None = None
+    probe_n: int = 256
+    train_probe_n: int = 512
+    probe_select: str = "first"
+    early_events: bool = True
+    light_n: int = 128
+    pgd_steps: int = 10
+    pgd_alpha: float | None = None
+    pgd_random_start: bool = True
+    probe_options: Mapping[str, Mapping[str, Any]] | None = None
+    method: Any = None
+    reference_model: nn.Module | None = None
+    seed: int = 0
+    step_update_norms: bool = False
+    detector: Any = True
+    on_co: Callable[[dict[str, Any]], Any] | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    overwrite: bool = False
+    tensorboard: Any = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("probe_n", "train_probe_n", "light_n", "pgd_steps"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"monitor: {name} must be a positive integer, got {getattr(self, name)}")
+        if self.probe_select not in ("first", "balanced"):
+            raise UsageError(f"monitor: probe_select must be 'first' or 'balanced', got {self.probe_select!r}")
+        for name in ("output_fn", "loss_fn", "on_co"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise UsageError(f"monitor: {name} must be callable")
+        if self.normalization is not None and (not isinstance(self.normalization, Sequence)
+                                               or len(self.normalization) != 2):
+            raise UsageError("monitor: normalization must be (mean, std), scalars or per-channel")
+        self.config = dict(self.config or {})
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> "MonitorOptions":
+        """The options from ``monitor(**options)``; an unknown name is a one-line UsageError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(f"monitor: unknown option(s) {', '.join(unknown)}; "
+                             f"options are {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in options.items() if not (k == "config" and v is None)})
