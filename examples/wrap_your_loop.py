@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with codiag.monitor(model, optimizer, args.out, eps=eps, overwrite=True,        # codiag
                         probe_data=test_loader, train_data=train_loader,             # codiag
-                        attack=lambda m, x, y, i: fgsm(m, x, y, eps)) as mon:        # codiag
+                        attack=lambda m, x, y: fgsm(m, x, y, eps)) as mon:           # codiag
         for epoch in range(args.epochs):
             model.train()
             correct = seen = 0
