@@ -100,11 +100,13 @@ def control_run(tmp_path_factory) -> Path:
 
 
 def events_table(run_dir: Path) -> pd.DataFrame:
-    """One row per probe event (step), one column per probe/key."""
+    """One row per full probe event (step), one column per probe/key (the light events of the
+    first epoch, on a slice of the probe set and with the alarm's probes only, are left out)."""
     m = load_run(run_dir).metrics
     m = m[m["probe"] != "train"]
     wide = m.pivot_table(index="step", columns=["probe", "key"], values="value", aggfunc="last")
-    return wide.sort_index()
+    n = wide[("event", "probe_n")]
+    return wide[n == n.max()].sort_index()
 
 
 def collapse_index(table: pd.DataFrame, run_dir: Path) -> int:
