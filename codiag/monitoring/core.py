@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..errors import UsageError
 from ..probes import resolve_probes
@@ -54,7 +55,8 @@ class Monitor:
         self.normalization = Normalization(o.normalization)
         self.view = ProbeModel(self.network, o.output_fn, self.normalization)
         self.guard = UserCallGuard(self.network)
-        self.cadence = Cadence(*parse_every(every), early=o.early_events)
+        self.cadence = Cadence(*parse_every(every), early=o.early_events,
+                               steps_per_epoch=len(train_data) if isinstance(train_data, DataLoader) else None)
         self.probes = resolve_probes(probes, o.probe_options)
         self.light_probes = [p for p in self.probes if p.name in CORE_PROBES]
         self.alarm = Alarm(o.detector, o.on_co)
@@ -231,7 +233,7 @@ class Monitor:
                     total = torch.stack([n.float() for n in norms]).square().sum().sqrt()
                     self.recorder.step_norms.append((self.step, self.row_epoch, total))
         due = self.cadence.after_step(self.step)
-        if due is not None:
+        if due == "full" or due == "light" and self.light_probes:
             self.probe_event(light=due == "light")
 
     # -- probe events ----------------------------------------------------------------------

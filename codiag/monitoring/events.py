@@ -61,14 +61,17 @@ class Cadence:
     n: int
     early: bool = True
     full_events_after_start: int = 0
+    #: batches per epoch of the training DataLoader, when known: no light event at an epoch's
+    #: last step, where the epoch's own event follows at the same step
+    steps_per_epoch: int | None = None
 
     def after_step(self, step: int) -> str | None:
         """"full", "light" or None: the event due after optimizer step ``step``."""
         if self.kind == "step" and step % self.n == 0:
             return "full"
         if self.early and self.full_events_after_start == 0 and step >= LIGHT_START \
-                and step & (step - 1) == 0:   # a power of two
-            return "light"
+                and step & (step - 1) == 0 and not (self.steps_per_epoch and step % self.steps_per_epoch == 0):
+            return "light"   # a power of two
         return None
 
     def after_epoch(self, epoch: int) -> bool:
