@@ -39,9 +39,10 @@ every probe at every step, and an attack that switches modes itself.
 """
 from __future__ import annotations
 
+from ..tensors import eval_mode, isolated_rng
 from .core import Monitor, monitor
 from .events import Cadence, parse_every
-from .isolation import ModuleState, ProbeModel, eval_mode, isolated_rng, wrap_attack
+from .isolation import ModuleState, ProbeModel, wrap_attack
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import balanced_indices, extract_probe_set
 

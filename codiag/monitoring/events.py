@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .isolation import eval_mode, isolated_rng
+from ..tensors import eval_mode, isolated_rng
 from .options import CORE_PROBES
 
 LIGHT_START = 8   # first light event (steps); then 16, 32, ...

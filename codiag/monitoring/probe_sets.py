@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..errors import UsageError
 from ..probes.base import ProbeSet
-from .isolation import Normalization, eval_mode, isolated_rng
+from ..tensors import eval_mode, isolated_rng
+from .isolation import Normalization
 
 
 def _as_tensor(v: Any) -> Tensor:
