@@ -32,7 +32,7 @@ The parts, one job each:
   calls ``on_co``.
 * :mod:`.core`: :class:`Monitor`, the lifecycle and the optimizer hooks.
 
-Side-effect freedom (DESIGN, a hard rule): a monitored and an unmonitored run
+Side-effect freedom (docs/CONVENTIONS.md, a hard rule): a monitored and an unmonitored run
 with the same seed end with bit-identical parameters, buffers and global RNG
 state; ``tests/test_monitor_side_effects.py`` checks it with BatchNorm, dropout,
 every probe at every step, and an attack that switches modes itself.

@@ -1,6 +1,6 @@
 """Isolation of probe events from training: RNGs, modes, buffers, and the model the probes see.
 
-Everything a probe event does must leave training bit-identical (DESIGN "Side-effect
+Everything a probe event does must leave training bit-identical (docs/CONVENTIONS.md "Side-effect
 freedom"). Probes themselves run in eval mode and draw only from their own generators;
 what is left is user code called from an event (the user's ``attack``, a method's
 ``start``), which may flip modes, update BatchNorm statistics or draw from the global
