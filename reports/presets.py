@@ -69,7 +69,7 @@ def _fm(name: str, method: str, probes: str = "default", **args: Any) -> RunSpec
 
 EMBEDDED = [
     _fm("fgsm", "fgsm"),
-    _fm("pgd10", "pgd10"),
+    _fm("pgd10", "pgd10", **FMNIST_SETTINGS["pgd10"]),   # random start, as validated at eps 0.2
     _fm("fgsm_rs-a2", "fgsm_rs", step=2.0),
     _fm("fgsm_rs-a1", "fgsm_rs", step=1.0),
     _fm("fgsm_rs-a1.25", "fgsm_rs", step=1.25),
