@@ -16,8 +16,10 @@ share of samples left out of it (a zero input gradient at x or x + eta); the lar
 gradient norm. Methods are given in the same order as on the CPU; ZeroGrad runs with its paper
 defaults and with its 16/255 setting (``codiag.methods.settings``).
 
-Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the test
-suite; it needs a GPU (about 10 minutes on one H200 for the default methods, bf16).
+``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code does
+(a candidate cause, untested without a GPU). Prints one line per epoch and writes every number
+to ``--out`` (JSON). Not part of the test suite. It needs a GPU: all six runs in fp32 take an
+estimated 15 minutes on one H200; ``--methods gradalign gradalign_he_init`` about half.
 """
 from __future__ import annotations
 
@@ -44,7 +46,25 @@ RUNS = {  # label -> (registry name, hparams)
     "zerograd": ("zerograd", {}),
     "zerograd_16": ("zerograd", validated_hparams("zerograd", "cifar10", EPS)),
     "gradalign": ("gradalign", {}),
+    # the same with the weights initialised as GradAlign's train.py does (a candidate cause:
+    # PyTorch's default convolution init is about 2.4x smaller, so BatchNorm-scaled weights
+    # see a several times larger effective learning rate at the start)
+    "gradalign_he_init": ("gradalign", {}),
 }
+
+
+def gradalign_init(module: torch.nn.Module) -> None:
+    """GradAlign's ``utils.initialize_weights`` (utils.py L317-330): He-normal with fan-out for
+    convolutions, N(0, 2 / fan_in) for linear layers, zero biases, BatchNorm weight 1 bias 0."""
+    if isinstance(module, torch.nn.Conv2d):
+        n = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        torch.nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / n))
+    elif isinstance(module, torch.nn.Linear):
+        torch.nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
+    elif isinstance(module, torch.nn.BatchNorm2d):
+        torch.nn.init.ones_(module.weight)
+    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)) and module.bias is not None:
+        torch.nn.init.zeros_(module.bias)
 
 
 def gradalign_probe(method, model, x, y) -> dict[str, float]:
@@ -67,6 +87,8 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(args.model, "cifar10").to(device)
+    if label.endswith("_he_init"):
+        model.apply(gradalign_init)
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
     loader = make_loader(train_set, 128, shuffle=True, augment=True, with_index=True, seed=0, device=device)
     method = get_method(name, EPS, seed=0, num_samples=len(train_set), epochs=args.epochs, **hp)
