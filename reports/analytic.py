@@ -61,10 +61,10 @@ def lemma1(out_dir: Path, samples: int = 1000, dims: tuple[int, ...] = (1, 10, 1
     ], columns=["quantity", "ours"])
     return Figure(
         key="lemma1", title="Lemma 1: expected L2 norm of FGSM-RS perturbations", redraws="GradAlign Fig. 2",
-        caption=("Upper bound of GradAlign's Lemma 1 on E||δ_FGSM-RS||₂ (divided by √d) as a function "
-                 "of the step size α, against Monte Carlo estimates over 1,000 draws of η (250 for "
-                 "d = 3072) with random gradient signs; the bound tightens as d grows. Dashed: the "
-                 "step size 1.25ε recommended by Wong et al. Redraws GradAlign Fig. 2."),
+        caption="""Upper bound of GradAlign's Lemma 1 on E||δ_FGSM-RS||₂ (divided by √d) as a function of the step size
+        α, against Monte Carlo estimates over 1,000 draws of η (250 for d = 3072) with random gradient signs;
+        the bound tightens as d grows. Dashed: the step size 1.25ε recommended by Wong et al. Redraws
+        GradAlign Fig. 2.""",
         files=files, table=table, paper=paper.GRADALIGN_FIG2, paper_source=paper.GRADALIGN_FIG2_SOURCE)
 
 
@@ -133,11 +133,10 @@ def lemma2(out_dir: Path, samples: int = 1000, seed: int = 0) -> Figure:
     ], columns=["quantity", "ours"])
     return Figure(
         key="lemma2", title="Lemma 2: gradient alignment at initialisation", redraws="GradAlign Fig. 9",
-        caption=("Gradient alignment of a randomly initialised single-layer CNN (patches of size "
-                 "p = 27, z ~ U[0, 1]^p, Gaussian weights, zero bias) as a function of ε: the cosine "
-                 "for k = 100 patches and m = 4 filters, its limit for k, m → ∞ (Eq. 9) and the two "
-                 "lower bounds of App. A.2, by Monte Carlo with 1,000 samples (250 for the finite "
-                 "cosine). Dotted: ε = 8/255. Redraws GradAlign Fig. 9."),
+        caption="""Gradient alignment of a randomly initialised single-layer CNN (patches of size p = 27, z ~ U[0, 1]^p,
+        Gaussian weights, zero bias) as a function of ε: the cosine for k = 100 patches and m = 4 filters, its
+        limit for k, m → ∞ (Eq. 9) and the two lower bounds of App. A.2, by Monte Carlo with 1,000 samples
+        (250 for the finite cosine). Dotted: ε = 8/255. Redraws GradAlign Fig. 9.""",
         files=files, table=table, paper=paper.GRADALIGN_FIG9, paper_source=paper.GRADALIGN_FIG9_SOURCE,
         notes=["Ours and the paper differ: the paper's text puts all four quantities in [0.7, 1.0] for "
                "ε ≤ 0.1, but the final bound as stated falls to about 0.5 at ε = 0.1 (check: "

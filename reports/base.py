@@ -62,6 +62,10 @@ class Figure:
     paper_source: str = ""
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # captions are written as indented triple-quoted text: one line of prose on the page
+        self.caption = " ".join(self.caption.split())
+
 
 Builder = Callable[..., Figure]
 

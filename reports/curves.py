@@ -85,11 +85,10 @@ def training_curves(run: Run, out_dir: Path) -> Figure:
     cnn4 = run.config.get("model") == "cnn4"
     return Figure(
         key="training_curves", title="Training curves", redraws="GradAlign Fig. 4, 11",
-        caption=("Clean, FGSM and PGD accuracy and loss on the fixed probe set, gradient alignment "
-                 "(mean cos of input gradients at x and x+eta, eta ~ U[-eps, eps]) and the cosine "
-                 "between FGSM and PGD perturbations, at every probe event; the dashed line marks "
-                 "catastrophic overfitting. Redraws GradAlign Fig. 4 (ResNet-18) and Fig. 11 "
-                 "(4-filter CNN)."),
+        caption="""Clean, FGSM and PGD accuracy and loss on the fixed probe set, gradient alignment (mean cos of input
+        gradients at x and x+eta, eta ~ U[-eps, eps]) and the cosine between FGSM and PGD perturbations, at
+        every probe event; the dashed line marks catastrophic overfitting. Redraws GradAlign Fig. 4
+        (ResNet-18) and Fig. 11 (4-filter CNN).""",
         files=files, table=co_table(run, co),
         paper=paper.GRADALIGN_C2 if cnn4 else paper.GRADALIGN_FIG4,
         paper_source=paper.GRADALIGN_C2_SOURCE if cnn4 else paper.GRADALIGN_FIG4_SOURCE)
@@ -181,9 +180,9 @@ def overlay_curves(runs: Sequence[Run], out_dir: Path) -> Figure:
                      "training curves by method", log={"PGD loss"})
     return Figure(
         key="overlay_curves", title="Training curves by method", redraws="GradAlign Fig. 4",
-        caption=("PGD, FGSM and clean accuracy, PGD loss, gradient alignment and FGSM-PGD cosine "
-                 "on the probe set for every run, one colour per method (band: standard deviation "
-                 "over seeds). Redraws the method comparison of GradAlign Fig. 4."),
+        caption="""PGD, FGSM and clean accuracy, PGD loss, gradient alignment and FGSM-PGD cosine on the probe set for
+        every run, one colour per method (band: standard deviation over seeds). Redraws the method comparison
+        of GradAlign Fig. 4.""",
         files=files)
 
 
@@ -198,8 +197,7 @@ def overlay_diagnostics(runs: Sequence[Run], out_dir: Path) -> Figure:
     return Figure(
         key="overlay_diagnostics", title="Diagnostics by method",
         redraws="ZeroGrad Fig. 1, 2, Table 10; APART Fig. 2; ATAS Fig. 6b",
-        caption=("Weight-update MSE (ZeroGrad Fig. 1), perturbation MSE between consecutive events "
-                 "(ZeroGrad Fig. 2), strength gap to PGD (APART Fig. 2b), sign disagreement with "
-                 "PGD-10 (ZeroGrad Table 10), mean perturbation L2 norm and the gradient-norm "
-                 "long-tail ratio (ATAS Fig. 6b), one colour per method."),
+        caption="""Weight-update MSE (ZeroGrad Fig. 1), perturbation MSE between consecutive events (ZeroGrad Fig. 2),
+        strength gap to PGD (APART Fig. 2b), sign disagreement with PGD-10 (ZeroGrad Table 10), mean
+        perturbation L2 norm and the gradient-norm long-tail ratio (ATAS Fig. 6b), one colour per method.""",
         files=files)

@@ -134,6 +134,6 @@ def filter_norms(run: Run, out_dir: Path) -> Figure:
                           "first": mat[0, :, 0].round(4), "last": mat[-1, :, 0].round(4)})
     return Figure(
         key="filter_norms", title="Per-filter weight norms", redraws="GradAlign Fig. 6",
-        caption=("L2 norm of each first-layer filter at every snapshot (and of its outgoing weights "
-                 "when recorded); dashed: CO. Redraws GradAlign Fig. 6."),
+        caption="""L2 norm of each first-layer filter at every snapshot (and of its outgoing weights when recorded);
+        dashed: CO. Redraws GradAlign Fig. 6.""",
         files=files, table=table, paper=paper.GRADALIGN_FILTERS, paper_source=paper.GRADALIGN_FILTERS_SOURCE)

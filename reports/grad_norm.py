@@ -62,9 +62,9 @@ def grad_norm_hist(run: Run, out_dir: Path) -> Figure:
                           ("instances", str(last.size))], columns=["quantity", "ours"])
     return Figure(
         key="grad_norm_hist", title="Per-instance gradient norms", redraws="ATAS Fig. 6",
-        caption=("Histogram of the per-instance input-gradient L2 norm G at the method's starting "
-                 "point on the fixed training probe subset (first and last probe event), and the "
-                 "long-tail ratio mean(G²)/mean(G)² over training. Redraws ATAS Fig. 6."),
+        caption="""Histogram of the per-instance input-gradient L2 norm G at the method's starting point on the fixed
+        training probe subset (first and last probe event), and the long-tail ratio mean(G²)/mean(G)² over
+        training. Redraws ATAS Fig. 6.""",
         files=files, table=table, paper=paper.ATAS_FIG6, paper_source=paper.ATAS_FIG6_SOURCE)
 
 
@@ -152,10 +152,9 @@ def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
     return Figure(
         key="grad_norm_subsets", title="Gradient norm and step size of subsets D1, D5, D10",
         redraws="ATAS Fig. 10",
-        caption=("The training probe subset is ranked by each instance's gradient norm averaged "
-                 "over all probe events and cut into ten equal parts D1 (smallest) .. D10 "
-                 "(largest); curves show the mean gradient norm and, for methods with "
-                 "per-instance step sizes (ATAS), the mean step size of D1, D5 and D10. "
-                 "Redraws ATAS Fig. 10."),
+        caption="""The training probe subset is ranked by each instance's gradient norm averaged over all probe events
+        and cut into ten equal parts D1 (smallest) .. D10 (largest); curves show the mean gradient norm and,
+        for methods with per-instance step sizes (ATAS), the mean step size of D1, D5 and D10. Redraws ATAS
+        Fig. 10.""",
         files=files, table=pd.DataFrame(rows, columns=["subset", "mean grad norm (all events)"]),
         paper=paper.ATAS_FIG10, paper_source=paper.ATAS_FIG10_SOURCE, notes=notes)

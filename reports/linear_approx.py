@@ -60,9 +60,9 @@ def linear_approx(run: Run, out_dir: Path) -> Figure:
         files = save(fig, out_dir, "linear_approx")
     return Figure(
         key="linear_approx", title="Linear-approximation error", redraws="GradAlign Fig. 10",
-        caption=("Error of the first-order Taylor approximation of the loss, averaged over the probe "
-                 "set, for perturbations with L∞ norm ε whose coordinates are progressively zeroed "
-                 "(so ||δ||₂ varies), starting from the FGSM direction and from a random corner of the "
-                 "ball (||δ||₂ of the FGSM start on the x axis for both), at up to four probe events. "
-                 "Redraws GradAlign Fig. 10 (there: standard and PGD-trained ResNet-18)."),
+        caption="""Error of the first-order Taylor approximation of the loss, averaged over the probe set, for
+        perturbations with L∞ norm ε whose coordinates are progressively zeroed (so ||δ||₂ varies), starting
+        from the FGSM direction and from a random corner of the ball (||δ||₂ of the FGSM start on the x axis
+        for both), at up to four probe events. Redraws GradAlign Fig. 10 (there: standard and PGD-trained
+        ResNet-18).""",
         files=files, paper=paper.GRADALIGN_FIG10, paper_source=paper.GRADALIGN_FIG10_SOURCE)

@@ -67,7 +67,7 @@ def loss_surface(run: Run, out_dir: Path) -> Figure:
     return Figure(
         key="loss_surface", title="Loss surfaces of low- and high-gradient-norm subsets",
         redraws="ATAS Fig. 2",
-        caption=("Mean loss of the subset with the smallest gradient norms (top) and the largest "
-                 "(bottom) on a grid x + a·v₁ + b·v₂, v₁ the adversarial direction and v₂ a random "
-                 "direction, at up to four probe events. Redraws ATAS Fig. 2."),
+        caption="""Mean loss of the subset with the smallest gradient norms (top) and the largest (bottom) on a grid x +
+        a·v₁ + b·v₂, v₁ the adversarial direction and v₂ a random direction, at up to four probe events.
+        Redraws ATAS Fig. 2.""",
         files=files, paper=paper.ATAS_FIG2, paper_source=paper.ATAS_FIG2_SOURCE)

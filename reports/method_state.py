@@ -35,7 +35,7 @@ def method_state(run: Run, out_dir: Path) -> Figure:
     return Figure(
         key="method_state", title="Learned step sizes" if apart else "Method state",
         redraws="APART Fig. 3",
-        caption=("The method's own scalar state at each probe event: for APART, the learned step "
-                 "size of each perturbation point (input and block inputs). Redraws APART Fig. 3."),
+        caption="""The method's own scalar state at each probe event: for APART, the learned step size of each
+        perturbation point (input and block inputs). Redraws APART Fig. 3.""",
         files=files, paper=paper.APART_FIG3 if apart else None,
         paper_source=paper.APART_FIG3_SOURCE if apart else "")

@@ -30,8 +30,7 @@ def perturbation_delta(run: Run, out_dir: Path) -> Figure:
         files = save(fig, out_dir, "perturbation_delta")
     return Figure(
         key="perturbation_delta", title="Perturbation change between events", redraws="ZeroGrad Fig. 2",
-        caption=("Mean squared difference between the method's perturbations of one fixed probe "
-                 "batch (same random start) at consecutive probe events (blue, log scale), with "
-                 "the test PGD accuracy (red); dashed: CO. Redraws ZeroGrad Fig. 2 (top: FGSM-RS, "
-                 "bottom: with the 35% smallest gradient coordinates zeroed)."),
+        caption="""Mean squared difference between the method's perturbations of one fixed probe batch (same random
+        start) at consecutive probe events (blue, log scale), with the test PGD accuracy (red); dashed: CO.
+        Redraws ZeroGrad Fig. 2 (top: FGSM-RS, bottom: with the 35% smallest gradient coordinates zeroed).""",
         files=files, paper=paper.ZEROGRAD_FIG2, paper_source=paper.ZEROGRAD_FIG2_SOURCE)

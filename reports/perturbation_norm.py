@@ -70,9 +70,8 @@ def perturbation_norm_hist(run: Run, out_dir: Path) -> Figure:
         rows.append(("mean ||δ||∞ × 255 (last event)", f"{linf['value'].iloc[-1] * 255:.3g}"))
     return Figure(
         key="perturbation_norm_hist", title="Perturbation-norm histogram", redraws="ATAS Fig. 11",
-        caption=("Per-instance L2 norm of the method's perturbation on the probe set at the last "
-                 "probe event (dotted: ε√d, every coordinate at the L∞ bound) and the L1 norm per "
-                 "coordinate. Redraws ATAS Fig. 11."),
+        caption="""Per-instance L2 norm of the method's perturbation on the probe set at the last probe event (dotted:
+        ε√d, every coordinate at the L∞ bound) and the L1 norm per coordinate. Redraws ATAS Fig. 11.""",
         files=files, table=pd.DataFrame(rows, columns=["quantity", "ours"]),
         paper=paper.ATAS_FIG11, paper_source=paper.ATAS_FIG11_SOURCE)
 
@@ -112,8 +111,7 @@ def l1_table(runs: Sequence[Run], out_dir: Path) -> Figure:
     shown["last"] = shown["last"].map("{:.2f}".format)
     return Figure(
         key="l1_table", title="L1 perturbation norms", redraws="ZeroGrad Table 4",
-        caption=("Mean absolute perturbation per coordinate × 255 (||δ||₁ / d × 255, with ||δ||₁ "
-                 "the per-sample L1 norm averaged over the probe set) at the probe event closest "
-                 "to epoch 2 and at the last event. ZeroGrad Table 4 measures the same quantity "
-                 "on the whole CIFAR-10 training set at epochs 2 and 52."),
+        caption="""Mean absolute perturbation per coordinate × 255 (||δ||₁ / d × 255, with ||δ||₁ the per-sample L1 norm
+        averaged over the probe set) at the probe event closest to epoch 2 and at the last event. ZeroGrad
+        Table 4 measures the same quantity on the whole CIFAR-10 training set at epochs 2 and 52.""",
         files=files, table=shown, paper=paper.ZEROGRAD_TABLE4, paper_source=paper.ZEROGRAD_TABLE4_SOURCE)

@@ -47,9 +47,9 @@ def sign_agreement(run: Run, out_dir: Path) -> Figure:
                          columns=["quantity", "ours"])
     return Figure(
         key="sign_agreement", title="Sign disagreement with PGD-10", redraws="ZeroGrad Table 10",
-        caption=("Percentage of input coordinates where the sign of the method's perturbation "
-                 "differs from that of PGD-10 on the probe set, at every probe event; the table "
-                 "gives the events just before and at CO. Redraws ZeroGrad Table 10."),
+        caption="""Percentage of input coordinates where the sign of the method's perturbation differs from that of
+        PGD-10 on the probe set, at every probe event; the table gives the events just before and at CO.
+        Redraws ZeroGrad Table 10.""",
         files=files, table=table, paper=paper.ZEROGRAD_TABLE10, paper_source=paper.ZEROGRAD_TABLE10_SOURCE)
 
 
@@ -68,7 +68,6 @@ def sign_table(runs: Sequence[Run], out_dir: Path) -> Figure:
         files = save(fig, out_dir, "sign_table")
     return Figure(
         key="sign_table", title="Sign disagreement with PGD-10 by method", redraws="ZeroGrad Table 10",
-        caption=("Percentage of coordinates whose perturbation sign differs from PGD-10's, per run, "
-                 "at the probe events just before and at CO, and over training by method. Redraws "
-                 "ZeroGrad Table 10."),
+        caption="""Percentage of coordinates whose perturbation sign differs from PGD-10's, per run, at the probe events
+        just before and at CO, and over training by method. Redraws ZeroGrad Table 10.""",
         files=files, table=table, paper=paper.ZEROGRAD_TABLE10, paper_source=paper.ZEROGRAD_TABLE10_SOURCE)

@@ -45,10 +45,9 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
         files = save(fig, out_dir, "strength_gap")
     return Figure(
         key="strength_gap", title="Perturbation strength", redraws="APART Fig. 2",
-        caption=("Strength gap G = mean CE at x + δ_method minus mean CE at x + δ_PGD on the probe "
-                 "set, as APART eq. 2 writes it (G ≤ 0 while PGD is the stronger attack; |G| explodes "
-                 "when the method's perturbation deteriorates; APART Fig. 2b plots the size of the "
-                 "gap) and, when a reference model was given, its accuracy on the method's "
-                 "perturbations and on random corners (higher means weaker); dashed: CO. Redraws "
-                 "APART Fig. 2."),
+        caption="""Strength gap G = mean CE at x + δ_method minus mean CE at x + δ_PGD on the probe set, as APART eq. 2
+        writes it (G ≤ 0 while PGD is the stronger attack; |G| explodes when the method's perturbation
+        deteriorates; APART Fig. 2b plots the size of the gap) and, when a reference model was given, its
+        accuracy on the method's perturbations and on random corners (higher means weaker); dashed: CO.
+        Redraws APART Fig. 2.""",
         files=files, paper=paper.APART_FIG2, paper_source=paper.APART_FIG2_SOURCE)

@@ -91,8 +91,7 @@ def weight_update(run: Run, out_dir: Path) -> Figure:
         files = save(fig, out_dir, "weight_update")
     return Figure(
         key="weight_update", title="Weight-update MSE of three kernels", redraws="ZeroGrad Fig. 1",
-        caption=("Mean squared difference of a convolution kernel's weights between consecutive "
-                 "probe events (blue, log scale) for three kernels (largest peak update in the "
-                 "first, middle and last conv layer), with the test PGD accuracy (red); dashed: "
-                 "CO. Redraws ZeroGrad Fig. 1."),
+        caption="""Mean squared difference of a convolution kernel's weights between consecutive probe events (blue, log
+        scale) for three kernels (largest peak update in the first, middle and last conv layer), with the test
+        PGD accuracy (red); dashed: CO. Redraws ZeroGrad Fig. 1.""",
         files=files, paper=paper.ZEROGRAD_FIG1, paper_source=paper.ZEROGRAD_FIG1_SOURCE)

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "curves and every diagnostic figure the runs recorded, the same curves overlaid "
                        "by method, a summary table (HTML and CSV), and GradAlign's analytic figures. "
                        "A folder that holds run directories is expanded one level.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by codiag")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories written by codiag")
     p.add_argument("-o", "--out", default=None,
                    help="output folder (default: RUN_DIR/report for one run, ./codiag-report for several)")
     p.add_argument("--figures", default=None, metavar="KEY[,KEY...]",
@@ -52,13 +52,17 @@ def list_figures() -> None:
         print(f"{title}:")
         for key, fn in builders.items():
             doc = (fn.__doc__ or "").strip().split("\n")[0]
-            print(f"  {key:24s} {doc}")
+            probes = sorted({out.probe for need in getattr(fn, "needs", ())
+                             for out in (need if isinstance(need, tuple) else (need,))})
+            print(f"  {key:24s} {doc}" + (f" [probes: {', '.join(probes)}]" if probes else ""))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.list_figures:
         list_figures()
         return 0
+    if not args.runs:
+        raise UsageError("name at least one RUN_DIR (or --list-figures)")
     figures = parse_figures(args.figures)
     out = Path(args.out) if args.out else reports.default_out(args.runs)
     report = build(args.runs, out, figures=figures, analytic=not args.no_analytic, title=args.title,

@@ -190,8 +190,9 @@ class Method:
     #: ``CyclicLR(step_size_up=lr_steps / 2)``. The trainer's default for ``--lr-peak``.
     lr_peak: ClassVar[float] = 0.4
 
-    #: radius (in eps) of the uniform random start; 0 means the method starts at the clean input
-    start_radius: ClassVar[float] = 0.0
+    #: radius (in eps) of the uniform random start, or the name of the hparam that holds it;
+    #: 0 means the method starts at the clean input
+    start_radius: ClassVar[float | str] = 0.0
 
     def start(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
               generator: torch.Generator | None = None) -> Tensor:
@@ -208,7 +209,8 @@ class Method:
             return clamp_to_image(x, uniform_like(x, radius * self.eps, gen))
 
     def _start_radius(self) -> float:
-        return float(self.start_radius)
+        r = self.start_radius
+        return float(getattr(self, r) if isinstance(r, str) else r)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
         """Training loss: mean cross entropy at ``x + delta`` (plus a regulariser in subclasses)."""
@@ -221,8 +223,12 @@ class Method:
         loss = self.loss(model, x, y, delta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.before_step(model, optimizer)
         optimizer.step()
         return loss.detach()
+
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called between ``backward`` and ``optimizer.step()`` (gradient clipping acts here)."""
 
     def state(self) -> dict[str, StateValue]:
         """Internal quantities for the ``method_state`` probe (scalars or numpy arrays)."""

@@ -24,9 +24,7 @@ class FGSMRS(Method):
     lr_peak = 0.5
     defaults = {"step": 1.25, "init": 1.0}
     checks = {"step": POSITIVE, "init": NON_NEGATIVE}
-
-    def _start_radius(self) -> float:
-        return float(self.init)
+    start_radius = "init"
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:

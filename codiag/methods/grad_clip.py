@@ -35,17 +35,10 @@ class GradClip(FGSMRS):
         super().__init__(eps, **hparams)
         self._last_norm: Tensor | float = float("nan")
 
-    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                   index: Any = None) -> Tensor:
-        delta = self.perturb(model, x, y, index)
-        loss = self.loss(model, x, y, delta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         # clip_grad_norm_ returns the pre-clip norm as a tensor: kept on device, read at probe events
         self._last_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in optimizer.param_groups for p in g["params"]], float(self.clip))
-        optimizer.step()
-        return loss.detach()
 
     def state(self) -> dict[str, StateValue]:
         return {"clip": float(self.clip), "grad_norm_before_clip": float(self._last_norm)}

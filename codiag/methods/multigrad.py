@@ -59,13 +59,11 @@ class MultiGrad(Method):
     defaults = {"n": 3, "step": 1.0, "init": 1.0, "batched": "auto", "random_start": False}
     checks = {"n": Integer(1), "step": POSITIVE, "init": NON_NEGATIVE, "batched": OneOf("auto", True, False),
               "random_start": Flag()}
+    start_radius = "init"
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
         self._kept = 0.0
-
-    def _start_radius(self) -> float:
-        return float(self.init)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:

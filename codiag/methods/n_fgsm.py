@@ -27,9 +27,7 @@ class NFGSM(Method):
     lr_peak = 0.5
     defaults: dict[str, Any] = {"noise": 2.0, "step": 1.0, "clip": None}
     checks = {"noise": NON_NEGATIVE, "step": POSITIVE, "clip": Optional(POSITIVE)}
-
-    def _start_radius(self) -> float:
-        return float(self.noise)
+    start_radius = "noise"
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:

@@ -64,13 +64,11 @@ class ZeroGrad(Method):
     lr_peak = 0.5
     defaults = {"q": 0.35, "step": 2.0, "init": 1.0}
     checks = {"q": SHARE, "step": POSITIVE, "init": NON_NEGATIVE}
+    start_radius = "init"
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
         self._zeroed = 0.0
-
-    def _start_radius(self) -> float:
-        return float(self.init)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
