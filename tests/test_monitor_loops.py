@@ -303,3 +303,33 @@ def test_compiled_models_are_probed_through_the_original_module(tmp_path, fmnist
     keys = set(load_run(tmp_path / "r").metrics["key"])
     assert "mse/conv.weight" in keys
     assert not any("_orig_mod" in k for k in keys)
+
+
+# -- loss_fn and the light events of the first epoch -----------------------------------------------
+def test_loss_fn_is_the_loss_the_probes_measure(tmp_path, fmnist):
+    model, opt, loader, test = make(fmnist)
+
+    def doubled(logits, y):
+        return 2 * F.cross_entropy(logits, y, reduction="none")
+
+    for name, extra in (("ce", {}), ("doubled", {"loss_fn": doubled})):
+        torch.manual_seed(0)
+        fresh = Net()
+        with monitor(fresh, torch.optim.SGD(fresh.parameters(), lr=0.0), tmp_path / name, eps=EPS,
+                     probe_data=test, probes="robust_acc,grad_align", probe_n=64, **extra):
+            pass
+    ce, doubled_run = load_run(tmp_path / "ce"), load_run(tmp_path / "doubled")
+    assert last(doubled_run, "robust_acc", "clean_loss") == pytest.approx(2 * last(ce, "robust_acc", "clean_loss"))
+    # FGSM follows the sign of the loss gradient: doubling the loss changes nothing there
+    assert last(doubled_run, "robust_acc", "fgsm_acc") == last(ce, "robust_acc", "fgsm_acc")
+
+
+def test_light_events_sample_the_first_epoch_then_stop(tmp_path, fmnist):
+    model, opt, loader, test = make(fmnist, n=768)        # 12 steps per epoch
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=test, train_data=loader,
+                 probes="robust_acc,grad_align,weight_update", probe_n=192) as mon:
+        train_loop(model, opt, loader, user_fgsm, 2, mon)
+    run = load_run(tmp_path / "r")
+    n = run.scalar("event", "probe_n").set_index("step")["value"]
+    assert n.to_dict() == {0: 192, 8: 128, 12: 192, 24: 192}   # light event at 8 only, on 128 points
+    assert set(run.scalar("weight_update", "mse_all")["step"]) == {12, 24}   # full events only
