@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from ..errors import UsageError
 from ..probes import resolve_probes
@@ -56,7 +55,7 @@ class Monitor:
         self.view = ProbeModel(self.network, o.output_fn, self.normalization)
         self.guard = UserCallGuard(self.network)
         self.cadence = Cadence(*parse_every(every), early=o.early_events,
-                               steps_per_epoch=len(train_data) if isinstance(train_data, DataLoader) else None)
+                               steps_per_epoch=_batches(train_data))
         self.probes = resolve_probes(probes, o.probe_options)
         self.light_probes = [p for p in self.probes if p.name in CORE_PROBES]
         self.alarm = Alarm(o.detector, o.on_co)
@@ -262,6 +261,13 @@ class Monitor:
         self.n_events += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         self.probe_time_s += time.perf_counter() - t0
+
+
+def _batches(loader: Any) -> int | None:
+    """Batches per epoch of a training loader (a DataLoader, codiag's BatchLoader), else None."""
+    if hasattr(loader, "dataset") and hasattr(loader, "__len__") and hasattr(loader, "__iter__"):
+        return len(loader) or None
+    return None
 
 
 def monitor(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: str | Path, eps: float,
