@@ -16,7 +16,7 @@ points ``x_a, x_b = x + U[-eps, eps]^d`` and ``alpha ~ U[0, 1]``, set
 ``lam`` default: the reference's CIFAR-10 scripts (``scripts/run_elle_cifar10.sh``,
 PreAct ResNet-18, 30 epochs, cyclic lr 0.2) use 1000 for eps <= 8/255, 5000 for
 10/255-20/255 and 10000 for 22/255-26/255 (:func:`elle_lambda`). Ours: the triplet
-points are clamped to [0, 1] (DESIGN convention; the reference does not clamp) and one
+points are clamped to [0, 1] (docs/CONVENTIONS.md, "Inputs and eps"; the reference does not clamp) and one
 optimizer step is taken per batch (the reference's ``train`` calls ``optimizer.step()``
 twice per batch, lines 231 and 237; the paper's Algorithm 1 takes one).
 """

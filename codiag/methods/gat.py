@@ -12,7 +12,7 @@ With ``p(x) = softmax(f(x))`` and the clean prediction ``p(x)`` held fixed durin
   entropy is on the *clean* image, the adversarial example only enters the L2 term.
 
 The first release of the reference trained without the guided term in the attack (an
-ablation; GAMA-GAT issue #3); codiag follows the corrected code. Defaults (CIFAR-10,
+ablation, reported to the authors and fixed since); codiag follows the corrected code. Defaults (CIFAR-10,
 README): ``lam = 10`` (``l2_reg``), ``init = 0.5`` (``B_val`` 4/255), ``step = 1``
 (``Feps`` 8/255), ``alternate = True``, 100 epochs with ``lam`` multiplied by ``boost = 4``
 (``mul``) after epoch 85 (``boost_at = 0.86`` of the epochs; needs ``epochs``). MNIST
