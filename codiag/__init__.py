@@ -8,7 +8,7 @@ User code imports only ``codiag``::
     run = codiag.load_run("runs/fgsm")
     codiag.report(["runs/fgsm"])
 
-Every command is also a function (``codiag.train``, ``codiag.report``). A public name is a
+Every command is also a function (``codiag.train``, ``codiag.report``, ``codiag.sweep``). A public name is a
 function or a module, never both: ``monitor`` lives in ``codiag.monitoring`` and ``train`` in
 ``codiag.trainer``. Names whose modules pull in plotting libraries are imported on first use.
 """
@@ -25,6 +25,7 @@ from .methods import METHODS, get_method
 from .models import build_model
 from .monitoring import Monitor, monitor
 from .runs import RunWriter, load_run
+from .sweeps.runner import sweep
 from .trainer import TrainConfig, train
 from .version import __version__  # noqa: I001  (first: every part may import it)
 
@@ -44,4 +45,4 @@ def __dir__() -> list[str]:
 
 __all__ = ["METHODS", "Monitor", "RunWriter", "TrainConfig", "UsageError", "build_model", "dataset_spec",
            "detect_co", "evaluate", "get_method", "load_dataset", "load_run", "make_loader", "monitor",
-           "report", "train", "__version__"]
+           "report", "sweep", "train", "__version__"]

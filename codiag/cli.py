@@ -12,7 +12,7 @@ from typing import Sequence
 from .errors import UsageError
 from .version import __version__
 
-COMMANDS = ("train", "demo", "report", "reproduce")
+COMMANDS = ("train", "demo", "report", "reproduce", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):

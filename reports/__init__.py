@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 
 from .base import Figure, MissingData
 from .build import Report, build
-from .figures import ALL_FIGURES, ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
+from .figures import ALL_FIGURES, ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS, SWEEP_BUILDERS
 
 
 def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
@@ -56,11 +56,13 @@ def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str |
 
 
 def default_out(run_dirs: Sequence[str | os.PathLike]) -> Path:
-    """``RUN_DIR/report`` for one run directory, ``./codiag-report`` otherwise."""
-    if len(run_dirs) == 1 and (Path(run_dirs[0]) / "run.json").exists():
+    """``RUN_DIR/report`` for one run directory or one sweep directory, ``./codiag-report``
+    otherwise."""
+    if len(run_dirs) == 1 and ((Path(run_dirs[0]) / "run.json").exists()
+                               or (Path(run_dirs[0]) / "sweep.json").exists()):
         return Path(run_dirs[0]) / "report"
     return Path("codiag-report")
 
 
-__all__ = ["ALL_FIGURES", "ANALYTIC_BUILDERS", "MULTI_BUILDERS", "RUN_BUILDERS", "Figure", "MissingData",
-           "Report", "build", "default_out", "report"]
+__all__ = ["ALL_FIGURES", "ANALYTIC_BUILDERS", "MULTI_BUILDERS", "RUN_BUILDERS", "SWEEP_BUILDERS", "Figure",
+           "MissingData", "Report", "build", "default_out", "report"]

@@ -12,9 +12,10 @@ from codiag.errors import UsageError
 from codiag.runs import Run, load_run
 
 from .base import Figure, MissingData, run_label, slug
-from .figures import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS
+from .figures import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS, SWEEP_BUILDERS
 from .html import Section, esc, table_html, write_page
 from .summary import write_summary
+from .sweep_table import sweep_table
 
 
 @dataclass
@@ -143,6 +144,34 @@ def _run_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool], w
     return sections
 
 
+def is_sweep(run_dirs: Sequence[str | os.PathLike]) -> bool:
+    """Whether the report is of one sweep directory (``codiag sweep`` wrote ``sweep.json``)."""
+    return len(run_dirs) == 1 and (Path(run_dirs[0]) / "sweep.json").exists()
+
+
+def _sweep_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool],
+                    warnings: list[str]) -> tuple[list[Section], Path | None]:
+    """The sweep figures and ``sweep_summary.csv`` (one row per run: final accuracies, cost
+    relative to FGSM, alarm, collapse label, outcome), with the detector scorecard."""
+    sec = Section("sweep", "Eps sweep",
+                  intro='<p>One row per run in <a href="sweep_summary.csv">sweep_summary.csv</a>: final '
+                        "accuracies, training time relative to FGSM at the same eps, the online CO alarm "
+                        "and the collapse label (see the scorecard's caption).</p>")
+    for key, fn in SWEEP_BUILDERS.items():
+        if keep(key):
+            _draw(key, lambda fn=fn: fn(runs, out / "figures" / "sweep"), sec, warnings, "sweep")
+    try:
+        table = sweep_table(runs)
+    except MissingData:
+        return [sec], None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep_summary.csv"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False, float_format="%.4f")
+    os.replace(tmp, path)
+    return [sec], path
+
+
 def _analytic_section(out: Path, keep: Callable[[str], bool], warnings: list[str]) -> Section:
     sec = Section("analytic", "Analytic figures (no run needed)",
                   intro='<p class="note">Computed from the lemmas by Monte Carlo; they do not '
@@ -160,9 +189,12 @@ def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
     """Draw every figure the runs allow (or only ``figures``, a set of builder keys) into
     ``out_dir``; ``runs`` gives already loaded runs instead of ``run_dirs``; ``per_run``
     limits the per-run sections to the runs of these names. With ``echo``, warnings are
-    printed to stderr."""
+    printed to stderr. A sweep directory (``codiag sweep``) gets the sweep figures and
+    ``sweep_summary.csv`` instead of the across-run overlays, and no per-run sections unless
+    ``per_run`` names some."""
     out = Path(out_dir)
     warnings: list[str] = []
+    sweep = is_sweep(run_dirs) if runs is None else False
     if runs is None:
         runs = load_runs(run_dirs, warnings)
     wanted = set(figures) if figures is not None else None
@@ -172,10 +204,15 @@ def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
 
     sections: list[Section] = []
     summary_csv = None
-    if runs:
+    if sweep and runs:
+        sections, summary_csv = _summary_sections(runs, out, lambda k: False, warnings)
+        sweep_secs, _ = _sweep_sections(runs, out, keep, warnings)
+        sections[1:1] = sweep_secs
+        per_run = () if per_run is None else per_run
+    elif runs:
         sections, summary_csv = _summary_sections(runs, out, keep, warnings)
     sections += _run_sections(runs, out, keep, warnings, per_run)
-    if analytic:
+    if analytic and not sweep:
         sec = _analytic_section(out, keep, warnings)
         if sec.figures or sec.missing:
             sections.append(sec)

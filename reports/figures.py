@@ -6,8 +6,10 @@ from typing import Callable, Mapping
 from codiag.probes import PROBES
 
 from .abnormal_examples import abnormal_examples
+from .accuracy_vs_cost import accuracy_vs_cost
 from .analytic import lemma1, lemma2
 from .base import Builder, Figure
+from .co_rate import co_rate
 from .curves import overlay_curves, overlay_diagnostics, training_curves
 from .feature_maps import feature_maps
 from .filters import filter_evolution, filter_norms
@@ -18,6 +20,8 @@ from .loss_surface import loss_surface
 from .method_state import method_state
 from .perturbation_delta import perturbation_delta
 from .perturbation_norm import l1_table, perturbation_norm_hist
+from .robust_vs_eps import robust_vs_eps
+from .scorecard import detector_scorecard
 from .sign_agreement import sign_agreement, sign_table
 from .strength_gap import strength_gap
 from .weight_update import weight_update
@@ -49,9 +53,17 @@ MULTI_BUILDERS: dict[str, tuple[Callable[..., Figure], int]] = {
     "sign_table": (sign_table, 2),
 }
 
+#: Figures of an eps sweep (``codiag sweep``): drawn for a sweep directory (``sweep.json``).
+SWEEP_BUILDERS: dict[str, Callable[..., Figure]] = {
+    "robust_vs_eps": robust_vs_eps,
+    "co_rate": co_rate,
+    "accuracy_vs_cost": accuracy_vs_cost,
+    "detector_scorecard": detector_scorecard,
+}
+
 ANALYTIC_BUILDERS: dict[str, Callable[..., Figure]] = {"lemma1": lemma1, "lemma2": lemma2}
 
-ALL_FIGURES = (*RUN_BUILDERS, *MULTI_BUILDERS, *ANALYTIC_BUILDERS)
+ALL_FIGURES = (*RUN_BUILDERS, *MULTI_BUILDERS, *SWEEP_BUILDERS, *ANALYTIC_BUILDERS)
 
 
 def undeclared_needs(builders: Mapping[str, Builder] | None = None) -> list[str]:

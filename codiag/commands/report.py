@@ -47,7 +47,7 @@ def parse_figures(text: str | None) -> set[str] | None:
 
 def list_figures() -> None:
     groups = [("per run", reports.RUN_BUILDERS), ("across runs", {k: v[0] for k, v in reports.MULTI_BUILDERS.items()}),
-              ("analytic", reports.ANALYTIC_BUILDERS)]
+              ("sweep (a codiag sweep directory)", reports.SWEEP_BUILDERS), ("analytic", reports.ANALYTIC_BUILDERS)]
     for title, builders in groups:
         print(f"{title}:")
         for key, fn in builders.items():

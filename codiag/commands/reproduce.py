@@ -20,7 +20,11 @@ from codiag.reports.presets import PRESETS, QUICK, SPECS
 
 from ..errors import UsageError
 from ..runs import load_run
+from ..sweeps.presets import QUICK as SWEEP_QUICK
+from ..sweeps.presets import SWEEP_PRESETS
+from ..sweeps.runner import sweep
 from ..trainer import train
+from .sweep import add_sweep_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a smoke test: 2 epochs on 512 images, tiny evaluation (cached separately)")
     p.add_argument("--force", action="store_true", help="retrain even when a cached run matches")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_sweep_options(p)
     p.set_defaults(func=run)
 
 
@@ -50,8 +55,12 @@ def list_presets() -> None:
         emb, pap = len(p.runs.get("embedded", ())), len(p.runs.get("paper", ()))
         data = " [CIFAR-10: --data-root]" if p.needs_data_root("embedded") else ""
         print(f"{p.name:18s} {p.redraws:30s} {emb:>2d} / {pap:<2d}                 {p.summary}{data}")
+    for p in SWEEP_PRESETS.values():
+        emb, pap = p.scales["embedded"].runs, p.scales["paper"].runs
+        print(f"{p.name:18s} {p.redraws:30s} {emb:>2d} / {pap:<3d} (a sweep)      {p.summary}")
     print(f"\n{len(SPECS['embedded'])} embedded and {len(SPECS['paper'])} paper-scale runs are shared "
-          "between the presets and cached.")
+          "between the presets and cached; a sweep preset runs with --executor local or ray (--jobs, "
+          "--ray-address), resumably.")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -107,11 +116,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise UsageError("name a preset (see codiag reproduce --list)")
-    preset = PRESETS.get(args.name)
-    if preset is None:
-        raise UsageError(f"unknown preset {args.name!r}; choose from {', '.join(PRESETS)}")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UsageError(f"--data-root {args.data_root} is not a directory")
+    if args.name in SWEEP_PRESETS:
+        return run_sweep_preset(args)
+    preset = PRESETS.get(args.name)
+    if preset is None:
+        raise UsageError(f"unknown preset {args.name!r}; choose from {', '.join([*PRESETS, *SWEEP_PRESETS])}")
     scale_dir = Path(args.cache) / (f"{args.scale}-quick" if args.quick else args.scale)
     specs = [SPECS[args.scale][name] for name in preset.runs.get(args.scale, ())]
     configs = [(s, run_config(s.config, args, scale_dir / s.name)) for s in specs]  # validate all first
@@ -140,6 +151,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {preset.note}")
     print(f"report: {report.page}")
     return 0 if drawn else 1
+
+
+def run_sweep_preset(args: argparse.Namespace) -> int:
+    """A sweep preset: ``codiag.sweep`` into CACHE/SCALE/sweeps/NAME (resumable: finished runs
+    are kept), then the sweep report."""
+    preset = SWEEP_PRESETS[args.name]
+    spec = preset.scales[args.scale]
+    options = dict(spec.options)
+    if args.quick:
+        options.update(SWEEP_QUICK)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+        options["epochs"] = args.epochs
+    if preset.needs_data_root(args.scale) and not args.data_root:
+        raise UsageError(f"{args.name} at {args.scale} scale needs {options['dataset']}: pass --data-root DIR "
+                         "(torchvision's layout, e.g. the folder holding cifar-10-batches-py)")
+    if args.force:
+        raise UsageError("--force does not apply to a sweep preset: a sweep resumes its runs; use another --cache")
+    root = Path(args.cache) / (f"{args.scale}-quick" if args.quick else args.scale) / "sweeps" / preset.name
+    result = sweep(spec.methods, spec.eps, spec.seeds, out=root, executor=args.executor, jobs=args.jobs,
+                   runs_per_gpu=args.runs_per_gpu, threads_per_run=args.threads_per_run,
+                   ray_address=args.ray_address, method_args=spec.method_args, device=args.device,
+                   data_root=args.data_root, preset=preset.name, **options)
+    out = Path(args.out) if args.out else root / "report"
+    title = f"codiag reproduce {preset.name}: {preset.redraws} ({args.scale} scale{', quick' if args.quick else ''})"
+    report = build([root], out, figures=set(preset.figures), analytic=False, title=title, echo=True)
+    drawn = [f for figs in report.figures.values() for f in figs]
+    for figure in drawn:
+        _print_numbers(figure)
+    if preset.note:
+        print(f"note: {preset.note}")
+    print(f"{result.done} of {result.total} runs done; report: {report.page}")
+    return 0 if drawn and result.done == result.total else 1
 
 
 def _print_numbers(figure) -> None:

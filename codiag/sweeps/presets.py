@@ -1,0 +1,85 @@
+"""Sweep presets of ``codiag reproduce``: the eps sweeps of the papers, at two scales.
+
+``gradalign-fig1`` redraws GradAlign Fig. 1 / 8 (robust and clean accuracy against the
+training eps, one line per method, spread over seeds):
+
+* ``paper``: the paper's setting (App. B): PreAct ResNet-18 on CIFAR-10, SGD momentum 0.9,
+  weight decay 5e-4, cyclic lr peaking at 0.3, 30 epochs, batch 128, eps 1/255 .. 16/255,
+  5 seeds, final PGD-50-10 on 1000 test points; for GPUs (16 x 7 x 5 = 560 runs).
+* ``embedded``: CPU minutes per run. GradAlign's 4-filter CNN on the first 4000
+  Fashion-MNIST training images, 5 epochs, Adam with the one-cycle lr peaking at 6e-3
+  (the CO-prone short schedule of the methods' CO test), eps 0.05 .. 0.3: FGSM holds at
+  small eps and collapses at large eps. Final PGD-50-3 on the first 200 test points (not
+  PGD-50-10: the evaluation would cost more than the training), probes ``robust_acc`` and
+  ``grad_align`` (what the online alarm reads). About 10-35 s per run on one CPU core.
+
+Method settings come from the validated-settings table (``codiag.methods.settings``) where it
+has a row for the dataset and eps (Fashion-MNIST eps 0.2), else the papers' defaults; so a
+line may bend at eps 0.2, where the table's settings apply. ATAS runs without its warm-up
+epochs in the embedded sweep (5 epochs would all be warm-up).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: GradAlign Fig. 1's methods (AT for Free and PGD-2 aside) and the newer single-step ones.
+METHODS = ("fgsm", "fgsm_rs", "n_fgsm", "gradalign", "zerograd", "atas", "pgd10")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One scale of a sweep preset: the grid and the shared ``codiag.train`` options."""
+
+    methods: tuple[str, ...]
+    eps: tuple[str, ...]
+    seeds: tuple[int, ...]
+    options: dict[str, Any]
+    method_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runs(self) -> int:
+        return len(self.methods) * len(self.eps) * len(self.seeds)
+
+
+@dataclass(frozen=True)
+class SweepPreset:
+    """A paper figure drawn from an eps sweep."""
+
+    name: str
+    redraws: str
+    summary: str
+    figures: tuple[str, ...]
+    scales: dict[str, SweepSpec]
+    note: str = ""
+
+    def needs_data_root(self, scale: str) -> bool:
+        return self.scales[scale].options.get("dataset", "fashion_mnist") != "fashion_mnist"
+
+
+EMBEDDED = SweepSpec(
+    methods=METHODS, eps=("0.05", "0.1", "0.15", "0.2", "0.25", "0.3"), seeds=(0, 1, 2),
+    options=dict(dataset="fashion_mnist", model="cnn4", epochs=5, optimizer="adam", lr=6e-3,
+                 lr_schedule="cyclic", batch_size=128, train_limit=4000, probes="robust_acc,grad_align",
+                 eval_n=200, eval_steps=50, eval_restarts=3),
+    method_args={"atas.warmup_epochs": 0})
+
+PAPER = SweepSpec(
+    methods=METHODS, eps=tuple(f"{k}/255" for k in range(1, 17)), seeds=(0, 1, 2, 3, 4),
+    options=dict(dataset="cifar10", model="preact_resnet18", epochs=30, optimizer="sgd", lr=0.3,
+                 momentum=0.9, weight_decay=5e-4, lr_schedule="cyclic", batch_size=128, train_limit=None,
+                 amp=True, probes="robust_acc,grad_align", eval_n=1000, eval_steps=50, eval_restarts=10))
+
+SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
+    SweepPreset("gradalign-fig1", "GradAlign Fig. 1, 8",
+                "accuracy vs training eps of 7 methods over seeds (an eps sweep)",
+                ("robust_vs_eps", "co_rate", "accuracy_vs_cost", "detector_scorecard"),
+                {"embedded": EMBEDDED, "paper": PAPER},
+                note="embedded scale: Fashion-MNIST with the 4-filter CNN, a short schedule and PGD-50-3 on "
+                     "200 points; the paper's numbers (CIFAR-10, PreAct ResNet-18) are shown only at paper "
+                     "scale"),
+]}
+
+#: ``--quick``: the same grid as a smoke test (seconds per run).
+QUICK = dict(epochs=1, train_limit=256, eval_n=32, eval_steps=5, eval_restarts=1, probe_n=32,
+             train_probe_n=32)

@@ -1,0 +1,81 @@
+"""The ``ray`` executor: each cell a Ray task (optional extra ``codiag[ray]``).
+
+Every task asks for ``threads_per_run`` CPUs and, where the cluster has GPUs, ``1 /
+runs_per_gpu`` of a GPU (fractional GPUs pack small runs). Ray re-runs a task whose worker
+process or node died (``max_retries``); the retried cell takes over the dead worker's
+claim and resumes its run from the checkpoint, so every run ends present once.
+
+``ray_address`` connects to an existing cluster (``ray start --head`` on the head node,
+``ray start --address HEAD:PORT`` on the others); without it a local Ray instance is
+started for the sweep and stopped after it. On a cluster, SWEEP_DIR must be one shared
+file system (NFS, Lustre, ...) mounted at the same path on every node: the tasks write
+their runs there, and the claims that keep a run from running twice live there too.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import UsageError
+from .cell import run_cell
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'codiag[ray]'") from None
+    return ray
+
+
+def run_ray(sweep_dir: str, cells: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any], *,
+            address: str | None, jobs: int | None, threads_per_run: int, runs_per_gpu: int,
+            local: Mapping[str, Any] | None, device: str | None, on_result: Callable[[dict[str, Any]], None],
+            retries: int = 3) -> dict[str, Any]:
+    """Submit every cell as a Ray task and report each result as it arrives. Returns what
+    the cluster offered (``{"CPU": ..., "GPU": ...}``)."""
+    ray = _ray()
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=(jobs or None) and jobs * threads_per_run,
+                         include_dashboard=False,
+                         log_to_driver=False)
+                started_here = True
+        except ConnectionError as e:
+            raise UsageError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+    try:
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0)) if device in (None, "auto") or str(device).startswith("cuda") else 0.0
+        options: dict[str, Any] = {"num_cpus": threads_per_run, "max_retries": retries,
+                                   "retry_exceptions": False}
+        if gpus:
+            options["num_gpus"] = 1.0 / runs_per_gpu
+        task = ray.remote(_task).options(**options)
+        dev = device if device not in (None, "auto") else ("cuda" if gpus else "cpu")
+        refs = {task.remote(sweep_dir, dict(c), dict(protocol), dev, local, threads_per_run): c
+                for c in cells}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                cell = refs.pop(ref)
+                try:
+                    on_result(ray.get(ref))
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                        ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError) as e:
+                    on_result({"name": cell["name"], "status": "failed",
+                               "error": f"Ray gave up after {retries} retries: {type(e).__name__}"})
+        return {k: resources.get(k, 0) for k in ("CPU", "GPU")}
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _task(sweep_dir: str, cell: Mapping[str, Any], protocol: Mapping[str, Any], device: str,
+          local: Mapping[str, Any] | None, threads: int) -> dict[str, Any]:
+    import socket
+
+    return {**run_cell(sweep_dir, cell, protocol, device=device, local=local, threads=threads),
+            "device": device, "host": socket.gethostname()}

@@ -1,0 +1,121 @@
+"""The table behind the sweep figures: one row per run of an eps sweep (GradAlign Fig. 1, 8),
+with its final accuracies, its cost relative to FGSM at the same eps, the online CO alarm
+and a collapse label, and the detector scorecard that compares the two.
+
+Collapse label (independent of the alarm: it reads the final evaluation, not the rules):
+a run *collapsed* when its final PGD accuracy (the trainer's PGD-k-r evaluation) is below
+``max(0.05, 0.3 x peak)``, ``peak`` being the highest PGD accuracy the ``robust_acc`` probe
+recorded during training (0 when it did not run), while its clean accuracy stays at least
+0.2 above the PGD accuracy: the model learned the task but lost almost all the robustness it
+had reached, or never kept any (GradAlign Sec. 4: clean accuracy holds, PGD accuracy goes to
+~0). A model that learned nothing (clean close to PGD accuracy) is not a collapse. Its
+*collapse epoch* is the first probe event from which the probe's PGD accuracy stays below
+that bound. Latency = alarm epoch - collapse epoch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from codiag.runs import Run
+
+from .base import MissingData, fmt_eps
+from .summary import summary_row
+
+COLLAPSE_ABS = 0.05
+COLLAPSE_REL = 0.3
+MIN_CLEAN_GAP = 0.2
+
+COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "eps_label", "seed", "clean_acc",
+           "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm", "alarm",
+           "alarm_epoch", "peak_probe_pgd", "collapsed", "collapse_epoch", "outcome", "latency_epochs",
+           "status"]
+
+
+def _probe_pgd(run: Run) -> pd.DataFrame:
+    df = run.scalar("robust_acc", "pgd_acc").drop_duplicates("step", keep="last")
+    return df[np.isfinite(df["value"].to_numpy())]
+
+
+def collapse_label(run: Run, final_pgd: float, final_clean: float) -> tuple[bool | None, float, int | None]:
+    """(collapsed, probe peak, collapse epoch); collapsed is None without a final evaluation."""
+    df = _probe_pgd(run)
+    peak = float(df["value"].max()) if len(df) else 0.0
+    if not (math.isfinite(final_pgd) and math.isfinite(final_clean)):
+        return None, peak, None
+    bound = max(COLLAPSE_ABS, COLLAPSE_REL * peak)
+    collapsed = bool(final_pgd < bound and final_clean - final_pgd >= MIN_CLEAN_GAP)
+    epoch = None
+    if collapsed and len(df):
+        above = np.flatnonzero(df["value"].to_numpy() >= bound)
+        after = df.iloc[above[-1] + 1:] if len(above) else df
+        epoch = int(after["epoch"].iloc[0]) if len(after) else int(df["epoch"].iloc[-1])
+    return collapsed, peak, epoch
+
+
+def sweep_row(run: Run) -> dict[str, Any]:
+    """One run's row (``COLUMNS``, without ``cost_vs_fgsm``, which needs the other runs)."""
+    s = summary_row(run)
+    eps = float(run.config.get("eps", math.nan))
+    pgd, clean = float(s["pgd_acc"]), float(s["clean_acc"])
+    alarms = run.events_of("co_alarm")
+    alarm_epoch = int(alarms[0]["epoch"]) if alarms and alarms[0].get("epoch") is not None else None
+    collapsed, peak, collapse_epoch = collapse_label(run, pgd, clean)
+    if collapsed is None:
+        outcome = ""
+    else:
+        outcome = {(True, True): "hit", (True, False): "miss", (False, True): "false alarm",
+                   (False, False): "quiet"}[(bool(collapsed), bool(alarms))]
+    latency = alarm_epoch - collapse_epoch if alarm_epoch is not None and collapse_epoch is not None \
+        and collapsed else None
+    return {"run": run.name, "method": s["method"], "method_args": s["method_args"], "dataset": s["dataset"],
+            "model": s["model"], "eps": eps, "eps_label": fmt_eps(eps), "seed": s["seed"],
+            "clean_acc": s["clean_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"], "pgd_attack": s["pgd_attack"],
+            "eval_n": s["eval_n"], "train_time_s": s["train_time_s"], "cost_vs_fgsm": math.nan,
+            "alarm": bool(alarms), "alarm_epoch": alarm_epoch, "peak_probe_pgd": round(peak, 4),
+            "collapsed": collapsed, "collapse_epoch": collapse_epoch, "outcome": outcome,
+            "latency_epochs": latency, "status": s["status"]}
+
+
+def sweep_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run, sorted by method, eps, seed; ``cost_vs_fgsm`` is the run's training
+    time over the mean training time of the FGSM runs at the same eps (NaN without them)."""
+    if not runs:
+        raise MissingData("no runs")
+    df = pd.DataFrame([sweep_row(r) for r in runs], columns=COLUMNS)
+    fgsm = df[df["method"] == "fgsm"].groupby("eps")["train_time_s"].mean()
+    df["cost_vs_fgsm"] = [t / fgsm[e] if e in fgsm.index and fgsm[e] > 0 else math.nan
+                          for t, e in zip(df["train_time_s"], df["eps"])]
+    return df.sort_values(["method", "eps", "seed"], kind="stable").reset_index(drop=True)
+
+
+def grid_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """The sweep table, refused (MissingData) unless the runs form an eps sweep: at least two
+    eps values, every run with a final evaluation."""
+    df = sweep_table(runs)
+    if df["eps"].nunique() < 2:
+        raise MissingData("an eps sweep needs runs at two or more eps values (codiag sweep)")
+    if df["pgd_acc"].isna().all():
+        raise MissingData("no run has a final PGD evaluation (eval_n > 0)")
+    return df
+
+
+def scorecard(df: pd.DataFrame) -> pd.DataFrame:
+    """The online alarm against the collapse label, per method and over all runs: collapsed
+    runs, recall (hits / collapsed), false alarms (alarms on runs that did not collapse),
+    and the mean latency in epochs."""
+    labelled = df[df["collapsed"].notna()]
+    rows = []
+    for name, grp in [*labelled.groupby("method"), ("all", labelled)]:
+        collapsed = grp["collapsed"].astype(bool)
+        hits = int((collapsed & grp["alarm"]).sum())
+        lat = pd.to_numeric(grp.loc[collapsed & grp["alarm"], "latency_epochs"], errors="coerce").dropna()
+        rows.append({"method": name, "runs": len(grp), "collapsed": int(collapsed.sum()),
+                     "alarms": int(grp["alarm"].sum()),
+                     "hits": hits, "recall": hits / collapsed.sum() if collapsed.sum() else math.nan,
+                     "false_alarms": int((~collapsed & grp["alarm"]).sum()),
+                     "mean_latency_epochs": float(lat.mean()) if len(lat) else math.nan})
+    return pd.DataFrame(rows)

@@ -1,0 +1,162 @@
+"""Eps sweeps with the local executor: the grid, sweep.json, exactly-once resumption of an
+interrupted sweep, grid extension, protocol conflicts, the sweep report and the presets.
+
+Real tiny runs: cnn4 on the first 256 Fashion-MNIST images, 1 epoch, evaluation on 32
+test points; a real worker pool and a real SIGINT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import codiag
+from codiag.cli import main
+from codiag.errors import UsageError
+from codiag.sweeps.grid import Cell, eps_tag, make_cells
+from codiag.sweeps.presets import SWEEP_PRESETS
+from codiag.trainer import TrainConfig
+
+TINY = dict(train_limit=256, epochs=1, eval_n=32, eval_steps=3, eval_restarts=1, probes="robust_acc,grad_align")
+TINY_CLI = ["--train-limit", "256", "--epochs", "1", "--eval-n", "32", "--eval-steps", "3",
+            "--eval-restarts", "1", "--probes", "robust_acc,grad_align", "-q"]
+
+
+def run_starts(run_dir: Path) -> int:
+    """How many times a run was started or resumed (its events)."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line]
+    return sum(e["kind"] in ("run_start", "resume") for e in events)
+
+
+def test_cells_names_and_bad_input():
+    cells = make_cells("fgsm,n-fgsm", "8/255,0.1,8/255", "0,1")
+    assert [c.name for c in cells][:3] == ["fgsm-eps8_255-seed0", "fgsm-eps8_255-seed1", "fgsm-eps0.1-seed0"]
+    assert len(cells) == 8 and {c.method for c in cells} == {"fgsm", "n_fgsm"}
+    assert eps_tag(0.2) == "0.2" and Cell("pgd10", 16 / 255, 3).name == "pgd10-eps16_255-seed3"
+    for methods, eps, seeds in (("nope", "0.1", "0"), ("fgsm", "2", "0"), ("fgsm", "0.1", "x"), ("", "0.1", "0")):
+        with pytest.raises(UsageError):
+            make_cells(methods, eps, seeds)
+
+
+def exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:           # argparse's own errors
+        return int(e.code)
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    for extra in (["--methods", "fgsm", "--eps", "abc"], ["--methods", "fgsm", "--eps", "0.1", "-m", "lam=2"],
+                  ["--methods", "fgsm", "--eps", "0.1", "--jobs", "0"], ["--methods", "nope", "--eps", "0.1"],
+                  ["--methods", "fgsm", "--eps", "0.1", "--ray-address", "127.0.0.1:1"]):
+        assert exit_code(["sweep", *extra, "--out", str(tmp_path / "s")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+    (tmp_path / "mine.txt").write_text("not a sweep")
+    assert exit_code(["sweep", "--methods", "fgsm", "--eps", "0.1", "--out", str(tmp_path), *TINY_CLI]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "not a sweep" and not (tmp_path / "sweep.json").exists()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A sweep interrupted by SIGINT after its first run, then resumed in-process: the
+    finished run is not repeated, the interrupted one resumes."""
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    cmd = [sys.executable, "-m", "codiag", "sweep", "--methods", "fgsm,pgd10", "--eps", "0.1,0.3",
+           "--seeds", "0", "--jobs", "1", "--out", str(out), *TINY_CLI]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            # a suite started in the background ignores SIGINT: let the sweep see it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = out / "fgsm-eps0.1-seed0" / "run.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if first.exists() and json.loads(first.read_text()).get("status") == "finished":
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)        # Ctrl-C: the driver and its worker
+    log = proc.communicate(timeout=60)[0]
+    statuses = {p.name: json.loads((p / "run.json").read_text())["status"]
+                for p in out.iterdir() if (p / "run.json").exists()}
+    first_meta = json.loads(first.read_text())
+    result = codiag.sweep("fgsm,pgd10", "0.1,0.3", "0", out=out, jobs=1, **TINY)
+    return out, log, statuses, first_meta, result
+
+
+def test_interrupted_sweep_resumes_without_repeating(swept):
+    out, log, statuses, first_meta, result = swept
+    assert "0 of 4 done" in log and statuses["fgsm-eps0.1-seed0"] == "finished"
+    assert len(statuses) < 4 or any(s != "finished" for s in statuses.values()), statuses
+    assert result.done == result.total == 4 and not result.failed
+    # the run finished before the interruption was not trained again
+    assert json.loads((out / "fgsm-eps0.1-seed0" / "run.json").read_text())["start_time"] == first_meta["start_time"]
+    assert run_starts(out / "fgsm-eps0.1-seed0") == 1
+    assert all(json.loads((out / c.name / "run.json").read_text())["status"] == "finished" for c in result.cells)
+    index = json.loads((out / "sweep.json").read_text())
+    assert len(index["cells"]) == 4 and index["protocol"]["epochs"] == 1 and index["codiag"] == codiag.__version__
+
+
+def test_rerun_skips_extension_adds_conflict_refused(swept, capsys):
+    out, *_ = swept
+    before = {p.name: run_starts(p) for p in out.iterdir() if (p / "run.json").exists()}
+    again = codiag.sweep("fgsm,pgd10", "0.1,0.3", "0", out=out, jobs=1, **TINY)
+    assert "4 of 4 done, 0 to run" in capsys.readouterr().out
+    assert again.done == 4 and {p.name: run_starts(p) for p in out.iterdir() if (p / "run.json").exists()} == before
+    # two new cells, on a pool of two worker processes
+    bigger = codiag.sweep("fgsm", "0.1,0.2,0.25", "0", out=out, jobs=2, **TINY)
+    assert bigger.total == 6 and bigger.done == 6
+    assert {r["name"] for r in bigger.results} == {"fgsm-eps0.2-seed0", "fgsm-eps0.25-seed0"}
+    assert all(r["status"] == "trained" and r["pid"] != os.getpid() for r in bigger.results)
+    with pytest.raises(UsageError, match="another protocol"):
+        codiag.sweep("fgsm", "0.1", "0", out=out, **{**TINY, "epochs": 2})
+
+
+def test_sweep_report_draws_the_figures(swept, tmp_path):
+    out, *_ = swept
+    assert main(["report", str(out), "-o", str(tmp_path / "rep")]) == 0
+    for key in ("robust_vs_eps", "co_rate", "accuracy_vs_cost", "detector_scorecard"):
+        assert list((tmp_path / "rep").rglob(f"{key}.png")) and list((tmp_path / "rep").rglob(f"{key}.svg")), key
+    table = pd.read_csv(tmp_path / "rep" / "sweep_summary.csv")
+    assert len(table) == 6 and set(table["method"]) == {"fgsm", "pgd10"}
+    assert table.loc[table["method"] == "fgsm", "cost_vs_fgsm"].groupby(table["eps"]).mean().round(6).eq(1).all()
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Detector scorecard" in page and "Accuracy vs training eps" in page
+
+
+def test_presets_specs():
+    preset = SWEEP_PRESETS["gradalign-fig1"]
+    emb, pap = preset.scales["embedded"], preset.scales["paper"]
+    wanted = {"fgsm", "fgsm_rs", "n_fgsm", "gradalign", "zerograd", "atas", "pgd10"}
+    assert wanted <= set(emb.methods) and wanted <= set(pap.methods)
+    assert len(emb.eps) >= 6 and len(emb.seeds) >= 3 and emb.options["dataset"] == "fashion_mnist"
+    assert [round(float(eval(e)) * 255) for e in pap.eps] == list(range(1, 17)) and len(pap.seeds) == 5
+    assert pap.options["model"] == "preact_resnet18" and pap.options["dataset"] == "cifar10"
+    assert (pap.options["eval_steps"], pap.options["eval_restarts"]) == (50, 10)
+    from codiag.sweeps.grid import cell_config, protocol_of, split_method_args
+    for spec in (emb, pap):
+        cells = make_cells(spec.methods, spec.eps, spec.seeds)
+        assert len(cells) == spec.runs
+        protocol = protocol_of(spec.options, split_method_args(spec.method_args, spec.methods))
+        cfgs = {c.name: TrainConfig.from_dict(cell_config(c, protocol, "x", device="cpu")) for c in cells}
+        ga16 = cfgs.get("gradalign-eps16_255-seed0")
+        if ga16 is not None:       # the paper's lambda at 16/255 reaches the method (App. B, Table 2)
+            from codiag.methods import get_method
+            assert get_method("gradalign", ga16.eps, **ga16.method_args).lam == pytest.approx(2.0)
+    assert cfgs["atas-eps8_255-seed4"].epochs == 30
+    emb_cfg = TrainConfig.from_dict(cell_config(Cell("zerograd", 0.2, 0), protocol_of(emb.options, {}), "x"))
+    assert emb_cfg.method_args["step"] == 0.75          # the validated setting at Fashion-MNIST eps 0.2
+
+
+def test_reproduce_lists_the_sweep_preset(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("gradalign-fig1 "))
+    assert "126" in line and "560" in line

@@ -1,0 +1,133 @@
+"""Eps sweeps on Ray: a real local instance (``ray.init(num_cpus=2)``), a Ray worker killed
+in the middle of a run, and a real two-CPU cluster on loopback (``ray start --head``) joined
+with ``--ray-address``. Skipped where Ray is not installed (``pip install 'codiag[ray]'``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import codiag
+from codiag.cli import main
+
+# Ray's token authentication: one token for the head node, its workers and this driver. Ray
+# reads these when it is imported, so they are set first.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+ray = pytest.importorskip("ray")
+
+TINY = dict(train_limit=256, epochs=1, batch_size=64, eval_n=32, eval_steps=3, eval_restarts=1, probe_n=32,
+            train_probe_n=32, probes="robust_acc,grad_align")
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line]
+
+
+def _finished_once(out: Path, result) -> None:
+    assert result.done == result.total and not result.failed
+    dirs = sorted(p.name for p in out.iterdir() if (p / "run.json").exists())
+    assert dirs == sorted(c.name for c in result.cells)          # every run present, once
+    for d in dirs:
+        assert json.loads((out / d / "run.json").read_text())["status"] == "finished"
+        assert sum(e["kind"] == "run_end" and e.get("status") == "finished" for e in _events(out / d)) == 1
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def test_local_ray_instance_runs_a_grid(local_ray, tmp_path):
+    out = tmp_path / "s"
+    result = codiag.sweep("fgsm,n_fgsm", "0.1", "0", out=out, executor="ray", **TINY)
+    _finished_once(out, result)
+    assert {r["status"] for r in result.results} == {"trained"}
+    assert len({r["pid"] for r in result.results}) >= 1
+
+
+def test_killed_ray_worker_run_resumes_once(local_ray, tmp_path):
+    """SIGKILL the worker of a run while it trains: Ray retries the task, the retry takes over
+    the dead worker's claim and resumes the run (or restarts it, without a checkpoint); every
+    run ends finished, once."""
+    out = tmp_path / "s"
+    killed: list[int] = []
+
+    def killer() -> None:
+        run_dir = out / "fgsm-eps0.1-seed1"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            try:   # the run is written (step-0 probes done) and its writer holds the lock
+                started = len((run_dir / "metrics.csv").read_text().splitlines()) > 1
+                pid = int((run_dir / "run.lock").read_text().strip() or 0) if started else 0
+            except (OSError, ValueError):
+                pid = 0
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    result = codiag.sweep("fgsm", "0.1", "0,1", out=out, executor="ray", **{**TINY, "epochs": 2})
+    t.join(timeout=5)
+    assert killed, "the run was never seen training"
+    _finished_once(out, result)
+    # the retry resumed the run from its training checkpoint, or (killed before its first epoch
+    # ended, with none) trained it again from the start; never a second run beside it
+    retried = next(r for r in result.results if r["name"] == "fgsm-eps0.1-seed1")
+    assert retried["status"] in ("resumed", "restarted") and retried["pid"] != killed[0]
+    kinds = [e["kind"] for e in _events(out / "fgsm-eps0.1-seed1")]
+    assert kinds.count("run_start") == 1 and kinds.count("resume") == (retried["status"] == "resumed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster():
+    """A head node on 127.0.0.1 with 2 CPUs, started by `ray start` as on a real cluster (with
+    this module's auth token)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    port = _free_port()
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        subprocess.run([*ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+                        "--include-dashboard=false", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                       check=True, capture_output=True, env=env, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
+
+
+def test_loopback_cluster_via_ray_address(loopback_cluster, tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["sweep", "--methods", "fgsm", "--eps", "0.1,0.2", "--seeds", "0", "--out", str(out),
+            "--executor", "ray", "--ray-address", loopback_cluster, "--train-limit", "256", "--epochs", "1",
+            "--batch-size", "64", "--eval-n", "32", "--eval-steps", "3", "--eval-restarts", "1",
+            "--probes", "grad_align"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 of 2 done" in text and "offered 2 CPU(s)" in text
+    assert all(json.loads((out / n / "run.json").read_text())["status"] == "finished"
+               for n in ("fgsm-eps0.1-seed0", "fgsm-eps0.2-seed0"))
