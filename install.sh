@@ -12,5 +12,5 @@ if command -v apt-get >/dev/null; then
 else
   echo "install.sh: no apt-get here; install Fashion-MNIST under --data-root yourself" >&2
 fi
-python3 -m pip install -q -e ".[test,autoattack]"
+python3 -m pip install -q -e ".[test,autoattack,ray]"
 command -v pyenv >/dev/null && pyenv rehash || true

@@ -69,7 +69,9 @@ def train_options(args: argparse.Namespace) -> dict:
     first = argparse.Namespace(**vars(args))
     first.method, first.eps, first.seed, first.method_arg = "fgsm", 0.0, 0, []
     cfg = config_from_args(first)
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in CELL_FIELDS and k not in LOCAL_FIELDS}
+    opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in CELL_FIELDS and k not in LOCAL_FIELDS}
+    opts["lr_peak_at"] = args.lr_peak      # as given: None means each method's own peak, per cell
+    return opts
 
 
 def run(args: argparse.Namespace) -> int:

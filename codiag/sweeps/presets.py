@@ -4,14 +4,16 @@
 training eps, one line per method, spread over seeds):
 
 * ``paper``: the paper's setting (App. B): PreAct ResNet-18 on CIFAR-10, SGD momentum 0.9,
-  weight decay 5e-4, cyclic lr peaking at 0.3, 30 epochs, batch 128, eps 1/255 .. 16/255,
-  5 seeds, final PGD-50-10 on 1000 test points; for GPUs (16 x 7 x 5 = 560 runs).
+  weight decay 5e-4, cyclic lr peaking at 0.3 at 2/5 of training for every method, 30
+  epochs, batch 128, eps 1/255 .. 16/255, 5 seeds, final PGD-50-10 on 1000 test points;
+  for GPUs (16 x 7 x 5 = 560 runs).
 * ``embedded``: CPU minutes per run. GradAlign's 4-filter CNN on the first 4000
-  Fashion-MNIST training images, 5 epochs, Adam with the one-cycle lr peaking at 6e-3
-  (the CO-prone short schedule of the methods' CO test), eps 0.05 .. 0.3: FGSM holds at
-  small eps and collapses at large eps. Final PGD-50-3 on the first 200 test points (not
-  PGD-50-10: the evaluation would cost more than the training), probes ``robust_acc`` and
-  ``grad_align`` (what the online alarm reads). About 10-35 s per run on one CPU core.
+  Fashion-MNIST training images, 5 epochs, Adam with the one-cycle lr peaking at 6e-3 at
+  2/5 of training for every method (the CO-prone short schedule of the methods' CO test),
+  eps 0.05 .. 0.3: FGSM holds at small eps and collapses at large eps. Final PGD-50-3 on
+  the first 200 test points (not PGD-50-10: the evaluation would cost more than the
+  training), probes ``robust_acc`` and ``grad_align`` (what the online alarm reads). About
+  10-35 s per run on one idle CPU core.
 
 Method settings come from the validated-settings table (``codiag.methods.settings``) where it
 has a row for the dataset and eps (Fashion-MNIST eps 0.2), else the papers' defaults; so a
@@ -60,14 +62,16 @@ class SweepPreset:
 EMBEDDED = SweepSpec(
     methods=METHODS, eps=("0.05", "0.1", "0.15", "0.2", "0.25", "0.3"), seeds=(0, 1, 2),
     options=dict(dataset="fashion_mnist", model="cnn4", epochs=5, optimizer="adam", lr=6e-3,
-                 lr_schedule="cyclic", batch_size=128, train_limit=4000, probes="robust_acc,grad_align",
+                 lr_schedule="cyclic", lr_peak_at=0.4, batch_size=128, train_limit=4000,
+                 probes="robust_acc,grad_align",
                  eval_n=200, eval_steps=50, eval_restarts=3),
     method_args={"atas.warmup_epochs": 0})
 
 PAPER = SweepSpec(
     methods=METHODS, eps=tuple(f"{k}/255" for k in range(1, 17)), seeds=(0, 1, 2, 3, 4),
     options=dict(dataset="cifar10", model="preact_resnet18", epochs=30, optimizer="sgd", lr=0.3,
-                 momentum=0.9, weight_decay=5e-4, lr_schedule="cyclic", batch_size=128, train_limit=None,
+                 momentum=0.9, weight_decay=5e-4, lr_schedule="cyclic", lr_peak_at=0.4, batch_size=128,
+                 train_limit=None,
                  amp=True, probes="robust_acc,grad_align", eval_n=1000, eval_steps=50, eval_restarts=10))
 
 SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
