@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
@@ -35,6 +36,8 @@ def accuracy_vs_cost(runs: Sequence[Run], out_dir: Path) -> Figure:
             s = agg[agg["method"] == m]
             ax.scatter(s["cost"], s["pgd"], s=[sizes[e] for e in s["eps"]], color=colors[m], label=m, alpha=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(mticker.FormatStrFormatter("%gx"))
+        ax.xaxis.set_minor_formatter(mticker.FormatStrFormatter("%gx"))
         ax.set_xlabel("training time / FGSM's at the same eps")
         ax.set_ylabel("final robust accuracy (mean over seeds)")
         ax.set_ylim(0, 1)
