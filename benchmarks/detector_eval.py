@@ -142,15 +142,21 @@ def alarm_epoch(alarm: dict | None) -> int | None:
 
 
 def score(results: list[dict], out: Path) -> str:
-    from codiag.detector import DETECTORS, CODetector, detect_co
+    from codiag.detector import DETECTORS, SIGNALS, CODetector, detect_co
     from codiag.runs import load_run
 
     lines = []
     per_detector: dict[str, list[tuple[dict, int | None, int | None]]] = {}
+    unscored: dict[str, int] = {}
     for r in results:
         label = label_collapse(r["pgd"], r["clean"])
         metrics = load_run(out / r["name"]).metrics
-        for name in DETECTORS:
+        recorded = {SIGNALS[pk] for pk in zip(metrics["probe"].astype(str), metrics["key"].astype(str))
+                    if pk in SIGNALS}
+        for name, make in DETECTORS.items():
+            if not set(getattr(make, "needs", ())) <= recorded:   # its signal was never recorded
+                unscored[name] = unscored.get(name, 0) + 1
+                continue
             alarm = r["online_alarm"] if name == CODetector.name else detect_co(metrics, detector=name)
             per_detector.setdefault(name, []).append((r, label, alarm_epoch(alarm)))
     lines.append("| detector | runs | collapsed (label) | recall | false alarms | latency (epochs) mean / max |")
@@ -163,16 +169,18 @@ def score(results: list[dict], out: Path) -> str:
         lat = f"{sum(hits) / len(hits):+.2f} / {max(hits):+d}" if hits else "-"
         lines.append(f"| {name} | {len(rows)} | {len(pos)} | {recall} | "
                      f"{sum(al is not None for al in neg)}/{len(neg)} | {lat} |")
+    for name, n in unscored.items():
+        lines.append(f"| {name} | {n} run(s) not scored: its signal was not recorded in them | | | | |")
     lines.append("")
     lines.append("| run | PGD-50 per epoch (0 = init) | label epoch | " +
                  " | ".join(f"{n} alarm epoch" for n in per_detector) + " |")
     lines.append("|---|---|---|" + "---|" * len(per_detector))
-    for i, r in enumerate(results):
-        cells = [per_detector[n][i] for n in per_detector]
-        lab = cells[0][1]
+    for r in results:
+        lab = label_collapse(r["pgd"], r["clean"])
+        cells = [next((c for c in per_detector[n] if c[0] is r), None) for n in per_detector]
         lines.append(f"| {r['name']} | {' '.join(f'{p:.2f}' for p in r['pgd'])} | "
                      f"{'-' if lab is None else lab} | " +
-                     " | ".join("-" if c[2] is None else str(c[2]) for c in cells) + " |")
+                     " | ".join("n/a" if c is None else "-" if c[2] is None else str(c[2]) for c in cells) + " |")
     return "\n".join(lines)
 
 

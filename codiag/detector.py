@@ -107,6 +107,8 @@ class Detector:
 
     name: ClassVar[str] = ""
     signals: ClassVar[Mapping[tuple[str, str], str]] = SIGNALS
+    #: the short names it cannot work without (a run that never recorded them cannot be scored)
+    needs: ClassVar[tuple[str, ...]] = ()
     alarm: dict[str, Any] | None = None
 
     @property
@@ -136,6 +138,7 @@ class CODetector(Detector):
     """
 
     name: ClassVar[str] = "codiag"
+    needs: ClassVar[tuple[str, ...]] = ("pgd_acc", "fgsm_acc")
 
     drop: float = 0.5
     min_peak: float = 0.1
@@ -229,6 +232,7 @@ class ELLEADetector(Detector):
     """
 
     name: ClassVar[str] = "elle_a"
+    needs: ClassVar[tuple[str, ...]] = ("lin_err",)
 
     sensitivity: float = 2.0
     min_history: int = 3
