@@ -13,8 +13,10 @@ first 1,000 test points. Each method runs in fp32 and, with ``--amp``, under bf1
 GradAlign diagnostics per epoch (the questions the failure raised): the number of steps whose
 loss, regulariser or parameter gradient was not finite; the mean training cosine and the mean
 share of samples left out of it (a zero input gradient at x or x + eta); the largest parameter
-gradient norm. Methods are given in the same order as on the CPU; ZeroGrad runs with its paper
-defaults and with its 16/255 setting (``codiag.methods.settings``).
+gradient norm. For every method, the clean accuracy also with BatchNorm's batch statistics
+(train mode): on a small CPU PreAct network GradAlign reached a degenerate eval-mode model
+(clean 0.08) at 16/255, the symptom of the GPU run. ZeroGrad runs with its paper defaults and
+with its 16/255 setting (``codiag.methods.settings``).
 
 ``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code does
 (a candidate cause, untested without a GPU). Prints one line per epoch and writes every number
@@ -116,9 +118,18 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
                     grad_max = max(grad_max, float(gn))
                     diag.append(gradalign_probe(method, model, x, y))
             mon.epoch_end()
+            # clean accuracy with batch statistics (train mode, running averages restored): far
+            # above the eval-mode accuracy means BatchNorm's running averages no longer fit
+            saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+            model.train()
+            with torch.no_grad():
+                batch_stats_acc = sum(int((model(test_x[j:j + 200]).argmax(1) == test_y[j:j + 200]).sum())
+                                      for j in range(0, len(test_y), 200)) / len(test_y)
+            model.load_state_dict(saved, strict=False)
             model.eval()
             res = attacks.evaluate(model, (test_x, test_y), EPS, n=len(test_y), pgd_steps=10, restarts=1, seed=0)
             row = {"label": label, "amp": amp, "epoch": epoch + 1, "clean": res["clean_acc"],
+                   "clean_batch_stats": batch_stats_acc,
                    "pgd10": res["pgd_acc"], "co_alarm": bool(mon.co_detected),
                    "seconds": time.perf_counter() - t0}
             if name == "gradalign":
