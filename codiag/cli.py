@@ -9,7 +9,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from .errors import UsageError
+from .errors import Terminated, UsageError
 from .version import __version__
 
 COMMANDS = ("train", "demo", "report", "reproduce", "sweep")
@@ -41,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"codiag {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only target: the run is closed "failed" by now
+        where = f": {e.filename}" if e.filename else ""
+        print(f"codiag {args.command}: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except Terminated as e:
+        print(f"codiag {args.command}: terminated (signal {e.signum}); --resume continues", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"codiag {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -208,8 +209,15 @@ def _materialise(files: dict[str, Path], cls_name: str) -> Path:
             if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
                 continue
             fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-            with os.fdopen(fd, "wb") as out, (gzip.open if src.suffix == ".gz" else open)(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
+            try:
+                with os.fdopen(fd, "wb") as out, (gzip.open if src.suffix == ".gz" else open)(src, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                os.unlink(tmp)
+                raise UsageError(f"cannot decompress {src}: {e} (a truncated or corrupt file?)") from None
+            except BaseException:
+                os.unlink(tmp)
+                raise
             os.chmod(tmp, 0o644)  # mkstemp makes it private; the source was world-readable
             os.replace(tmp, dst)
     except OSError as e:

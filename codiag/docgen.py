@@ -12,6 +12,7 @@ import inspect
 import sys
 from pathlib import Path
 
+from . import atomic
 from .methods import METHODS
 from .methods.settings import SETTINGS
 from .probes import output_table
@@ -64,9 +65,9 @@ def run_format_markdown(current: str) -> str:
 
 
 def main() -> int:
-    (DOCS / "METHODS.md").write_text(methods_markdown())
+    atomic.write_text(DOCS / "METHODS.md", methods_markdown())
     path = DOCS / "RUN_FORMAT.md"
-    path.write_text(run_format_markdown(path.read_text()))
+    atomic.write_text(path, run_format_markdown(path.read_text()))
     print(f"wrote {DOCS / 'METHODS.md'} and the key table of {path}")
     return 0
 

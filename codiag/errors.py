@@ -6,3 +6,11 @@ class UsageError(Exception):
 
     The CLI prints ``codiag: <message>`` and exits 2, with no traceback.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a run was open: the run ends "interrupted", like Ctrl-C."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum

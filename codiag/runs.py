@@ -10,13 +10,15 @@ Layout (docs/RUN_FORMAT.md)::
       checkpoints/    optional
       report/         written by ``codiag report``
 
-Every write is append-and-flush or write-to-temp-then-rename, so a run killed
-at any moment (SIGKILL included) still loads: the reader drops a half-written
-last line. A lock file (``run.lock``, created with O_EXCL, holding the pid)
-refuses a second writer while the first is alive.
+Every write is append-and-flush or write-to-temp-then-rename (``codiag.atomic``),
+so a run killed at any moment (SIGKILL included) still loads: the reader drops a
+half-written last line and skips malformed rows with a warning. ``run.lock``
+(``codiag.rundir``) refuses a second writer while the first is alive, in this
+process as in any other; a directory that is not a codiag run is never written.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -24,8 +26,12 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
+import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,32 +40,26 @@ import pandas as pd
 import torch
 import torchvision
 
-from .errors import UsageError
+from . import atomic
+from .errors import Terminated, UsageError
+from .rundir import (
+    FORMAT_VERSION,
+    RunLock,
+    check_run_dir,
+    classify,
+    clear_run,
+    drop_partial_line,
+    read_meta,
+    refuse_foreign,
+)
 from .version import __version__
 
-FORMAT_VERSION = 1
 METRIC_COLUMNS = ["step", "epoch", "probe", "key", "value"]
 _ARRAY_RE = re.compile(r"^(?P<name>.+)-STEP(?P<step>\d{7,})\.npy$")
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _git_commit() -> str | None:
@@ -91,7 +91,7 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def _to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
     if isinstance(value, np.generic):
@@ -99,9 +99,9 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
@@ -113,80 +113,76 @@ class RunWriter:
     ``log`` accepts Python numbers or 0-d tensors on any device and only buffers
     them: tensors are moved to the host together at ``flush`` (one transfer per
     device), so logging inside a training step never synchronises with the GPU.
+
+    Opening takes the directory's lock (``codiag.rundir``: one writer, refused
+    directories that are not runs); ``resume`` appends to an existing run after
+    cutting a half-written last line, ``overwrite`` deletes only codiag's files.
+    While open, SIGTERM raises :class:`~codiag.errors.Terminated` (a
+    KeyboardInterrupt) in the main thread, so the run ends "interrupted" with its
+    ``run_end`` event rather than being killed with status "running".
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None,
                  resume: bool = False, overwrite: bool = False) -> None:
         self.path = Path(run_dir)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "arrays").mkdir(exist_ok=True)
-        self._lock = self.path / "run.lock"
-        self._acquire_lock()
+        self._closed = True
+        check_run_dir(self.path, resume, overwrite)
+        self._lock = RunLock(self.path)
         self._rows: list[tuple[int, int, str, str, Any]] = []
-        self._closed = False
-        meta_path = self.path / "run.json"
+        self._csv = self._events = None
         try:
-            if meta_path.exists() and not (resume or overwrite):
-                raise UsageError(f"{self.path} already holds a run; choose another directory, "
-                                 "or resume/overwrite it")
-            if overwrite:
-                for name in ("metrics.csv", "events.jsonl", "run.json"):
-                    (self.path / name).unlink(missing_ok=True)
-                for f in (self.path / "arrays").glob("*.npy"):
-                    f.unlink()
-            resuming = resume and meta_path.exists()
+            kind = classify(self.path)  # again, under the lock
+            if kind == "foreign":
+                raise refuse_foreign(self.path)
+            if kind == "run" and not (resume or overwrite):
+                raise UsageError(f"{self.path} already holds a run: choose another directory, "
+                                 "or --resume or --overwrite")
+            if overwrite and kind == "run":
+                clear_run(self.path)
+            (self.path / "arrays").mkdir(exist_ok=True)
+            resuming = resume and kind == "run"
             if resuming:
-                self.meta = json.loads(meta_path.read_text())
+                self.meta = read_meta(self.path)
                 self.meta["status"] = "running"
                 self.meta.setdefault("resumes", []).append(_now())
+                for name in ("metrics.csv", "events.jsonl"):
+                    drop_partial_line(self.path / name)
             else:
                 self.meta = {
                     "format_version": FORMAT_VERSION,
-                    "config": _to_jsonable(dict(config or {})),
+                    "config": to_jsonable(dict(config or {})),
                     "env": environment_info(),
                     "status": "running",
                     "start_time": _now(),
                     "end_time": None,
                 }
             self._write_meta()
-            new_csv = not (self.path / "metrics.csv").exists()
-            self._csv = open(self.path / "metrics.csv", "a", newline="")
+            csv_path = self.path / "metrics.csv"
+            new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
+            self._csv = open(csv_path, "a", newline="")
             if new_csv:
                 self._csv.write(",".join(METRIC_COLUMNS) + "\n")
                 self._csv.flush()
             self._events = open(self.path / "events.jsonl", "a")
-            self.event("resume" if resuming else "run_start")
+            self.event("resume" if resuming else "run_start",
+                       **({"previous_pid": self._lock.previous_pid} if resuming and self._lock.previous_pid else {}))
         except BaseException:
-            self._lock.unlink(missing_ok=True)
+            for f in (self._csv, self._events):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            self._lock.release()
             raise
-
-    # -- lock -------------------------------------------------------------------------------
-    def _acquire_lock(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self._lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise UsageError(f"{self.path} is being written by process {pid} "
-                                     f"(remove {self._lock} if that is wrong)") from None
-                self._lock.unlink(missing_ok=True)  # stale: its writer died
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return
-        raise UsageError(f"could not lock {self.path}")
+        self._closed = False
+        _sigterm_raises(True)
 
     # -- writes -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
-        _atomic_write_text(self.path / "run.json", json.dumps(self.meta, indent=2, sort_keys=True))
+        atomic.write_text(self.path / "run.json", json.dumps(self.meta, indent=2, sort_keys=True))
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into run.json (write to temp, then rename)."""
-        self.meta.update(_to_jsonable(fields))
+        self.meta.update(to_jsonable(fields))
         self._write_meta()
 
     def log(self, step: int, epoch: int, probe: str, key: str, value: Any) -> None:
@@ -217,40 +213,94 @@ class RunWriter:
         if isinstance(array, torch.Tensor):
             array = array.detach().cpu().numpy()
         final = self.path / "arrays" / f"{name}-STEP{int(step):07d}.npy"
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array))
-        os.replace(tmp, final)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array))
+        atomic.write_bytes(final, buf.getvalue(), inside=self.path)
         return final
 
     def event(self, kind: str, **fields: Any) -> None:
         """Append one JSON line to events.jsonl and flush it."""
-        record = {"kind": kind, "time": _now(), **_to_jsonable(fields)}
+        record = {"kind": kind, "time": _now(), **to_jsonable(fields)}
         self._events.write(json.dumps(record) + "\n")
         self._events.flush()
 
     def close(self, status: str = "finished") -> None:
-        """Flush everything, record the status and end time, release the lock."""
+        """Flush everything, record the status and end time, release the lock.
+
+        The lock is released and the files closed whatever fails; a write error
+        (a full disk) turns the status into "failed" and is raised only if the run
+        was otherwise finishing (else the error already under way is the one to see).
+        """
         if self._closed:
             return
         self._closed = True
+        error: BaseException | None = None
         try:
-            self.flush()
-            self.event("run_end", status=status)
+            try:
+                self.flush()
+                self.event("run_end", status=status)
+            except OSError as e:
+                error, status = e, "failed"
             self.meta["status"] = status
             self.meta["end_time"] = _now()
-            self._write_meta()
+            try:
+                self._write_meta()
+            except OSError as e:
+                error = error or e
         finally:
-            self._csv.close()
-            self._events.close()
-            self._lock.unlink(missing_ok=True)
+            for f in (self._csv, self._events):
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._lock.release()
+            _sigterm_raises(False)
+        if error is not None and status in ("finished", "failed") and sys.exc_info()[0] is None:
+            raise error
 
     def __enter__(self) -> "RunWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close("finished" if exc_type is None else
-                   "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+        self.close(exit_status(exc_type, exc))
+
+
+def exit_status(exc_type: type[BaseException] | None, exc: BaseException | None) -> str:
+    """The status of a run whose block ended with ``exc``: "finished", "interrupted" or "failed".
+
+    ``sys.exit(0)`` (or ``sys.exit()``) inside the block is a normal end; another exit
+    code, Ctrl-C (SIGINT) and SIGTERM are interruptions; any other exception a failure.
+    """
+    if exc_type is None:
+        return "finished"
+    if issubclass(exc_type, SystemExit):
+        return "finished" if getattr(exc, "code", None) in (None, 0) else "interrupted"
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "interrupted"
+    return "failed"
+
+
+_sigterm_users = 0
+_sigterm_previous: Any = None
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _sigterm_raises(on: bool) -> None:
+    """While any writer is open, SIGTERM raises Terminated (if nobody else handles SIGTERM)."""
+    global _sigterm_users, _sigterm_previous
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if on:
+        _sigterm_users += 1
+        if _sigterm_users == 1 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            _sigterm_previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    elif _sigterm_users > 0:
+        _sigterm_users -= 1
+        if _sigterm_users == 0 and _sigterm_previous is not None:
+            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+                signal.signal(signal.SIGTERM, _sigterm_previous)
+            _sigterm_previous = None
 
 
 def host_values(values: list[Any]) -> list[float]:
@@ -286,7 +336,7 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.meta: dict[str, Any] = json.loads((path / "run.json").read_text())
+        self.meta: dict[str, Any] = read_meta(path)
         self.config: dict[str, Any] = self.meta.get("config", {})
         self._metrics: pd.DataFrame | None = None
         self._events: list[dict[str, Any]] | None = None
@@ -301,16 +351,13 @@ class Run:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        """Tidy metrics: columns step, epoch, probe, key, value."""
+        """Tidy metrics: columns step, epoch, probe, key, value.
+
+        Malformed rows (a hand edit, a foreign writer) are skipped with one warning
+        that names the file and the lines; the rest of the run stays readable.
+        """
         if self._metrics is None:
-            lines = _complete_lines(self.path / "metrics.csv")
-            if not lines:
-                self._metrics = pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                                              zip(METRIC_COLUMNS, ["int64", "int64", str, str, "float64"])})
-            else:
-                df = pd.read_csv(io.StringIO("\n".join(lines) + "\n"),
-                                 dtype={"probe": str, "key": str})
-                self._metrics = df.astype({"step": "int64", "epoch": "int64", "value": "float64"})
+            self._metrics = read_metrics(self.path / "metrics.csv")
         return self._metrics
 
     @property
@@ -363,6 +410,28 @@ class Run:
         return f"Run({str(self.path)!r}, status={self.status!r})"
 
 
+def read_metrics(file: Path) -> pd.DataFrame:
+    """metrics.csv as a typed frame; malformed rows skipped with one warning naming file and lines."""
+    lines = _complete_lines(file)
+    rows: list[tuple[int, int, str, str, float]] = []
+    bad: list[int] = []
+    if lines and lines[0].strip() != ",".join(METRIC_COLUMNS):
+        raise UsageError(f"{file}: not a codiag metrics file (header {lines[0][:60]!r})")
+    for number, row in enumerate(csv.reader(lines[1:]), start=2):
+        try:
+            step, epoch, probe, key, value = row
+            rows.append((int(step), int(epoch), probe, key, float(value)))
+        except ValueError:
+            if row:
+                bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{file}: skipped {len(bad)} malformed row(s) at line(s) {shown}", RuntimeWarning,
+                      stacklevel=3)
+    df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    return df.astype({"step": "int64", "epoch": "int64", "probe": object, "key": object, "value": "float64"})
+
+
 def glob_escape(name: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", name)
 
@@ -376,10 +445,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise UsageError(f"not a directory: {path}")
     if not (path / "run.json").exists():
         raise UsageError(f"not a codiag run directory (no run.json): {path}")
-    try:
-        return Run(path)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"unreadable run.json in {path}: {e}") from None
+    return Run(path)
 
 
 def iter_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:

@@ -10,6 +10,7 @@ cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from . import attacks
+from . import attacks, checkpoint
+from .checkpoint import rng_state, set_rng_state
 from .data import DATASETS, load_dataset, make_loader
 from .errors import UsageError
 from .methods import METHODS, Method, check_method, get_method
@@ -28,6 +30,8 @@ from .models import MODELS, build_model
 from .monitoring import monitor
 from .parsing import parse_eps, parse_fraction
 from .probes import resolve_probes
+from .rundir import RunLock, check_run_dir, read_meta, rewind
+from .runs import to_jsonable
 from .schedules import SCHEDULES, make_schedule
 
 
@@ -156,12 +160,28 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
 
 def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
           overwrite: bool = False) -> Path:
-    """Train with ``config`` (a dict or TrainConfig); return the run directory."""
+    """Train with ``config`` (a dict or TrainConfig); return the run directory.
 
-
+    Every epoch ends with a resumable checkpoint (``codiag.checkpoint``) when
+    ``checkpoint`` is on. ``resume=True`` continues an interrupted or killed run in
+    ``config.out`` from its last checkpoint (from the start if it has none; a finished
+    run is left as it is); what the run recorded after that checkpoint is dropped and
+    recorded again, and the final weights equal those of an uninterrupted run bit for
+    bit on the CPU. The options must be the run's own (``out``, ``device``,
+    ``data_root``, ``download`` and ``progress`` aside). The run directory is checked
+    before any data is loaded.
+    """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
     device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    state = None
+    if check_run_dir(out, resume, overwrite) == "run" and resume:
+        previous = read_meta(out)
+        _check_same_config(out, previous.get("config", {}), cfg)
+        if previous.get("status") == "finished":
+            return out
+        state = _resume_state(out, cfg, device)
     torch.manual_seed(cfg.seed)
 
     train_set = load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
@@ -178,16 +198,27 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     lr_at = make_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, cfg.lr_peak_at, cfg.lr_milestones)
     steps_per_epoch = len(train_loader)
     use_amp = cfg.amp and device.type == "cuda"
+    first_epoch, stopped, time_before = 0, False, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        train_loader.set_epoch(state["loader_epoch"])
+        first_epoch, stopped, time_before = state["epoch"], state["stopped"], state["train_time_s"]
 
     record = dataclasses.asdict(cfg) | {"device_resolved": str(device), "train_size": len(train_set),
                                         "augment_resolved": augment}
+    ckpt = out / "checkpoints"
     start = time.perf_counter()
     with monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
                  train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
                  probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
                  config=record, resume=resume, overwrite=overwrite) as mon:
-        epochs = tqdm(range(cfg.epochs), desc=f"{cfg.method} {cfg.dataset}", unit="epoch",
-                      disable=not cfg.progress)
+        if state is not None:
+            set_rng_state(state["rng"])
+            mon.step, mon.epoch = state["step"], state["epoch"]
+        epochs = tqdm(range(first_epoch, 0 if stopped else cfg.epochs), desc=f"{cfg.method} {cfg.dataset}",
+                      unit="epoch", disable=not cfg.progress, initial=first_epoch, total=cfg.epochs)
         for epoch in epochs:
             method.on_epoch_start(epoch)
             model.train()
@@ -210,8 +241,18 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             elif (cfg.stop_after_co is not None and mon.co_detected
                   and mon.epoch - mon.co_alarm["epoch"] >= cfg.stop_after_co):
                 mon.event("stopped_after_co", alarm_epoch=mon.co_alarm["epoch"])
+                stopped = True
+            if cfg.checkpoint:
+                ckpt.mkdir(exist_ok=True)
+                checkpoint.save({
+                    "version": checkpoint.CHECKPOINT_VERSION, "epoch": epoch + 1, "step": mon.step,
+                    "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "method": method.state_dict(), "rng": rng_state(), "loader_epoch": train_loader.epoch,
+                    "train_time_s": time_before + time.perf_counter() - start,
+                }, ckpt / checkpoint.RESUME_FILE, inside=out)
+            if stopped:
                 break
-        train_time = time.perf_counter() - start
+        train_time = time_before + time.perf_counter() - start
 
         result: dict[str, Any] = {}
         if cfg.eval_n > 0:
@@ -223,11 +264,43 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 result["aa_acc"] = attacks.autoattack(model, x, y, cfg.eps, seed=cfg.seed)["aa_acc"]
             mon.log("eval", {k: v for k, v in result.items() if isinstance(v, (int, float))})
         if cfg.checkpoint:
-            ckpt = Path(cfg.out) / "checkpoints"
             ckpt.mkdir(exist_ok=True)
-            torch.save(model.state_dict(), ckpt / "final.pt")
+            checkpoint.save(model.state_dict(), ckpt / "final.pt", inside=out)
         mon.update(train_time_s=train_time, final=result)
-    return Path(cfg.out)
+    (ckpt / checkpoint.RESUME_FILE).unlink(missing_ok=True)  # finished: final.pt is what stays
+    return out
+
+
+#: options that may differ when a run is resumed (where it runs, not what it computes)
+_RESUME_FREE = ("out", "device", "data_root", "download", "progress")
+
+
+def _check_same_config(out: Path, recorded: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """UsageError unless ``cfg`` is the configuration ``out`` was started with."""
+    if "method" not in recorded or "epochs" not in recorded:
+        raise UsageError(f"{out} was not written by codiag train; it cannot be resumed by it")
+    now = json.loads(json.dumps(to_jsonable(dataclasses.asdict(cfg))))
+    for key, value in now.items():
+        if key not in _RESUME_FREE and key in recorded and recorded[key] != value:
+            raise UsageError(f"{out} was trained with {key}={recorded[key]!r}, not {value!r}: "
+                             "--resume continues a run with its own options")
+
+
+def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+    """The last checkpoint of ``out`` (None: start again), with the run rewound to its step."""
+    file = out / "checkpoints" / checkpoint.RESUME_FILE
+    state = None
+    if cfg.checkpoint and file.exists():
+        try:
+            state = checkpoint.load(file, map_location=device)
+        except Exception as e:  # a checkpoint that does not load is an error, not a silent restart
+            raise UsageError(f"cannot read the checkpoint {file}: {str(e).splitlines()[0]}") from None
+    lock = RunLock(out)
+    try:
+        rewind(out, state["step"] if state is not None else 0)
+    finally:
+        lock.release()
+    return state
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

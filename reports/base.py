@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from codiag import atomic
 from codiag.data import dataset_spec
 from codiag.detector import detect_co
 from codiag.errors import UsageError
@@ -93,7 +94,8 @@ def save(fig: "plt.Figure", out_dir: Path, stem: str) -> dict[str, Path]:
                 pass
     for ext in ("png", "svg"):
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, format=ext)
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext)
         files[ext] = path
     plt.close(fig)
     return files

@@ -182,6 +182,34 @@ def _analytic_section(out: Path, keep: Callable[[str], bool], warnings: list[str
     return sec
 
 
+def report_dir(out: Path) -> Path:
+    """``out``, checked and created: a new or empty directory or a codiag report, with no symbolic
+    link inside that leads out of it (every file is then written by temp-and-rename, which
+    replaces a link at the target instead of writing through it). UsageError otherwise."""
+    if out.is_symlink():
+        raise UsageError(f"refusing to write the report into {out}: it is a symbolic link")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"the report folder {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        page = out / "index.html"
+        ours = page.is_file() and not page.is_symlink() and "codiag" in page.read_text(errors="replace")[:2000]
+        if not ours and not (out.parent / "run.json").is_file():
+            raise UsageError(f"{out} holds files that are not a codiag report: choose another folder (-o)")
+        root = os.path.realpath(out)
+        for folder, dirs, files in os.walk(out):
+            for name in dirs + files:
+                p = os.path.join(folder, name)
+                target = os.path.realpath(p)
+                if os.path.islink(p) and os.path.commonpath([root, target]) != root:
+                    raise UsageError(f"refusing to write the report: {p} is a symbolic link leading "
+                                     f"outside {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the report folder {out}: {e.strerror}") from None
+    return out
+
+
 def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
           figures: Iterable[str] | None = None, analytic: bool = True, title: str = "codiag report",
           echo: bool = False, runs: Sequence[Run] | None = None,
@@ -192,11 +220,11 @@ def build(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
     printed to stderr. A sweep directory (``codiag sweep``) gets the sweep figures and
     ``sweep_summary.csv`` instead of the across-run overlays, and no per-run sections unless
     ``per_run`` names some."""
-    out = Path(out_dir)
     warnings: list[str] = []
     sweep = is_sweep(run_dirs) if runs is None else False
     if runs is None:
         runs = load_runs(run_dirs, warnings)
+    out = report_dir(Path(out_dir))
     wanted = set(figures) if figures is not None else None
 
     def keep(key: str) -> bool:

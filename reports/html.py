@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from codiag import atomic
 from codiag.version import __version__
 
 from .base import Figure
@@ -115,6 +116,7 @@ def write_page(out_dir: Path, sections: list[Section], warnings: list[str],
     body = "\n".join(section_html(s, out_dir) for s in sections)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="generator" content="codiag {esc(__version__)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title><style>{CSS}</style></head>
 <body>
@@ -129,7 +131,5 @@ comparison; every other number and every figure comes from the runs below.</p>
 """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    tmp = out_dir / f".index.html.{os.getpid()}.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, page)
     return path

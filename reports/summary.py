@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from codiag import atomic
 from codiag.runs import Run
 
 from .base import co_point, fmt_eps
@@ -99,5 +100,5 @@ def write_summary(runs: Sequence[Run], out_dir: Path) -> tuple[pd.DataFrame, Pat
     table = summary_table(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.csv"
-    table.to_csv(path, index=False, float_format="%.4f")
+    atomic.write_text(path, table.to_csv(index=False, float_format="%.4f"))
     return table, path

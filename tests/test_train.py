@@ -71,7 +71,7 @@ def test_seed_reproduces_weights_exactly(tmp_path):
     weights = []
     for name in ("a", "b"):
         train(dict(cfg, out=str(tmp_path / name)))
-        weights.append(torch.load(tmp_path / name / "checkpoints" / "final.pt"))
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "final.pt", weights_only=True))
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
 

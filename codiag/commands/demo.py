@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         for key, value in QUICK.items():
             if getattr(cfg, key) == getattr(base, key):
                 setattr(cfg, key, value)
-    out = train(cfg, overwrite=True)
+    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(summarize(out))
     if not args.no_report:
         page = report([out], Path(out) / "report", echo=True)

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("name a preset (see codiag reproduce --list)")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UsageError(f"--data-root {args.data_root} is not a directory")
+    if Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise UsageError(f"--cache {args.cache} is a file, not a directory")
     if args.name in SWEEP_PRESETS:
         return run_sweep_preset(args)
     preset = PRESETS.get(args.name)

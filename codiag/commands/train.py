@@ -93,11 +93,17 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (torchattacks)")
     p.add_argument("--stop-after-co", type=_positive_int, default=d.stop_after_co, metavar="N",
                    help="end training N epochs after the online CO alarm (default: train on)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing codiag run directory (never a directory that is not a run)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted or killed run in --out from its last epoch checkpoint "
+                   "(same options; the final weights equal an uninterrupted run's)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
     every: Any = args.every
     if every != "epoch":
         try:
@@ -139,6 +145,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:18s} {doc[0] if doc else ''}")
         return 0
     cfg = config_from_args(args)
-    out = train(cfg, overwrite=args.overwrite)
+    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"run written to {out}")
     return 0

@@ -134,6 +134,8 @@ class APART(Method):
               "block_step": NON_NEGATIVE, "omega_std": NON_NEGATIVE, "alpha_lr": NON_NEGATIVE, "l2": NON_NEGATIVE,
               "momentum": Real(0, 1, hi_open=True), "layerwise": Flag()}
 
+    transient = ("_main_group",)
+
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
         #: (alpha_w, alpha_1, alpha_2..n); the block entries are added on first use

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import decode_attributes, encode_attributes
 from ..errors import UsageError
 from ..registry import registrar
 from ..tensors import clamp_to_image, input_grad
@@ -226,6 +227,19 @@ class Method:
         self.before_step(model, optimizer)
         optimizer.step()
         return loss.detach()
+
+    #: attributes that are references into the trainer's objects, set again at every step
+    transient: ClassVar[tuple[str, ...]] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the method carries from step to step (its generators, per-sample stores,
+        adapted step sizes, snapshots), for a resumable checkpoint; ``torch.load(...,
+        weights_only=True)`` reads it back (``codiag.checkpoint``)."""
+        return encode_attributes(self, skip=self.transient)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into a method built with the same options."""
+        decode_attributes(self, dict(state))
 
     def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called between ``backward`` and ``optimizer.step()`` (gradient clipping acts here)."""

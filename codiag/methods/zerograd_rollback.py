@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import checkpoint
 from .base import StateValue, register
 from .checks import SHARE, Integer, Optional, Several, Text
 from .zerograd import ZeroGrad
@@ -80,9 +81,7 @@ class ZeroGradRollback(ZeroGrad):
         if self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
             path = os.path.join(self.checkpoint_dir, f"zerograd-rollback-{epoch:04d}.pt")
-            tmp = path + ".tmp"
-            torch.save(payload, tmp)
-            os.replace(tmp, path)        # a killed run never leaves a half-written checkpoint
+            checkpoint.save(payload, path)   # temp-then-rename: never a half-written checkpoint
             if len(self._checkpoints) == self._checkpoints.maxlen:
                 old = self._checkpoints[0][1]
                 if isinstance(old, str) and os.path.exists(old):
@@ -95,7 +94,7 @@ class ZeroGradRollback(ZeroGrad):
             return None
         epoch, payload = self._checkpoints[-int(self.back)]
         if isinstance(payload, str):
-            payload = torch.load(payload, map_location="cpu", weights_only=True)
+            payload = checkpoint.load(payload)
         device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
         optimizer.load_state_dict(payload["optimizer"])   # moves state to the params' device

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..probes import resolve_probes
 from ..probes.base import ProbeContext, ProbeSet
-from ..runs import RunWriter, load_run
+from ..runs import RunWriter, exit_status, load_run
 from .alarm import Alarm
 from .events import Cadence, parse_every, run_probes
 from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
@@ -77,9 +77,7 @@ class Monitor:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "finished" if exc_type is None else (
-            "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
-        self.close(status)
+        self.close(exit_status(exc_type, exc))
 
     @property
     def writer(self):
@@ -117,10 +115,10 @@ class Monitor:
             self._open = True
             if not resuming:
                 self.probe_event()  # every curve gets its point at initialisation
-        except BaseException:
+        except BaseException as e:
             self._open = False
             self._remove_hooks()
-            writer.close("failed")
+            writer.close(exit_status(type(e), e))
             raise
         return self
 

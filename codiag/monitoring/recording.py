@@ -130,8 +130,10 @@ class Recorder:
         if self.tb is not None:
             with contextlib.suppress(Exception):
                 self.tb.close()
-        self.writer.update(monitor_stats=dict(stats), probe_errors=dict(self.probe_errors))
-        self.writer.close(status)
+        try:
+            self.writer.update(monitor_stats=dict(stats), probe_errors=dict(self.probe_errors))
+        finally:  # the lock is released and the status written even if the disk is full
+            self.writer.close(status)
 
 
 def _describe(obj: Any) -> str | None:
