@@ -23,8 +23,8 @@ initialisation GradAlign learned (clean 0.17-0.23, PGD-10 0.14-0.18 on 300 test 
 with GradAlign's own He initialisation it fell below chance (clean 0.06 at epoch 4, PGD-10
 0.00-0.03 throughout), while its accuracy with batch statistics matched the eval-mode one.
 
-``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code does. Prints one line per epoch and writes every number
-to ``--out`` (JSON). Not part of the test suite. It needs a GPU: all six runs in fp32 take an
+``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code
+does. Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the test suite. It needs a GPU: all six runs in fp32 take an
 estimated 15 minutes on one H200; ``--methods gradalign gradalign_he_init`` about half.
 """
 from __future__ import annotations
