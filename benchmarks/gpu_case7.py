@@ -24,8 +24,9 @@ with GradAlign's own He initialisation it fell below chance (clean 0.06 at epoch
 0.00-0.03 throughout), while its accuracy with batch statistics matched the eval-mode one.
 
 ``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code
-does. Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the test suite. It needs a GPU: all six runs in fp32 take an
-estimated 15 minutes on one H200; ``--methods gradalign gradalign_he_init`` about half.
+does. Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the
+test suite. It needs a GPU: all six runs in fp32 take an estimated 15 minutes on one H200;
+``--methods gradalign gradalign_he_init`` about half.
 """
 from __future__ import annotations
 
