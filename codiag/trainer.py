@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import attacks, checkpoint
 from .checkpoint import rng_state, set_rng_state
 from .data import DATASETS, load_dataset, make_loader
+from .detector import DETECTORS
 from .errors import UsageError
 from .methods import METHODS, Method, check_method, get_method
 from .methods.settings import validated_hparams, validated_lr_peak
@@ -70,6 +71,7 @@ class TrainConfig:
     eval_restarts: int = 10
     autoattack: bool = False
     stop_after_co: int | None = None     # end training this many epochs after the online CO alarm
+    detector: str = "codiag"             # online CO alarm: codiag, elle_a (ELLE-A's rule), both, none
     checkpoint: bool = True
     progress: bool = True
 
@@ -90,7 +92,8 @@ class TrainConfig:
         for name, value, choices in (("dataset", self.dataset, DATASETS), ("model", self.model, MODELS),
                                      ("method", self.method, METHODS),
                                      ("lr schedule", self.lr_schedule, (*SCHEDULES, "onecycle")),
-                                     ("optimizer", self.optimizer, ("sgd", "adam"))):
+                                     ("optimizer", self.optimizer, ("sgd", "adam")),
+                                     ("detector", self.detector, (*DETECTORS, "none"))):
             if value not in choices:
                 raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(sorted(choices))}")
         # the validated setting for this dataset and eps, with the user's own values on top
@@ -213,7 +216,8 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     with monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
                  train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
                  probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
-                 config=record, resume=resume, overwrite=overwrite) as mon:
+                 config=record, resume=resume, overwrite=overwrite,
+                 detector=None if cfg.detector == "none" else cfg.detector) as mon:
         if state is not None:
             set_rng_state(state["rng"])
             mon.step, mon.epoch = state["step"], state["epoch"]

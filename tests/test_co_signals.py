@@ -15,6 +15,7 @@ from codiag.methods.elle import triplets
 from codiag.monitoring import eval_mode
 from codiag.probes import resolve_probes
 from codiag.probes.base import ProbeContext, ProbeSet
+from codiag.trainer import TrainConfig
 
 EPS = 0.1
 
@@ -130,3 +131,9 @@ def test_detector_choices():
     assert both.settings()["detectors"][0]["rule"] == "codiag"
     with pytest.raises(UsageError, match="unknown detector"):
         make_detector("elle")
+
+
+def test_trainer_takes_the_detector_by_name():
+    assert TrainConfig.from_dict({"detector": "elle_a"}).detector == "elle_a"
+    with pytest.raises(UsageError, match="unknown detector"):
+        TrainConfig.from_dict({"detector": "elle"})

@@ -5,6 +5,7 @@ import argparse
 import json
 from typing import Any
 
+from ..detector import DETECTORS
 from ..errors import UsageError
 from ..methods import METHODS
 from ..parsing import parse_eps, parse_fraction
@@ -93,6 +94,9 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (torchattacks)")
     p.add_argument("--stop-after-co", type=_positive_int, default=d.stop_after_co, metavar="N",
                    help="end training N epochs after the online CO alarm (default: train on)")
+    p.add_argument("--detector", choices=(*DETECTORS, "none"), default=d.detector,
+                   help="online CO alarm: codiag's rules, elle_a (ELLE-A's rule on the local_linearity "
+                        "probe), both (whichever fires first), none")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing codiag run directory (never a directory that is not a run)")
     p.add_argument("--resume", action="store_true",
@@ -123,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, train_limit=args.train_limit, seed=args.seed, amp=args.amp,
         device=args.device, probes=probes, every=every, eval_n=args.eval_n,
         eval_steps=args.eval_steps, eval_restarts=args.eval_restarts, autoattack=args.autoattack,
-        stop_after_co=args.stop_after_co,
+        stop_after_co=args.stop_after_co, detector=args.detector,
         progress=not args.quiet)
     cfg.validate()
     return cfg
