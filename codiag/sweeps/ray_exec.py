@@ -63,10 +63,9 @@ def run_ray(sweep_dir: str, cells: Sequence[Mapping[str, Any]], protocol: Mappin
                 cell = refs.pop(ref)
                 try:
                     on_result(ray.get(ref))
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                        ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError) as e:
+                except ray.exceptions.RayError as e:   # a worker, node or raylet died beyond the retries
                     on_result({"name": cell["name"], "status": "failed",
-                               "error": f"Ray gave up after {retries} retries: {type(e).__name__}"})
+                               "error": f"Ray gave up on it: {type(e).__name__}"})
         return {k: resources.get(k, 0) for k in ("CPU", "GPU")}
     finally:
         if started_here:
