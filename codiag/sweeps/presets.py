@@ -74,6 +74,14 @@ PAPER = SweepSpec(
                  train_limit=None,
                  amp=True, probes="robust_acc,grad_align", eval_n=1000, eval_steps=50, eval_restarts=10))
 
+#: The post-2022 single-step methods (and the signals they watch) beside FGSM and FGSM-RS.
+NEWER_METHODS = ("fgsm", "fgsm_rs", "elle", "elle_a", "aaer", "fgsm_pgi", "gat")
+_NEWER_PROBES = "robust_acc,grad_align,local_linearity,abnormal_examples"
+NEWER_EMBEDDED = SweepSpec(methods=NEWER_METHODS, eps=EMBEDDED.eps, seeds=EMBEDDED.seeds,
+                           options={**EMBEDDED.options, "probes": _NEWER_PROBES})
+NEWER_PAPER = SweepSpec(methods=NEWER_METHODS, eps=PAPER.eps, seeds=PAPER.seeds,
+                        options={**PAPER.options, "probes": _NEWER_PROBES})
+
 SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
     SweepPreset("gradalign-fig1", "GradAlign Fig. 1, 8",
                 "accuracy vs training eps of 7 methods over seeds (an eps sweep)",
@@ -82,6 +90,12 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
                 note="embedded scale: Fashion-MNIST with the 4-filter CNN, a short schedule and PGD-50-3 on "
                      "200 points; the paper's numbers (CIFAR-10, PreAct ResNet-18) are shown only at paper "
                      "scale"),
+    SweepPreset("newer-methods", "the eps studies of ELLE and AAER",
+                "accuracy vs training eps of ELLE, ELLE-A, AAER, FGSM-PGI and GAT beside FGSM and FGSM-RS",
+                ("robust_vs_eps", "co_rate", "accuracy_vs_cost", "detector_scorecard"),
+                {"embedded": NEWER_EMBEDDED, "paper": NEWER_PAPER},
+                note="the same two scales as gradalign-fig1; the local_linearity and abnormal_examples probes "
+                     "are on, so the scorecard can score the elle_a detector"),
 ]}
 
 #: ``--quick``: the same grid as a smoke test (seconds per run).
