@@ -52,7 +52,8 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "n_fgsm": [{}, {"noise": 3.0}, {"step": 0.75}],
     "elle": [{}, {"lam": 1000.0}],
     "elle_a": [{}],
-    "aaer": [{}, {"init": 2.0, "step": 1.0, "project": False, "lam2": 1.5, "lam3": 0.15}],
+    "aaer": [{}, {"init": 2.0, "step": 1.0, "project": False, "lam2": 1.5, "lam3": 0.15},
+             {"step": 1.0, "lam3": 6.0}],
     "fgsm_pgi": [{}],
     "gat": [{}],
 }

@@ -42,6 +42,11 @@ Test PGD-50-10 (first 1000 test points) with the chosen settings, seeds 0 / 1 / 
 fgsm 0.000 / 0.002 / 0.000; pgd10 0.600 / 0.590 / 0.597; multigrad 0.504 / 0.524 / 0.579;
 atas 0.609 / 0.572 / 0.615; n_fgsm 0.494 / 0.477 / 0.457; zerograd 0.493 / 0.467 / 0.536;
 gradalign 0.320 / 0.291 / 0.261 (``python examples/methods_vs_co.py``).
+
+The newer methods (ELLE, ELLE-A, AAER, FGSM-PGI, GAT) have no Fashion-MNIST row yet: their
+validation runs are incomplete. AAER at its CIFAR-10 defaults (RS-AAER, seed 0) does not hold
+here: validation PGD-10 0.074, test PGD-50-10 0.079 (``TUNE_GRID`` in the example lists the
+settings to try next: N-AAER; step 1.0 with lam3 6.0).
 """
 from __future__ import annotations
 
