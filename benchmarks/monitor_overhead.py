@@ -134,8 +134,9 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
                       step_update_norms: bool = False) -> tuple[float, float]:
     """(sum of monitored step times, sum of unmonitored step times), steps alternating one by one.
 
-    No probe event falls inside the timed steps (every="epoch" and epoch_end is
-    not called), so the difference is exactly the per-step cost of monitoring.
+    No probe event falls inside the timed steps (every="epoch", epoch_end is not
+    called, and the first epoch's light events are off), so the difference is
+    exactly the per-step cost of monitoring.
     """
     models, opts = [], []
     for _ in range(2):
@@ -150,7 +151,7 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
     with monitor(models[1], opts[1], run_dir, eps=s.eps, probe_data=test, train_data=train,
                  attack=method.perturb, method=method, every="epoch", probes="default",
                  probe_n=s.probe_n, train_probe_n=s.train_probe_n, tensorboard=False, overwrite=True,
-                 step_update_norms=step_update_norms):
+                 step_update_norms=step_update_norms, early_events=False):
         i = 0
         for _ in range(epochs):
             for x, y, meta in loader:
