@@ -1,22 +1,37 @@
-"""The command line: every --help works; bad input exits 2 with one line, no traceback."""
+"""The command line: every --help works; bad input exits 2 with one line, no traceback.
+
+Most cases call ``codiag.cli.main`` in this process (an uncaught exception fails the test, as a
+traceback would); one runs the real ``python -m codiag`` entry point.
+"""
 import subprocess
 import sys
 
 import pytest
 
-from codiag.cli import COMMANDS
+from codiag.cli import COMMANDS, main
 
 
-def codiag(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "codiag", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def codiag(capsys, *args):
+    """(exit code, stdout, stderr) of ``codiag ARGS`` run in this process."""
+    try:
+        rc = main(list(args))
+    except SystemExit as e:   # argparse: --help, usage errors
+        rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_the_entry_point_runs_as_a_program():
+    p = subprocess.run([sys.executable, "-m", "codiag", "--help"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "usage:" in p.stdout and all(c in p.stdout for c in COMMANDS)
 
 
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])
-def test_help(args):
-    p = codiag(*args)
-    assert p.returncode == 0, p.stderr
-    assert "usage:" in p.stdout
+def test_help(args, capsys):
+    rc, out, err = codiag(capsys, *args)
+    assert rc == 0, err
+    assert "usage:" in out
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -34,20 +49,21 @@ def test_help(args):
      "/nonexistent"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
 ])
-def test_bad_input_one_line_exit_2(args, needle, tmp_path):
-    p = codiag(*args, "--out", str(tmp_path / "r")) if args[0] in ("train", "demo") else codiag(*args)
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert "Traceback" not in p.stderr
+def test_bad_input_one_line_exit_2(args, needle, tmp_path, capsys):
+    out_args = ["--out", str(tmp_path / "r")] if args[0] in ("train", "demo") else []
+    rc, out, err = codiag(capsys, *args, *out_args)
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
     assert needle in lines[0]
 
 
-def test_list_methods_names_the_registry():
+def test_list_methods_names_the_registry(capsys):
     from codiag.methods import METHODS
-    p = codiag("train", "--list-methods")
-    assert p.returncode == 0
-    listed = {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
+    rc, out, _ = codiag(capsys, "train", "--list-methods")
+    assert rc == 0
+    listed = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert listed == set(METHODS)
 
 

@@ -164,3 +164,26 @@ def test_perturbation_delta_jumps_at_the_collapse(co_run):
     k = collapse_index(t, co_run)
     pd_ = t[("perturbation_delta", "mse")].to_numpy()
     assert max(pd_[k], pd_[k + 1]) >= 1.5 * np.median(pd_[2:k])
+
+
+@pytest.mark.slow
+def test_detect_co_on_real_runs(co_run, control_run):
+    co_dir, control_dir = co_run, control_run
+    co_run, control = load_run(co_dir), load_run(control_dir)
+    co = detect_co(co_run.metrics)
+    assert co is not None and 3 <= co["epoch"] <= 7
+    pgd = co_run.scalar("robust_acc", "pgd_acc").set_index("step")["value"]
+    before = pgd[pgd.index < co["step"]]
+    # the named event is the first one after the collapse: PGD accuracy was intact just before
+    assert before.max() >= 0.3 and pgd[co["step"]] <= 0.5 * before.max()
+    assert co["values"]["fgsm_acc"] - co["values"]["pgd_acc"] >= 0.2
+    # the control (same schedule, eps 0.1) is robust throughout: no alarm, online or offline
+    assert detect_co(control.metrics) is None and control.events_of("co_alarm") == []
+    # at every full event after step 0 (the first epoch's light events see a barely trained model)
+    n = control.scalar("event", "probe_n")
+    full_steps = n.loc[n["value"] == n["value"].max(), "step"]
+    control_pgd = control.scalar("robust_acc", "pgd_acc").set_index("step")["value"]
+    assert control_pgd[control_pgd.index.isin(full_steps)].iloc[1:].min() > 0.3
+    # stricter thresholds still find the real collapse; absurd ones find nothing
+    assert detect_co(co_run.metrics, drop=0.8)["step"] >= co["step"]
+    assert detect_co(co_run.metrics, min_gap=0.99, align_low=-1.0, sig_gap=0.99) is None
