@@ -592,7 +592,7 @@ def replay() -> torch.Generator:
     return torch.Generator().manual_seed(SEED)
 
 
-def close_weights(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
+def check_close_weights(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=atol, rtol=1e-5), name
 
@@ -655,7 +655,7 @@ def test_elle_step_matches_the_reference():
     opt.zero_grad()
     loss.backward()
     opt.step()
-    close_weights(model, ref)
+    check_close_weights(model, ref)
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), net().parameters()))
 
 
@@ -712,7 +712,7 @@ def test_elle_a_steps_match_the_reference():
             lin_reg *= 0.99
         history.append(v)
         opt.step()
-    close_weights(model, ref, atol=1e-5)
+    check_close_weights(model, ref, atol=1e-5)
     assert lin_reg > 0, "the rule never switched the weight on: the test would not check it"
     assert float(method.weight()) == pytest.approx(lin_reg, rel=1e-5)
 
@@ -754,7 +754,7 @@ def test_aaer_step_matches_the_reference():
     method.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, idx)
     delta0 = (torch.rand(x.shape, generator=replay()) * 2 - 1) * EPS_NEW
     n_ab = reference_aaer_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, EPS_NEW, delta0)
-    close_weights(model, ref)
+    check_close_weights(model, ref)
     assert 0 < n_ab < len(y)     # abnormal and normal examples: the regulariser is live
     assert float(method.state()["abnormal_share"]) == pytest.approx(n_ab / len(y))
     assert float(method.state()["reg"]) > 0
@@ -793,7 +793,7 @@ def test_gat_steps_match_the_reference():
     g = replay()
     for counter in range(3):       # counter % 2: guided term off, on, off
         reference_gat_step(ref, opt, x, y, EPS_NEW, torch.rand(x.shape, generator=g), counter)
-    close_weights(model, ref)
+    check_close_weights(model, ref)
 
 
 def test_gat_first_step_with_batchnorm_matches_the_reference():
@@ -803,7 +803,7 @@ def test_gat_first_step_with_batchnorm_matches_the_reference():
     ours("gat", model, x, y, idx)
     reference_gat_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, EPS_NEW,
                        torch.rand(x.shape, generator=replay()), 0)
-    close_weights(model, ref)
+    check_close_weights(model, ref)
 
 
 def test_gat_lambda_boost_schedule():
@@ -843,7 +843,7 @@ def test_fgsm_pgi_follows_the_paper_equations_across_epochs():
     ref_opt.zero_grad()
     loss.backward()
     ref_opt.step()
-    close_weights(model, ref)
+    check_close_weights(model, ref)
     assert torch.allclose(stored(), delta1, atol=EPS_NEW / 254)        # the stored prior is this epoch's delta
     # epoch 1: each sample starts from its own delta of epoch 0
     method.on_epoch_start(1)
@@ -852,7 +852,7 @@ def test_fgsm_pgi_follows_the_paper_equations_across_epochs():
     ref_opt.zero_grad()
     loss.backward()
     ref_opt.step()
-    close_weights(model, ref)
+    check_close_weights(model, ref)
     assert torch.allclose(stored(), delta2, atol=EPS_NEW / 254)
     assert not torch.equal(delta1, delta2)
     # re-drawn every 40 epochs: random corners again
