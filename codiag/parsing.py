@@ -1,7 +1,9 @@
 """Parsing of user-given numbers such as ``8/255``."""
 from __future__ import annotations
 
+import argparse
 from fractions import Fraction
+from typing import Callable
 
 from .errors import UsageError
 
@@ -26,3 +28,18 @@ def parse_eps(text: str | float) -> float:
     if not 0.0 <= eps <= 1.0:
         raise UsageError(f"eps must lie in [0, 1] (pixel units, e.g. 8/255), got {text}")
     return eps
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` reading an integer not below ``minimum`` (argparse turns the
+    error into its one-line usage message)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {v}" if minimum == 0
+                                             else f"must be at least {minimum}, got {v}")
+        return v
+    return parse

@@ -93,14 +93,19 @@ def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
+def _override_epochs(options: dict[str, Any], args: argparse.Namespace) -> None:
+    """``--epochs N`` replaces the preset's epochs (N >= 1)."""
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+        options["epochs"] = args.epochs
+
+
 def run_config(spec_config: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     cfg = dict(spec_config)
     if args.quick:
         cfg.update(QUICK)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-        cfg["epochs"] = args.epochs
+    _override_epochs(cfg, args)
     if cfg["dataset"] != "fashion_mnist":
         if not args.data_root:
             raise UsageError(f"{args.name} needs {cfg['dataset']}: pass --data-root DIR (torchvision's "
@@ -163,10 +168,7 @@ def run_sweep_preset(args: argparse.Namespace) -> int:
     options = dict(spec.options)
     if args.quick:
         options.update(SWEEP_QUICK)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-        options["epochs"] = args.epochs
+    _override_epochs(options, args)
     if preset.needs_data_root(args.scale) and not args.data_root:
         raise UsageError(f"{args.name} at {args.scale} scale needs {options['dataset']}: pass --data-root DIR "
                          "(torchvision's layout, e.g. the folder holding cifar-10-batches-py)")

@@ -5,20 +5,13 @@ import argparse
 import dataclasses
 
 from ..errors import UsageError
+from ..parsing import int_at_least
 from ..sweeps.grid import CELL_FIELDS, LOCAL_FIELDS
 from ..sweeps.runner import EXECUTORS, sweep
 from ..trainer import TrainConfig
 from .train import add_training_options, config_from_args
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+_positive = int_at_least(1)
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:

@@ -8,18 +8,10 @@ from typing import Any
 from ..detector import DETECTORS
 from ..errors import UsageError
 from ..methods import METHODS
-from ..parsing import parse_eps, parse_fraction
+from ..parsing import int_at_least, parse_eps, parse_fraction
 from ..trainer import TrainConfig, train
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {v}")
-    return v
+_positive_int = int_at_least(0)
 
 
 def _eps(text: str) -> float:
