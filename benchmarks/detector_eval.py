@@ -4,24 +4,36 @@ The corpus is a grid of short adversarial trainings that nobody tuned the
 detector's rules on (the rules were set on the runs of tests/test_monitor_early_co.py
 and tests/test_monitor_co.py): Fashion-MNIST (and MNIST when ``--data-root`` holds
 it), models ``cnn4`` and ``small_cnn`` (width 8), FGSM at eps 0.05-0.35 over 3
-seeds, and FGSM-RS, N-FGSM, ZeroGrad, ATAS and PGD-10 at a large eps. Each run is
+seeds, and FGSM-RS, N-FGSM, ZeroGrad, ATAS and PGD-10 at eps 0.3 over the same seeds.
+Seeds 0-5 were development corpora: seeds 0-2 (the other methods seed 0 only) showed
+that the signature rule's alignment condition (at most half the early peak) missed
+narrow models; seeds 3-5 scored its relaxation (0.75 of the peak) at recall 13/19: two
+misses failed only the alignment condition, which was then dropped, and four (cnn4) had
+an FGSM-PGD gap under 0.3 on the probe set, which was kept. The scorecard is seeds 6-8 (``--seeds``), which no rule was revised on. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
 ``local_linearity``), and trained with Adam 3e-3, batch 128.
 
 **Label (independent of every detector).** Before training and after every epoch,
-the model is evaluated by ``codiag.attacks.evaluate``: PGD-50 (one random start,
-step eps/4) and clean accuracy on 1000 held-out test points that the probe set
-does not contain. With ``pgd[e]`` / ``clean[e]`` those accuracies after epoch
-``e``, the run's *labelled collapse* is the first epoch ``e >= 1`` with
+the model is evaluated on 1000 held-out test points that the probe set does not
+contain: PGD-50 (``codiag.attacks.evaluate``: one random start, step eps/4), clean
+accuracy, and FGSM from zero with step eps (``codiag.attacks.fgsm``, the attack the
+collapse is defined against). With ``pgd[e]`` / ``fgsm[e]`` those accuracies after
+epoch ``e`` and ``gap[e] = fgsm[e] - pgd[e]``, the run's *labelled collapse* is the
+first epoch ``e >= 1`` with
 
-* (a) ``pgd[e] <= 0.5 * max(pgd[1..e-1])`` and that maximum ``>= 0.1``
-  (robust accuracy won, then at least half of it lost), or
-* (b) ``pgd[e] <= 0.05`` and ``clean[e] >= 0.5`` and ``pgd`` stays ``<= 0.05``
-  until the end (the model learned the task but never held any robustness:
-  a collapse inside the first epoch).
+* (a) ``pgd[e] <= 0.5 * max(pgd[1..e-1])``, that maximum ``>= 0.1``, and
+  ``gap[e] >= 0.2`` (robust accuracy won, then at least half of it lost while the
+  model still beats FGSM: not a run where both accuracies fall), or
+* (b) ``pgd`` stays ``<= 0.05`` from ``e`` to the end and ``gap[e] >= 0.3`` (the
+  model resists its training attack but never held robustness against PGD: a
+  collapse inside the first epoch).
 
-A run without such an epoch is labelled "no collapse".
+This is the definition the papers use (Wong et al. 2020, GradAlign Fig. 1): PGD
+accuracy collapses *while* FGSM accuracy does not. A run that never learned any
+robustness at a large eps (PGD and FGSM accuracy both near zero, as PGD-10 training
+itself at eps 0.3 here) is not a collapse. A run without such an epoch is labelled
+"no collapse".
 
 **Scores.** A detector's alarm epoch is the epoch of the probe event that fired
 (events inside epoch ``k`` and at its end count as ``k``). Recall = collapsed runs
@@ -64,27 +76,30 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-def corpus(datasets: list[str]) -> list[RunSpec]:
-    """The grid, seed 0 first (so a partial scorecard already covers every model, method and eps)."""
+SCORECARD_SEEDS = (6, 7, 8)
+
+
+def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:
+    """The grid, first seed first (so a partial scorecard already covers every model, method and eps)."""
     specs = []
-    for seed in (0, 1, 2):
+    for seed in seeds:
         for ds in datasets:
             for model in ("small_cnn", "cnn4"):
                 for eps in (0.05, 0.15, 0.25, 0.35):
                     specs.append(RunSpec(ds, model, "fgsm", eps, seed))
-                if seed == 0:
-                    for method in ("fgsm_rs", "n_fgsm", "zerograd", "atas", "pgd10"):
-                        specs.append(RunSpec(ds, model, method, 0.3, 0))
+                for method in ("fgsm_rs", "n_fgsm", "zerograd", "atas", "pgd10"):
+                    specs.append(RunSpec(ds, model, method, 0.3, seed))
     return specs
 
 
-def label_collapse(pgd: list[float], clean: list[float]) -> int | None:
+def label_collapse(pgd: list[float], fgsm: list[float]) -> int | None:
     """The labelled collapse epoch (see the module docstring) from per-epoch accuracies (index 0 = init)."""
     for e in range(1, len(pgd)):
         best = max(pgd[1:e], default=0.0)
-        if best >= 0.1 and pgd[e] <= 0.5 * best:
+        gap = fgsm[e] - pgd[e]
+        if best >= 0.1 and pgd[e] <= 0.5 * best and gap >= 0.2:
             return e
-        if pgd[e] <= 0.05 and clean[e] >= 0.5 and max(pgd[e:]) <= 0.05:
+        if max(pgd[e:]) <= 0.05 and gap >= 0.3:
             return e
     return None
 
@@ -114,7 +129,13 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
 
     def evaluate() -> dict:
         r = attacks.evaluate(model, held_out, spec.eps, n=1000, pgd_steps=50, restarts=1, seed=spec.seed)
-        return {"clean_acc": float(r["clean_acc"]), "pgd_acc": float(r["pgd_acc"])}
+        correct = 0
+        for xb, yb in zip(held_out[0].split(500), held_out[1].split(500)):
+            delta = attacks.fgsm(model, xb, yb, spec.eps)
+            with torch.no_grad(), attacks.attack_mode(model, "cpu"):
+                correct += int((model(xb + delta).argmax(1) == yb).sum())
+        return {"clean_acc": float(r["clean_acc"]), "pgd_acc": float(r["pgd_acc"]),
+                "fgsm_acc": correct / len(held_out[1])}
 
     t0 = time.perf_counter()
     evals = [evaluate()]
@@ -132,6 +153,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
             mon.log("label_eval", evals[-1])
     result = {"spec": asdict(spec), "name": spec.name, "steps_per_epoch": len(loader),
               "pgd": [e["pgd_acc"] for e in evals], "clean": [e["clean_acc"] for e in evals],
+              "fgsm": [e["fgsm_acc"] for e in evals],
               "online_alarm": mon.co_alarm, "seconds": time.perf_counter() - t0}
     (run_dir / "label.json").write_text(json.dumps(result, indent=1, default=str))
     return result
@@ -149,7 +171,7 @@ def score(results: list[dict], out: Path) -> str:
     per_detector: dict[str, list[tuple[dict, int | None, int | None]]] = {}
     unscored: dict[str, int] = {}
     for r in results:
-        label = label_collapse(r["pgd"], r["clean"])
+        label = label_collapse(r["pgd"], r["fgsm"])
         metrics = load_run(out / r["name"]).metrics
         recorded = {SIGNALS[pk] for pk in zip(metrics["probe"].astype(str), metrics["key"].astype(str))
                     if pk in SIGNALS}
@@ -172,13 +194,14 @@ def score(results: list[dict], out: Path) -> str:
     for name, n in unscored.items():
         lines.append(f"| {name} | {n} run(s) not scored: its signal was not recorded in them | | | | |")
     lines.append("")
-    lines.append("| run | PGD-50 per epoch (0 = init) | label epoch | " +
+    lines.append("| run | PGD-50 per epoch (0 = init) | FGSM per epoch | label epoch | " +
                  " | ".join(f"{n} alarm epoch" for n in per_detector) + " |")
-    lines.append("|---|---|---|" + "---|" * len(per_detector))
+    lines.append("|---|---|---|---|" + "---|" * len(per_detector))
     for r in results:
-        lab = label_collapse(r["pgd"], r["clean"])
+        lab = label_collapse(r["pgd"], r["fgsm"])
         cells = [next((c for c in per_detector[n] if c[0] is r), None) for n in per_detector]
         lines.append(f"| {r['name']} | {' '.join(f'{p:.2f}' for p in r['pgd'])} | "
+                     f"{' '.join(f'{p:.2f}' for p in r['fgsm'])} | "
                      f"{'-' if lab is None else lab} | " +
                      " | ".join("n/a" if c is None else "-" if c[2] is None else str(c[2]) for c in cells) + " |")
     return "\n".join(lines)
@@ -193,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="torchvision-layout root; MNIST runs need it")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
+                   help="seeds of the corpus (default %(default)s; 0-5 were development corpora)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)
@@ -204,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets.append("mnist")
     except Exception as e:
         print(f"MNIST runs skipped: {str(e).splitlines()[0]}", file=sys.stderr)
-    specs = corpus(datasets)[: args.limit]
+    specs = corpus(datasets, tuple(args.seeds))[: args.limit]
     todo = [s for s in specs if not (out / s.name / "label.json").exists()]
     if todo and not args.score_only:
         print(f"training {len(todo)} of {len(specs)} runs with {args.jobs} job(s)", file=sys.stderr)
@@ -221,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"FAILED {s.name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     results = [json.loads((out / s.name / "label.json").read_text()) for s in specs
                if (out / s.name / "label.json").exists()]
+    unlabelled = [r["name"] for r in results if "fgsm" not in r]
+    if unlabelled:   # recorded before the label needed held-out FGSM accuracy
+        print(f"{len(unlabelled)} run(s) without held-out FGSM accuracy not scored: {', '.join(unlabelled)}",
+              file=sys.stderr)
+        results = [r for r in results if "fgsm" in r]
     if not results:
         print("no finished run to score", file=sys.stderr)
         return 1

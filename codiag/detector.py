@@ -26,18 +26,21 @@ fallen by at least ``align_drop`` of its peak (or no PGD accuracy is
 recorded). Rule ``signature`` needs no peak at all: it fires where
 
     pgd_acc <= sig_pgd  and  fgsm_acc - pgd_acc >= sig_gap  and  fgsm_acc >= min_fgsm + sig_rise
-    and  grad_align <= sig_align * peak_align
 
-i.e. PGD accuracy near zero, FGSM accuracy far above it and risen from its own
-lowest value, and gradient alignment collapsed from its own early level (the
-three curves of GradAlign Fig. 4 at the collapse). It catches runs that
-collapse inside the first epoch, before the PGD accuracy ever had a peak to
-fall from (a CNN on Fashion-MNIST at eps 0.25-0.3: PGD accuracy never above
-0.15, FGSM accuracy climbing past the clean accuracy, alignment 0.7 -> 0.1).
-Without recorded alignment its last condition is skipped.
+i.e. PGD accuracy near zero while FGSM accuracy is far above it and has risen
+from its own lowest value: the model beats its training attack but not PGD,
+which is how the papers define the collapse (GradAlign Fig. 1 and 4). It
+catches runs that collapse inside the first epoch, before the PGD accuracy
+ever had a peak to fall from (a CNN on Fashion-MNIST at eps 0.25-0.3: PGD
+accuracy never above 0.15, FGSM accuracy climbing past the clean accuracy).
+It does not ask for collapsed gradient alignment: alignment depends on the
+architecture (a narrow CNN's stays under 0.45 from initialisation and falls
+by a quarter at the collapse, a 4-filter CNN's starts near 0.95), and on the
+scorecard's corpora that condition only ever removed true alarms
+(``docs/DETECTOR.md``).
 
 Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3, align_high 0.5,
-align_drop 0.25, sig_pgd 0.1, sig_gap 0.3, sig_rise 0.1, sig_align 0.5. All
+align_drop 0.25, sig_pgd 0.1, sig_gap 0.3, sig_rise 0.1. All
 rules read only probe values (``robust_acc`` and ``grad_align``); missing or
 NaN values just disable the rule (or condition) that needs them.
 
@@ -149,7 +152,6 @@ class CODetector(Detector):
     sig_pgd: float = 0.1
     sig_gap: float = 0.3
     sig_rise: float = 0.1
-    sig_align: float = 0.5
     alarm: dict[str, Any] | None = None
     peak_pgd: float | None = None
     peak_align: float | None = None
@@ -157,7 +159,7 @@ class CODetector(Detector):
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "align_low", "align_high",
-                                             "align_drop", "sig_pgd", "sig_gap", "sig_rise", "sig_align")
+                                             "align_drop", "sig_pgd", "sig_gap", "sig_rise")
 
     def settings(self) -> dict[str, Any]:
         """The thresholds (recorded in run.json)."""
@@ -198,10 +200,9 @@ class CODetector(Detector):
                 return ("grad_align_collapse",
                         f"gradient alignment fell from {self.peak_align:.3f} to {align:.3f}{extra}")
         if (pgd is not None and fgsm is not None and self.min_fgsm is not None and pgd <= self.sig_pgd
-                and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise
-                and (align is None or self.peak_align is None or align <= self.sig_align * self.peak_align)):
-            extra = "" if align is None else (f"; gradient alignment {align:.3f}, "
-                                              f"down from {self.peak_align:.3f}")
+                and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise):
+            extra = "" if align is None else (f"; gradient alignment {align:.3f} "
+                                              f"(peak {self.peak_align:.3f})")
             return ("signature",
                     f"PGD accuracy {pgd:.3f} near zero while FGSM accuracy rose to {fgsm:.3f} "
                     f"(from {self.min_fgsm:.3f}){extra}")

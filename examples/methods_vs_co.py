@@ -53,9 +53,9 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "elle": [{}, {"lam": 1000.0}],
     "elle_a": [{}],
     "aaer": [{}, {"init": 2.0, "step": 1.0, "project": False, "lam2": 1.5, "lam3": 0.15},
-             {"step": 1.0, "lam3": 6.0}],
-    "fgsm_pgi": [{}],
-    "gat": [{}],
+             {"step": 1.0, "lam3": 6.0}, {"step": 0.75}, {"step": 0.75, "lam3": 6.0}],
+    "fgsm_pgi": [{}, {"step": 0.75}],
+    "gat": [{}, {"lam": 15.0, "init": 1.0, "alternate": False}],
 }
 
 

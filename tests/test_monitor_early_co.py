@@ -5,7 +5,7 @@ zero at eps 0.3, Adam 3e-3, batch 128, monitored at the default cadence (per epo
 plus the light events of the first epoch). The PGD accuracy never rises above about
 0.15: the peak-based rules of the detector cannot fire, and per-epoch probing alone
 saw nothing. The signature rule (PGD accuracy near zero, FGSM accuracy far above it
-and rising, gradient alignment collapsed from its early level) must fire, and the
+and rising from its own lowest value) must fire, and the
 same loop at eps 0.05 (robust, no collapse) must not raise any alarm.
 """
 from __future__ import annotations
