@@ -1,6 +1,6 @@
 """Which methods prevent catastrophic overfitting at embedded scale?
 
-    python examples/methods_vs_co.py                      # the full table (run by hand, ~1-2 CPU hours)
+    python examples/methods_vs_co.py                      # the full table (run by hand, ~2-3 CPU hours)
     python examples/methods_vs_co.py --methods fgsm zerograd --seeds 0
     python examples/methods_vs_co.py --tune               # the validation runs behind HPARAMS
 
@@ -10,7 +10,7 @@ Setting (the embedded demo's, ``codiag demo``): cnn4 (GradAlign's single-layer C
 training images, seeds 0, 1, 2; final PGD-50-10 (step eps/4, fp32) on the first
 1000 test points via ``codiag.attacks.evaluate``. Expected: FGSM collapses
 (final PGD-50-10 < 5%) in at least 2 of 3 seeds; GradAlign, ZeroGrad, MultiGrad,
-ATAS, N-FGSM and PGD-10 do not (>= 25% every seed).
+ATAS, N-FGSM, PGD-10, AAER, FGSM-PGI, GAT, ELLE and ELLE-A do not (>= 25% every seed).
 
 This is also the "your own loop" example: the loop below uses the method only
 through ``method.train_step`` (equivalently ``perturb`` + ``loss``) and
@@ -50,10 +50,10 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "multigrad": [{}, {"n": 6}, {"step": 0.75}, {"step": 0.5}, {"random_start": True}],
     "atas": [{}, {"c": 0.002}, {"c": 0.002, "warmup_epochs": 0}],
     "n_fgsm": [{}, {"noise": 3.0}, {"step": 0.75}],
-    "elle": [{}, {"lam": 1000.0}],
-    "elle_a": [{}],
-    "aaer": [{}, {"init": 2.0, "step": 1.0, "project": False, "lam2": 1.5, "lam3": 0.15},
-             {"step": 1.0, "lam3": 6.0}, {"step": 0.75}, {"step": 0.75, "lam3": 6.0}],
+    "elle": [{}, {"step": 0.75}, {"step": 0.6}, {"lam": 50000.0}],
+    "elle_a": [{}, {"step": 0.75}, {"step": 0.6}, {"lam": 50000.0}],
+    "aaer": [{}, {"step": 1.0, "lam3": 6.0}, {"step": 0.75}, {"step": 0.75, "lam3": 6.0}, {"step": 0.6},
+             {"init": 2.0, "step": 1.0, "project": False}],
     "fgsm_pgi": [{}, {"step": 0.75}],
     "gat": [{}, {"lam": 15.0, "init": 1.0, "alternate": False}],
 }
