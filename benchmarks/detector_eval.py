@@ -9,10 +9,11 @@ Seeds 0-5 were development corpora: seeds 0-2 (the other methods seed 0 only) sh
 that the signature rule's alignment condition (at most half the early peak) missed
 narrow models; seeds 3-5 scored its relaxation (0.75 of the peak) at recall 13/19: two
 misses failed only the alignment condition, which was then dropped, and four (cnn4) had
-an FGSM-PGD gap under 0.3 on the probe set, which was kept. The scorecard is seeds 6-8 (``--seeds``), which no rule was revised on. Each run is
-monitored at the default cadence (per epoch plus the light events of the first
-epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
-``local_linearity``), and trained with Adam 3e-3, batch 128.
+an FGSM-PGD gap under 0.3 on the probe set, which was kept. The scorecard is seeds
+6-8 (``--seeds``), which no rule was revised on. Each run is monitored at the default
+cadence (per epoch plus the light events of the first epoch) with the probes the
+detectors read (``robust_acc``, ``grad_align``, ``local_linearity``), and trained with
+Adam 3e-3, batch 128.
 
 **Label (independent of every detector).** Before training and after every epoch,
 the model is evaluated on 1000 held-out test points that the probe set does not
