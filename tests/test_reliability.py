@@ -368,20 +368,6 @@ def test_malformed_metric_rows_are_skipped_with_one_warning_naming_file_and_line
     assert m["step"].tolist() == [0, 1, 4] and np.isnan(m["value"][1])
 
 
-def test_resume_appends_cleanly_after_a_half_written_line(tmp_path):
-    with RunWriter(tmp_path / "r", {}) as w:
-        w.log(0, 0, "p", "k", 1.0)
-    with open(tmp_path / "r" / "metrics.csv", "a") as f:
-        f.write("7,1,p,k,0.3")                      # a writer killed mid-line
-    with open(tmp_path / "r" / "events.jsonl", "a") as f:
-        f.write('{"kind": "co_al')
-    with RunWriter(tmp_path / "r", {}, resume=True) as w:
-        w.log(8, 1, "p", "k", 2.0)
-    run = load_run(tmp_path / "r")
-    assert run.metrics["step"].tolist() == [0, 8]
-    assert [e["kind"] for e in run.events] == ["run_start", "run_end", "resume", "run_end"]
-
-
 def test_no_weights_only_false_anywhere():
     root = Path(codiag.__file__).resolve().parent.parent
     for f in [*root.glob("codiag/**/*.py"), *root.glob("probes/*.py"), *root.glob("reports/*.py")]:

@@ -63,7 +63,7 @@ def test_existing_run_not_overwritten_silently(tmp_path):
     assert run.config == {"a": 1} and [e["kind"] for e in run.events].count("resume") == 1
 
 
-def test_half_written_lines_are_ignored(tmp_path):
+def test_half_written_lines_are_ignored_and_resume_appends_cleanly_after_them(tmp_path):
     with RunWriter(tmp_path / "r", {}) as w:
         w.log(0, 0, "p", "k", 1.0)
     with open(tmp_path / "r" / "metrics.csv", "a") as f:
@@ -73,6 +73,11 @@ def test_half_written_lines_are_ignored(tmp_path):
     run = load_run(tmp_path / "r")
     assert run.metrics["step"].tolist() == [0]
     assert [e["kind"] for e in run.events] == ["run_start", "run_end"]
+    with RunWriter(tmp_path / "r", {}, resume=True) as w:
+        w.log(8, 1, "p", "k", 2.0)
+    run = load_run(tmp_path / "r")
+    assert run.metrics["step"].tolist() == [0, 8]
+    assert [e["kind"] for e in run.events] == ["run_start", "run_end", "resume", "run_end"]
 
 
 def test_sigkill_mid_run_keeps_flushed_rows(tmp_path):
