@@ -168,11 +168,10 @@ def score(results: list[dict], out: Path) -> str:
     from codiag.detector import DETECTORS, SIGNALS, CODetector, detect_co
     from codiag.runs import load_run
 
-    lines = []
-    per_detector: dict[str, list[tuple[dict, int | None, int | None]]] = {}
+    labels = {r["name"]: label_collapse(r["pgd"], r["fgsm"]) for r in results}
+    alarms: dict[str, dict[str, int | None]] = {}    # detector -> run -> alarm epoch (scored runs only)
     unscored: dict[str, int] = {}
     for r in results:
-        label = label_collapse(r["pgd"], r["fgsm"])
         metrics = load_run(out / r["name"]).metrics
         recorded = {SIGNALS[pk] for pk in zip(metrics["probe"].astype(str), metrics["key"].astype(str))
                     if pk in SIGNALS}
@@ -181,30 +180,30 @@ def score(results: list[dict], out: Path) -> str:
                 unscored[name] = unscored.get(name, 0) + 1
                 continue
             alarm = r["online_alarm"] if name == CODetector.name else detect_co(metrics, detector=name)
-            per_detector.setdefault(name, []).append((r, label, alarm_epoch(alarm)))
-    lines.append("| detector | runs | collapsed (label) | recall | false alarms | latency (epochs) mean / max |")
-    lines.append("|---|---|---|---|---|---|")
-    for name, rows in per_detector.items():
-        pos = [(lab, al) for _, lab, al in rows if lab is not None]
-        neg = [al for _, lab, al in rows if lab is None]
+            alarms.setdefault(name, {})[r["name"]] = alarm_epoch(alarm)
+    lines = ["| detector | runs | collapsed (label) | recall | false alarms | latency (epochs) mean / max |",
+             "|---|---|---|---|---|---|"]
+    for name, by_run in alarms.items():
+        pos = [(labels[run], al) for run, al in by_run.items() if labels[run] is not None]
+        neg = [al for run, al in by_run.items() if labels[run] is None]
         hits = [al - lab for lab, al in pos if al is not None]
-        recall = f"{len([1 for _, al in pos if al is not None])}/{len(pos)}" if pos else "-"
+        recall = f"{len(hits)}/{len(pos)}" if pos else "-"
         lat = f"{sum(hits) / len(hits):+.2f} / {max(hits):+d}" if hits else "-"
-        lines.append(f"| {name} | {len(rows)} | {len(pos)} | {recall} | "
+        lines.append(f"| {name} | {len(by_run)} | {len(pos)} | {recall} | "
                      f"{sum(al is not None for al in neg)}/{len(neg)} | {lat} |")
     for name, n in unscored.items():
         lines.append(f"| {name} | {n} run(s) not scored: its signal was not recorded in them | | | | |")
     lines.append("")
     lines.append("| run | PGD-50 per epoch (0 = init) | FGSM per epoch | label epoch | " +
-                 " | ".join(f"{n} alarm epoch" for n in per_detector) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(per_detector))
+                 " | ".join(f"{n} alarm epoch" for n in alarms) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(alarms))
     for r in results:
-        lab = label_collapse(r["pgd"], r["fgsm"])
-        cells = [next((c for c in per_detector[n] if c[0] is r), None) for n in per_detector]
+        lab = labels[r["name"]]
+        cells = ["n/a" if r["name"] not in by_run else "-" if by_run[r["name"]] is None else str(by_run[r["name"]])
+                 for by_run in alarms.values()]
         lines.append(f"| {r['name']} | {' '.join(f'{p:.2f}' for p in r['pgd'])} | "
                      f"{' '.join(f'{p:.2f}' for p in r['fgsm'])} | "
-                     f"{'-' if lab is None else lab} | " +
-                     " | ".join("n/a" if c is None else "-" if c[2] is None else str(c[2]) for c in cells) + " |")
+                     f"{'-' if lab is None else lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
