@@ -41,7 +41,10 @@ fgsm       step eps                                    0.00                CO at
 Test PGD-50-10 (first 1000 test points) with the chosen settings, seeds 0 / 1 / 2, CPU:
 fgsm 0.000 / 0.002 / 0.000; pgd10 0.600 / 0.590 / 0.597; multigrad 0.504 / 0.524 / 0.579;
 atas 0.609 / 0.572 / 0.615; n_fgsm 0.494 / 0.477 / 0.457; zerograd 0.493 / 0.467 / 0.536;
-gradalign 0.320 / 0.291 / 0.261 (``python examples/methods_vs_co.py``).
+gradalign 0.320 / 0.291 / 0.261 (``python examples/methods_vs_co.py``). Re-run after the methods
+were aligned with their reference code (2026-11-30): gradalign 0.322 / 0.299 / 0.265, atas 0.609 /
+0.572 / 0.615 (``--methods gradalign atas``); pgd10 was not re-run (its row pins the random start
+it was measured with).
 
 The newer methods, same protocol (validation PGD-10 of seeds 0 / 1 / 2; seed 2 first, as the hard
 one, where a setting failed there the other seeds were not run) and test PGD-50-10 of the chosen one:
