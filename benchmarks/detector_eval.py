@@ -1,19 +1,18 @@
 """Detector scorecard: recall, false alarms and latency of every registered CO detector on one corpus.
 
 The corpus is a grid of short adversarial trainings that nobody tuned the
-detector's rules on (the rules were set on the runs of tests/test_monitor_early_co.py
-and tests/test_monitor_co.py): Fashion-MNIST (and MNIST when ``--data-root`` holds
-it), models ``cnn4`` and ``small_cnn`` (width 8), FGSM at eps 0.05-0.35 over 3
-seeds, and FGSM-RS, N-FGSM, ZeroGrad, ATAS and PGD-10 at eps 0.3 over the same seeds.
-Seeds 0-5 were development corpora: seeds 0-2 (the other methods seed 0 only) showed
-that the signature rule's alignment condition (at most half the early peak) missed
-narrow models; seeds 3-5 scored its relaxation (0.75 of the peak) at recall 13/19: two
-misses failed only the alignment condition, which was then dropped, and four (cnn4) had
-an FGSM-PGD gap under 0.3 on the probe set, which was kept. The scorecard is seeds
-6-8 (``--seeds``), which no rule was revised on. Each run is monitored at the default
-cadence (per epoch plus the light events of the first epoch) with the probes the
-detectors read (``robust_acc``, ``grad_align``, ``local_linearity``), and trained with
-Adam 3e-3, batch 128.
+detector's rules on: Fashion-MNIST (and MNIST when ``--data-root`` holds it),
+models ``cnn4`` and ``small_cnn`` (width 8), FGSM at eps 0.05-0.35 over 3 seeds,
+and FGSM-RS, N-FGSM, ZeroGrad, ATAS and PGD-10 at eps 0.3 over the same seeds.
+Seeds 0-8 were development corpora (``docs/DETECTOR.md`` says what each changed):
+seeds 0-2 showed that the signature rule's alignment condition missed narrow
+models; seeds 3-5 dropped it; seeds 6-8, scored as held out, showed that runs
+sat on the label's lines from both sides, which gave the label its two lines
+below, and with that label seeds 3-8 set the signature's gap to 0.25. The
+scorecard is seeds 9-11 (``--seeds``), trained after the rules and the label were
+fixed. Each run is monitored at the default cadence (per epoch plus the light
+events of the first epoch) with the probes the detectors read (``robust_acc``,
+``grad_align``, ``local_linearity``), and trained with Adam 3e-3, batch 128.
 
 **Label (independent of every detector).** Before training and after every epoch,
 the model is evaluated on 1000 held-out test points that the probe set does not
@@ -33,16 +32,26 @@ first epoch ``e >= 1`` with
 This is the definition the papers use (Wong et al. 2020, GradAlign Fig. 1): PGD
 accuracy collapses *while* FGSM accuracy does not. A run that never learned any
 robustness at a large eps (PGD and FGSM accuracy both near zero, as PGD-10 training
-itself at eps 0.3 here) is not a collapse. A run without such an epoch is labelled
-"no collapse".
+itself at eps 0.3 here) is not a collapse.
+
+The lines are not sharp, so the label has two (``STRICT`` above, ``LOOSE``: gap 0.1
+in (a); PGD ``<= 0.10`` and gap ``>= 0.2`` in (b)). A run that only the loose lines
+call a collapse is *between the lines*: listed with its alarm, not scored. Why: on
+the development corpora PGD-10 training of ``cnn4`` at eps 0.3, which cannot
+overfit to FGSM, ends with PGD 0.01-0.06 and FGSM 0.2-0.3 above it (the 4-filter
+model barely resists FGSM at that radius), and ``small_cnn`` FGSM runs end with
+PGD 0.05-0.07 beside FGSM 0.57-0.59; a gap under 0.3 with PGD near zero, or PGD
+just above 0.05, does not say whether the run collapsed. Everything else is
+labelled "no collapse".
 
 **Scores.** A detector's alarm epoch is the epoch of the probe event that fired
 (events inside epoch ``k`` and at its end count as ``k``). Recall = collapsed runs
 with an alarm / collapsed runs; false alarms = runs labelled "no collapse" with an
 alarm; latency = alarm epoch - labelled collapse epoch (negative: before the
-label). The default detector (``codiag``) is scored from the online alarm;
-every other registered detector (``codiag.detector.DETECTORS``: ``elle_a``,
-``both``, ...) is replayed over the same recorded metrics.
+label). Runs between the lines count in neither. The default detector (``codiag``)
+is scored from the online alarm; every other registered detector
+(``codiag.detector.DETECTORS``: ``elle_a``, ``both``, ...) is replayed over the
+same recorded metrics.
 
     python benchmarks/detector_eval.py --out runs/detector_eval --jobs 2     # train + score
     python benchmarks/detector_eval.py --out runs/detector_eval --score-only # score what is there
@@ -77,7 +86,7 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-SCORECARD_SEEDS = (6, 7, 8)
+SCORECARD_SEEDS = (9, 10, 11)
 
 
 def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:
@@ -93,16 +102,28 @@ def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> lis
     return specs
 
 
-def label_collapse(pgd: list[float], fgsm: list[float]) -> int | None:
-    """The labelled collapse epoch (see the module docstring) from per-epoch accuracies (index 0 = init)."""
+#: the label's two lines (module docstring): STRICT labels a collapse; a run that only LOOSE
+#: calls a collapse lies between the lines and is listed but not scored
+STRICT = {"a_gap": 0.2, "b_pgd": 0.05, "b_gap": 0.3}
+LOOSE = {"a_gap": 0.1, "b_pgd": 0.10, "b_gap": 0.2}
+
+
+def collapse_epoch(pgd: list[float], fgsm: list[float], a_gap: float, b_pgd: float, b_gap: float) -> int | None:
+    """The first epoch where rule (a) or (b) holds with these lines (index 0 of the lists = init)."""
     for e in range(1, len(pgd)):
         best = max(pgd[1:e], default=0.0)
         gap = fgsm[e] - pgd[e]
-        if best >= 0.1 and pgd[e] <= 0.5 * best and gap >= 0.2:
+        if best >= 0.1 and pgd[e] <= 0.5 * best and gap >= a_gap:
             return e
-        if max(pgd[e:]) <= 0.05 and gap >= 0.3:
+        if max(pgd[e:]) <= b_pgd and gap >= b_gap:
             return e
     return None
+
+
+def label_collapse(pgd: list[float], fgsm: list[float]) -> tuple[int | None, bool]:
+    """(labelled collapse epoch or None, ambiguous): ambiguous runs cross only the loose lines."""
+    epoch = collapse_epoch(pgd, fgsm, **STRICT)
+    return epoch, epoch is None and collapse_epoch(pgd, fgsm, **LOOSE) is not None
 
 
 def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: str | None) -> dict:
@@ -181,29 +202,30 @@ def score(results: list[dict], out: Path) -> str:
                 continue
             alarm = r["online_alarm"] if name == CODetector.name else detect_co(metrics, detector=name)
             alarms.setdefault(name, {})[r["name"]] = alarm_epoch(alarm)
-    lines = ["| detector | runs | collapsed (label) | recall | false alarms | latency (epochs) mean / max |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| detector | runs | collapsed (label) | between the lines (not scored) | recall | false alarms "
+             "| latency (epochs) mean / max |", "|---|---|---|---|---|---|---|"]
     for name, by_run in alarms.items():
-        pos = [(labels[run], al) for run, al in by_run.items() if labels[run] is not None]
-        neg = [al for run, al in by_run.items() if labels[run] is None]
+        pos = [(labels[run][0], al) for run, al in by_run.items() if labels[run][0] is not None]
+        neg = [al for run, al in by_run.items() if labels[run] == (None, False)]
+        between = sum(labels[run][1] for run in by_run)
         hits = [al - lab for lab, al in pos if al is not None]
         recall = f"{len(hits)}/{len(pos)}" if pos else "-"
         lat = f"{sum(hits) / len(hits):+.2f} / {max(hits):+d}" if hits else "-"
-        lines.append(f"| {name} | {len(by_run)} | {len(pos)} | {recall} | "
+        lines.append(f"| {name} | {len(by_run)} | {len(pos)} | {between} | {recall} | "
                      f"{sum(al is not None for al in neg)}/{len(neg)} | {lat} |")
     for name, n in unscored.items():
-        lines.append(f"| {name} | {n} run(s) not scored: its signal was not recorded in them | | | | |")
+        lines.append(f"| {name} | {n} run(s) not scored: its signal was not recorded in them | | | | | |")
     lines.append("")
-    lines.append("| run | PGD-50 per epoch (0 = init) | FGSM per epoch | label epoch | " +
+    lines.append("| run | PGD-50 per epoch (0 = init) | FGSM per epoch | label epoch (? between the lines) | " +
                  " | ".join(f"{n} alarm epoch" for n in alarms) + " |")
     lines.append("|---|---|---|---|" + "---|" * len(alarms))
     for r in results:
-        lab = labels[r["name"]]
+        lab, between = labels[r["name"]]
         cells = ["n/a" if r["name"] not in by_run else "-" if by_run[r["name"]] is None else str(by_run[r["name"]])
                  for by_run in alarms.values()]
         lines.append(f"| {r['name']} | {' '.join(f'{p:.2f}' for p in r['pgd'])} | "
                      f"{' '.join(f'{p:.2f}' for p in r['fgsm'])} | "
-                     f"{'-' if lab is None else lab} | " + " | ".join(cells) + " |")
+                     f"{'?' if between else '-' if lab is None else lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -217,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
-                   help="seeds of the corpus (default %(default)s; 0-5 were development corpora)")
+                   help="seeds of the corpus (default %(default)s; 0-8 were development corpora)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)

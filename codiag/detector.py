@@ -40,7 +40,8 @@ scorecard's corpora that condition only ever removed true alarms
 (``docs/DETECTOR.md``).
 
 Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3, align_high 0.5,
-align_drop 0.25, sig_pgd 0.1, sig_gap 0.3, sig_rise 0.1. All
+align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1 (sig_gap set on the
+scorecard's development corpora, ``docs/DETECTOR.md``). All
 rules read only probe values (``robust_acc`` and ``grad_align``); missing or
 NaN values just disable the rule (or condition) that needs them.
 
@@ -150,7 +151,7 @@ class CODetector(Detector):
     align_high: float = 0.5
     align_drop: float = 0.25
     sig_pgd: float = 0.1
-    sig_gap: float = 0.3
+    sig_gap: float = 0.25
     sig_rise: float = 0.1
     alarm: dict[str, Any] | None = None
     peak_pgd: float | None = None
