@@ -1,0 +1,24 @@
+"""Test scheduling: under ``pytest -n 2 --dist loadfile`` the longest files start first.
+
+xdist hands out whole files, by default those with the most tests first; a file of one
+three-minute test then starts last and the suite waits for it alone. Files of minutes are
+listed here, longest first (``pytest --durations``), and go to the workers before the rest.
+"""
+from __future__ import annotations
+
+import pytest
+
+LONGEST_FIRST = ("test_gradalign_cifar.py", "test_methods_co.py", "test_train.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):     # xdist present: keep the collection order
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)   # stable: the order inside each file is kept
