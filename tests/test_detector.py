@@ -1,10 +1,7 @@
-"""The CO detector: rules on hand-made sequences, then online vs offline on real recorded runs.
+"""The CO detector's rules on hand-made sequences, and the scorecard's label.
 
-The real runs are short seeded trainings on Fashion-MNIST slices (shared with
-tests/test_monitor_co.py through the session's temporary directory, so they
-are trained once per test session): the FGSM run collapses and the alarm must
-land where PGD accuracy collapsed; the FGSM-RS-free control at small eps must
-raise no alarm.
+The online alarm against the offline replay on real short trainings is in
+tests/test_monitor_co.py (test_online_alarm_matches_the_offline_collapse, test_detect_co_on_real_runs).
 """
 from __future__ import annotations
 
@@ -136,11 +133,6 @@ def test_detect_co_accepts_a_run_and_empty_metrics(tmp_path):
             w.log(r["step"], r["epoch"], "robust_acc", "fgsm_acc", r["fgsm_acc"])
     assert detect_co(load_run(tmp_path / "r"))["epoch"] == 2
     assert detect_co(pd.DataFrame(columns=["step", "epoch", "probe", "key", "value"])) is None
-
-
-# ---------------------------------------------------------------------------------------------
-# real recorded runs (trained once per session, shared with tests/test_monitor_co.py)
-# ---------------------------------------------------------------------------------------------
 
 
 def test_the_scorecard_label_leaves_runs_between_its_lines_unscored():
