@@ -1,12 +1,22 @@
-"""Test scheduling: under ``pytest -n 2 --dist loadfile`` the longest files start first.
+"""Shared test set-up: the real CIFAR-10 root, and the scheduling of the files.
 
-xdist hands out whole files, by default those with the most tests first; a file of one
-three-minute test then starts last and the suite waits for it alone. Files of minutes are
+``cifar_root``: the official CIFAR-10 files (``$CODIAG_CIFAR_ROOT``, by default
+``../shared/data`` beside the repository); a test that needs them skips, naming the path,
+where they are absent.
+
+Scheduling: under ``pytest -n 2 --dist loadfile`` the longest files start first. xdist hands
+out whole files, by default those with the most tests first; a file of one three-minute test
+then starts last and the suite waits for it alone. Files of minutes are
 listed here, longest first (``pytest --durations``), and go to the workers before the rest.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+CIFAR_ROOT = Path(os.environ.get("CODIAG_CIFAR_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 LONGEST_FIRST = ("test_gradalign_cifar.py", "test_methods_co.py", "test_train.py")
 
@@ -22,3 +32,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)   # stable: the order inside each file is kept
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    if not (CIFAR_ROOT / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"CIFAR-10 not under {CIFAR_ROOT} (set CODIAG_CIFAR_ROOT)")
+    return CIFAR_ROOT

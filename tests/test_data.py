@@ -1,7 +1,6 @@
 """codiag.data: reading every dataset through torchvision, the tensor batch loader, augmentation bookkeeping."""
 import gzip
 import hashlib
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -26,9 +25,6 @@ from codiag.data import (
     uncrop_into,
 )
 from codiag.errors import UsageError
-
-REPO = Path(__file__).resolve().parents[1]
-CIFAR_ROOT = Path(os.environ.get("CODIAG_CIFAR_ROOT", REPO / ".." / "shared" / "data"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,14 +205,12 @@ def test_svhn_from_mat_files(tmp_path, monkeypatch):
     assert ds.labels.tolist() == [0, 1, 2, 0, 9]
 
 
-def test_cifar10_real_files_offline():
-    if not (CIFAR_ROOT / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"CIFAR-10 not under {CIFAR_ROOT} (set CODIAG_CIFAR_ROOT)")
-    test = load_dataset("cifar10", root=CIFAR_ROOT, train=False)
+def test_cifar10_real_files_offline(cifar_root):
+    test = load_dataset("cifar10", root=cifar_root, train=False)
     assert test.images.shape == (10000, 3, 32, 32) and test.images.dtype == torch.uint8
     assert test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # the official test_batch order
     assert test.labels.bincount().tolist() == [1000] * 10
-    train = load_dataset("cifar10", root=CIFAR_ROOT, train=True)
+    train = load_dataset("cifar10", root=cifar_root, train=True)
     assert len(train) == 50000 and train.labels[:5].tolist() == [6, 9, 9, 4, 1]
     # the spec's statistics are those of the training pixels (what Normalize assumes)
     # (from a histogram per channel: exact, and no 600 MB float copy)
@@ -228,7 +222,7 @@ def test_cifar10_real_files_offline():
     assert torch.allclose(mean, torch.tensor(spec.mean, dtype=torch.float64), atol=2e-4), mean
     assert torch.allclose(std, torch.tensor(spec.std, dtype=torch.float64), atol=2e-4), std
     # (C, H, W) layout in R, G, B order: the file stores each image as R, G and B planes
-    with open(CIFAR_ROOT / "cifar-10-batches-py" / "test_batch", "rb") as f:
+    with open(cifar_root / "cifar-10-batches-py" / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="latin1")["data"][0]
     assert torch.equal(test.images[0], torch.from_numpy(raw.reshape(3, 32, 32)))
 

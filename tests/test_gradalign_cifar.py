@@ -15,8 +15,6 @@ with peak 3e-3 over 8 epochs both seeds collapse, in a third more time). About 3
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,17 +28,14 @@ from codiag.schedules import make_schedule
 pytestmark = pytest.mark.slow
 
 EPS = 16 / 255
-ROOT = Path(os.environ.get("CODIAG_CIFAR_ROOT", Path(__file__).parents[1] / ".." / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    if not (ROOT / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"CIFAR-10 not under {ROOT} (set CODIAG_CIFAR_ROOT)")
+def cifar(cifar_root):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # 2 cores shared with the rest of the suite
-    test = load_dataset("cifar10", root=ROOT, train=False, limit=300)
-    yield load_dataset("cifar10", root=ROOT, train=True, limit=6000), (test.images.float() / 255, test.labels)
+    test = load_dataset("cifar10", root=cifar_root, train=False, limit=300)
+    yield load_dataset("cifar10", root=cifar_root, train=True, limit=6000), (test.images.float() / 255, test.labels)
     torch.set_num_threads(threads)
 
 
