@@ -230,7 +230,7 @@ def _first_points(data: Any, n: int, device: torch.device) -> tuple[Tensor, Tens
 def evaluate(model: nn.Module, data: Any, eps: float, n: int = 1000, pgd_steps: int = 50,
              restarts: int = 10, alpha: float | None = None, early_stop: bool = False,
              batch_size: int = 500, seed: int = 0, progress: bool = False) -> dict[str, float | int]:
-    """Clean and PGD accuracy and mean CE loss on the first ``n`` points of ``data``.
+    """Clean, FGSM and PGD accuracy and mean CE loss on the first ``n`` points of ``data``.
 
     The default is GradAlign's evaluation (Appendix B): PGD-50-10, i.e. 50 steps of
     eps/4 with 10 uniform random restarts, fp32, no early stop, on the first 1000
@@ -239,7 +239,12 @@ def evaluate(model: nn.Module, data: Any, eps: float, n: int = 1000, pgd_steps: 
     than ``n`` points all of them are used and the returned ``n`` says how many.
     Random starts come from one ``torch.Generator(seed)`` on the model's device,
     consumed batch after batch, so results depend on ``seed`` and ``batch_size``
-    only. Returns ``{"clean_acc", "clean_loss", "pgd_acc", "pgd_loss", "n"}``.
+    only. FGSM is one step of eps from zero (:func:`fgsm`'s default, GradAlign eq. 2),
+    the attack catastrophic overfitting is defined against: a final FGSM accuracy far
+    above the PGD accuracy is the collapse's signature (GradAlign Fig. 1). It costs
+    one more forward and backward per batch and draws no randomness, so the PGD
+    numbers do not depend on it. Returns ``{"clean_acc", "clean_loss", "fgsm_acc",
+    "fgsm_loss", "pgd_acc", "pgd_loss", "n"}``.
     """
     eps = _check_eps(eps)
     n = _check_count("n", n)
@@ -253,31 +258,26 @@ def evaluate(model: nn.Module, data: Any, eps: float, n: int = 1000, pgd_steps: 
     _check_unit_range(x)
     generator = torch.Generator(device=device).manual_seed(int(seed))
 
-    clean_correct = torch.zeros((), device=device)
-    clean_loss = torch.zeros((), device=device)
-    pgd_correct = torch.zeros((), device=device)
-    pgd_loss = torch.zeros((), device=device)
+    sums = {key: torch.zeros((), device=device) for key in
+            ("clean_acc", "clean_loss", "fgsm_acc", "fgsm_loss", "pgd_acc", "pgd_loss")}
     starts = range(0, len(x), batch_size)
     if progress:
 
         starts = tqdm(starts, desc=f"PGD-{pgd_steps}-{restarts}", unit="batch")
     for i in starts:
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        with attack_mode(model, device.type), torch.no_grad():
-            logits = model(xb).float()
-        clean_correct += (logits.argmax(1) == yb).sum()
-        clean_loss += F.cross_entropy(logits, yb, reduction="sum")
+        with attack_mode(model, device.type):
+            logits, grad = _loss_grad(model, xb, yb, torch.zeros_like(xb))   # clean forward + FGSM gradient
+            with torch.no_grad():
+                fgsm_logits = model(xb + project(xb, eps * grad.sign(), eps)).float()
+        for name, out in (("clean", logits.float()), ("fgsm", fgsm_logits)):
+            sums[f"{name}_acc"] += (out.argmax(1) == yb).sum()
+            sums[f"{name}_loss"] += F.cross_entropy(out, yb, reduction="sum")
         _, loss, wrong = _pgd(model, xb, yb, eps, alpha, pgd_steps, restarts, True, early_stop, generator)
-        pgd_correct += (~wrong).sum()
-        pgd_loss += loss.sum()
+        sums["pgd_acc"] += (~wrong).sum()
+        sums["pgd_loss"] += loss.sum()
     total = len(x)
-    return {
-        "clean_acc": float(clean_correct) / total,
-        "clean_loss": float(clean_loss) / total,
-        "pgd_acc": float(pgd_correct) / total,
-        "pgd_loss": float(pgd_loss) / total,
-        "n": total,
-    }
+    return {**{key: float(value) / total for key, value in sums.items()}, "n": total}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The summary table over several runs: method, eps, seed, clean and PGD-50-10
-accuracy, AutoAttack where evaluated, CO epoch if any, training time.
+"""The summary table over several runs: method, eps, seed, clean, FGSM and PGD-50-10
+accuracy (FGSM far above PGD: the collapse's signature), AutoAttack where evaluated, CO epoch if any, training time.
 Written as CSV (``summary.csv``) and as HTML. A run without a final evaluation
 (a monitored loop of the user's) shows the accuracies of its last probe event
 (the probe PGD on the probe set), and ``pgd_attack`` / ``eval_n`` say so."""
@@ -17,7 +17,7 @@ from codiag.runs import Run
 
 from .base import co_point, fmt_eps
 
-COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "seed", "clean_acc", "pgd_acc",
+COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "seed", "clean_acc", "fgsm_acc", "pgd_acc",
            "pgd_attack", "eval_n", "aa_acc", "co_epoch", "train_time_s", "status"]
 
 
@@ -35,10 +35,10 @@ def _final(run: Run) -> dict[str, float]:
 
 
 def _last_probe_event(run: Run) -> dict[str, float]:
-    """Clean and PGD accuracy of the last full probe event (``robust_acc``), for runs without a
+    """Clean, FGSM and PGD accuracy of the last full probe event (``robust_acc``), for runs without a
     final evaluation (a monitored loop of the user's), with the probe set's size."""
     m = run.metrics
-    acc = m[(m["probe"] == "robust_acc") & m["key"].isin(["clean_acc", "pgd_acc"])]
+    acc = m[(m["probe"] == "robust_acc") & m["key"].isin(["clean_acc", "fgsm_acc", "pgd_acc"])]
     if acc.empty:
         return {}
     sizes = m[(m["probe"] == "event") & (m["key"] == "probe_n")].set_index("step")["value"]
@@ -81,7 +81,8 @@ def summary_row(run: Run) -> dict[str, Any]:
         "method_args": " ".join(f"{k}={v}" for k, v in sorted(args.items())),
         "dataset": c.get("dataset", ""), "model": c.get("model", ""),
         "eps": fmt_eps(c.get("eps", "")), "seed": c.get("seed", ""),
-        "clean_acc": final.get("clean_acc", math.nan), "pgd_acc": final.get("pgd_acc", math.nan),
+        "clean_acc": final.get("clean_acc", math.nan), "fgsm_acc": final.get("fgsm_acc", math.nan),
+        "pgd_acc": final.get("pgd_acc", math.nan),
         "pgd_attack": f"PGD-{steps}-{restarts}" if steps and "pgd_acc" in final else "",
         "eval_n": int(final["n"]) if "n" in final else "",
         "aa_acc": final.get("aa_acc", math.nan),
