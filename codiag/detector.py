@@ -27,7 +27,9 @@ recorded); or where alignment is at most ``align_ratio`` of its own peak,
 PGD accuracy has fallen by ``align_drop`` of its peak and FGSM accuracy is
 still ``align_gap`` above it. The relative form is there because the level
 alignment collapses to depends on the architecture: a 4-filter CNN's falls
-from 0.95 to 0.45-0.6 at its collapse, never under 0.3. Rule ``signature`` needs no peak at all: it fires where
+from 0.95 to 0.45-0.6 at its collapse, never under 0.3.
+
+Rule ``signature`` needs no peak at all: it fires where
 
     pgd_acc <= sig_pgd  and  fgsm_acc - pgd_acc >= sig_gap  and  fgsm_acc >= min_fgsm + sig_rise
 

@@ -1,5 +1,6 @@
 """The summary table over several runs: method, eps, seed, clean, FGSM and PGD-50-10
-accuracy (FGSM far above PGD: the collapse's signature), AutoAttack where evaluated, CO epoch if any, training time.
+accuracy (FGSM far above PGD: the collapse's signature), AutoAttack where evaluated,
+CO epoch if any, training time.
 Written as CSV (``summary.csv``) and as HTML. A run without a final evaluation
 (a monitored loop of the user's) shows the accuracies of its last probe event
 (the probe PGD on the probe set), and ``pgd_attack`` / ``eval_n`` say so."""
