@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision import datasets
 
 from .errors import UsageError
 
@@ -268,6 +267,9 @@ def _missing(name: str, root: str | os.PathLike | None, download: bool, train: b
 
 def _read(name: str, root: str | os.PathLike | None, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """(images uint8 (N, C, H, W), labels int64) of one split, read through torchvision."""
+    # imported here: torchvision's package import loads torch._dynamo (seconds), which
+    # `import codiag` and `codiag --help` do not need
+    from torchvision import datasets
 
     cls = getattr(datasets, _TV_CLASS[name])
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import importlib.metadata
 import io
 import json
 import os
@@ -38,7 +39,6 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 
 from . import atomic
 from .errors import Terminated, UsageError
@@ -80,7 +80,7 @@ def environment_info() -> dict[str, Any]:
     return {
         "codiag": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),   # without importing it (seconds)
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "python": platform.python_version(),

@@ -33,13 +33,22 @@ Analytic (``ANALYTIC_BUILDERS``): lemma1 (GradAlign Fig. 2), lemma2 (Fig. 9).
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from .base import Figure, MissingData
-from .build import Report, build
-from .figures import ALL_FIGURES, ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS, SWEEP_BUILDERS
+#: re-exported name -> its module, imported on first use: the figure modules load matplotlib,
+#: seaborn and scipy (seconds), which the command line's parser and the presets do not need
+_LAZY = {"Figure": "base", "MissingData": "base", "Report": "build",
+         **{name: "figures" for name in ("ALL_FIGURES", "ANALYTIC_BUILDERS", "MULTI_BUILDERS",
+                                         "RUN_BUILDERS", "SWEEP_BUILDERS")}}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
@@ -50,6 +59,8 @@ def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str |
 
     ``out`` defaults to ``RUN_DIR/report`` for one run and ``./codiag-report`` for several.
     """
+    from .build import build
+
     dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     out = default_out(dirs) if out is None else out
     return build(dirs, out, figures=figures, analytic=analytic, title=title, echo=echo).page
@@ -65,4 +76,4 @@ def default_out(run_dirs: Sequence[str | os.PathLike]) -> Path:
 
 
 __all__ = ["ALL_FIGURES", "ANALYTIC_BUILDERS", "MULTI_BUILDERS", "RUN_BUILDERS", "SWEEP_BUILDERS", "Figure",
-           "MissingData", "Report", "build", "default_out", "report"]
+           "MissingData", "Report", "default_out", "report"]

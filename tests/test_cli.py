@@ -27,6 +27,17 @@ def test_the_entry_point_runs_as_a_program():
     assert "usage:" in p.stdout and all(c in p.stdout for c in COMMANDS)
 
 
+def test_import_and_help_do_not_load_the_plotting_libraries_or_torchvision():
+    # each costs seconds at start-up (torchvision's package import loads torch._dynamo); they are
+    # imported where a report is drawn or a torchvision dataset is read
+    code = ("import sys, codiag, codiag.cli; codiag.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'matplotlib', 'seaborn', 'scipy', 'torchvision', 'ray'}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])
 def test_help(args, capsys):
     rc, out, err = codiag(capsys, *args)

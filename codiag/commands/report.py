@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 from codiag import reports
-from codiag.reports import ALL_FIGURES
-from codiag.reports.build import build
 
 from ..errors import UsageError
 
@@ -39,9 +37,9 @@ def parse_figures(text: str | None) -> set[str] | None:
     if text is None:
         return None
     keys = {k.strip() for k in text.split(",") if k.strip()}
-    unknown = sorted(keys - set(ALL_FIGURES))
+    unknown = sorted(keys - set(reports.ALL_FIGURES))
     if unknown:
-        raise UsageError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(ALL_FIGURES)}")
+        raise UsageError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(reports.ALL_FIGURES)}")
     return keys
 
 
@@ -63,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise UsageError("name at least one RUN_DIR (or --list-figures)")
+    from codiag.reports.build import build  # here: it loads the plotting libraries (seconds)
+
     figures = parse_figures(args.figures)
     out = Path(args.out) if args.out else reports.default_out(args.runs)
     report = build(args.runs, out, figures=figures, analytic=not args.no_analytic, title=args.title,

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codiag.reports.build import build
 from codiag.reports.presets import PRESETS, QUICK, SPECS
 
 from ..errors import UsageError
@@ -130,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     preset = PRESETS.get(args.name)
     if preset is None:
         raise UsageError(f"unknown preset {args.name!r}; choose from {', '.join([*PRESETS, *SWEEP_PRESETS])}")
+    from codiag.reports.build import build  # here: it loads the plotting libraries (seconds)
+
     scale_dir = Path(args.cache) / (f"{args.scale}-quick" if args.quick else args.scale)
     specs = [SPECS[args.scale][name] for name in preset.runs.get(args.scale, ())]
     configs = [(s, run_config(s.config, args, scale_dir / s.name)) for s in specs]  # validate all first
@@ -163,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
 def run_sweep_preset(args: argparse.Namespace) -> int:
     """A sweep preset: ``codiag.sweep`` into CACHE/SCALE/sweeps/NAME (resumable: finished runs
     are kept), then the sweep report."""
+    from codiag.reports.build import build
+
     preset = SWEEP_PRESETS[args.name]
     spec = preset.scales[args.scale]
     options = dict(spec.options)
