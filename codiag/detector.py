@@ -332,7 +332,12 @@ def make_detector(spec: Any = True, **thresholds: Any) -> Detector | None:
 
 def event_values(metrics: pd.DataFrame, signals: Mapping[tuple[str, str], str] = SIGNALS
                  ) -> list[tuple[int, int, dict[str, float]]]:
-    """Group a detector's signals of a tidy metrics frame by probe event: [(step, epoch, values)]."""
+    """Group a detector's signals of a tidy metrics frame by probe event: [(step, epoch, values)].
+
+    Two events can share a step (a light event, then the epoch's event when the monitor did
+    not know the epoch's length): rows are in the order written, and a signal seen twice at
+    one step starts the next event, so the replay sees what the online alarm saw.
+    """
     if metrics is None or len(metrics) == 0:
         return []
     m = metrics
@@ -342,10 +347,15 @@ def event_values(metrics: pd.DataFrame, signals: Mapping[tuple[str, str], str] =
         return []
     out = []
     for (step, epoch), grp in sel.groupby(["step", "epoch"], sort=True):
-        values = {signals[(p, k)]: float(v) for p, k, v in
-                  zip(grp["probe"].astype(str), grp["key"].astype(str), grp["value"])}
+        values: dict[str, float] = {}
+        for p, k, v in zip(grp["probe"].astype(str), grp["key"].astype(str), grp["value"]):
+            name = signals[(p, k)]
+            if name in values:
+                out.append((int(step), int(epoch), values))
+                values = {}
+            values[name] = float(v)
         out.append((int(step), int(epoch), values))
-    out.sort(key=lambda t: (t[0], t[1]))
+    out.sort(key=lambda t: (t[0], t[1]))   # stable: events sharing a step keep their order
     return out
 
 

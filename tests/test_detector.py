@@ -127,6 +127,19 @@ def test_grad_align_collapse_relative_to_its_own_peak():
     assert detect_co(frame(seq(pgd=[0.05, 0.12, 0.11, 0.1, 0.1], fgsm=fgsm, align=align))) is None
 
 
+def test_replay_keeps_two_events_at_one_step_apart():
+    # a light event and then the epoch's event at the same step (the monitor did not know the
+    # epoch's length): the online alarm fired at the light one; the replay must see it alone
+    rows = seq(pgd=[0.0, 0.05], fgsm=[0.05, 0.1], align=[0.4, 0.5])
+    rows += [{"step": 20, "epoch": 2, "pgd_acc": 0.02, "fgsm_acc": 0.45, "grad_align": 0.3},   # light
+             {"step": 20, "epoch": 2, "pgd_acc": 0.12, "fgsm_acc": 0.3, "grad_align": 0.35}]   # epoch's
+    det = CODetector()
+    online = [det.update(r["step"], r["epoch"], r) for r in rows]
+    assert online[2] is not None and online[2]["rule"] == "signature"
+    co = detect_co(frame(rows))
+    assert (co["step"], co["rule"], co["values"]["fgsm_acc"]) == (20, "signature", 0.45)
+
+
 def test_online_detector_fires_once_and_rearms_after_reset():
     det = CODetector()
     vals = [(0.4, 0.45), (0.1, 0.8), (0.0, 0.9)]
