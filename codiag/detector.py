@@ -23,13 +23,7 @@ Rule ``pgd_collapse`` fires at the first probe event where
 Rule ``grad_align_collapse`` fires where gradient alignment, after having
 reached ``align_high``, is below ``align_low`` and the PGD accuracy has
 fallen by at least ``align_drop`` of its peak (or no PGD accuracy is
-recorded); or where alignment is at most ``align_ratio`` of its own peak,
-PGD accuracy has fallen by ``align_drop`` of its peak and FGSM accuracy is
-still ``align_gap`` above it. The relative form is there because the level
-alignment collapses to depends on the architecture: a 4-filter CNN's falls
-from 0.95 to 0.45-0.6 at its collapse, never under 0.3.
-
-Rule ``signature`` needs no peak at all: it fires where
+recorded). Rule ``signature`` needs no peak at all: it fires where
 
     pgd_acc <= sig_pgd  and  fgsm_acc - pgd_acc >= sig_gap  and  fgsm_acc >= min_fgsm + sig_rise
 
@@ -46,9 +40,8 @@ scorecard's corpora that condition only ever removed true alarms
 (``docs/DETECTOR.md``).
 
 Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3, align_high 0.5,
-align_drop 0.25, align_ratio 0.65, align_gap 0.1, sig_pgd 0.1, sig_gap 0.25,
-sig_rise 0.1 (sig_gap, align_ratio and align_gap set on the scorecard's
-development corpora, ``docs/DETECTOR.md``). All
+align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1 (sig_gap set on the
+scorecard's development corpora, ``docs/DETECTOR.md``). All
 rules read only probe values (``robust_acc`` and ``grad_align``); missing or
 NaN values just disable the rule (or condition) that needs them.
 
@@ -157,8 +150,6 @@ class CODetector(Detector):
     align_low: float = 0.3
     align_high: float = 0.5
     align_drop: float = 0.25
-    align_ratio: float = 0.65
-    align_gap: float = 0.1
     sig_pgd: float = 0.1
     sig_gap: float = 0.25
     sig_rise: float = 0.1
@@ -169,8 +160,7 @@ class CODetector(Detector):
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "align_low", "align_high",
-                                             "align_drop", "align_ratio", "align_gap", "sig_pgd", "sig_gap",
-                                             "sig_rise")
+                                             "align_drop", "sig_pgd", "sig_gap", "sig_rise")
 
     def settings(self) -> dict[str, Any]:
         """The thresholds (recorded in run.json)."""
@@ -201,15 +191,12 @@ class CODetector(Detector):
             return ("pgd_collapse",
                     f"PGD accuracy fell from its peak {peak:.3f} to {pgd:.3f} "
                     f"({(peak - pgd) / peak:.0%} drop) while FGSM accuracy is {fgsm:.3f}")
-        if align is not None and self.peak_align is not None and self.peak_align >= self.align_high:
-            below = align < self.align_low
+        if (align is not None and self.peak_align is not None and self.peak_align >= self.align_high
+                and align < self.align_low):
             # with PGD recorded, alignment alone is not enough: robustness must have fallen too
             pgd_fell = (pgd is not None and peak is not None and peak >= self.min_peak
                         and pgd <= (1 - self.align_drop) * peak)
-            # relative to its own peak (architecture-independent), and the model still beats FGSM
-            fell_far = (pgd_fell and fgsm is not None and align <= self.align_ratio * self.peak_align
-                        and fgsm - pgd >= self.align_gap)
-            if (below and (pgd is None or pgd_fell)) or fell_far:
+            if pgd is None or pgd_fell:
                 extra = "" if pgd is None else f"; PGD accuracy {pgd:.3f} (peak {peak:.3f})"
                 return ("grad_align_collapse",
                         f"gradient alignment fell from {self.peak_align:.3f} to {align:.3f}{extra}")
