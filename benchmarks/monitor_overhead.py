@@ -21,9 +21,11 @@ Settings:
 * ``resnet``: PreAct ResNet-18 on CIFAR-10 (``--data-root``; random images of
   CIFAR's shape when absent: the timing does not depend on pixel values),
   FGSM, SGD. A full epoch is 391 steps with probe sets 256 / 512; on a CPU
-  the steps per event and both probe-set sizes are divided by one factor
-  ``--scale`` (default 16 on CPU, 1 on a GPU), so the ratio keeps the
-  full-scale proportions of training to probing work.
+  the steps per event, both probe-set sizes and the light events' slice
+  (``light_n``, 128) are divided by one factor ``--scale`` (default 16 on
+  CPU, 1 on a GPU), so the ratio keeps the full-scale proportions of training
+  to probing work (the light events themselves stay at steps 8, 16, 32, ...:
+  two in a 1/16 epoch, six in a full one).
 
 Each round trains a fresh model (same seed) unmonitored, then monitored, for
 ``--epochs`` epochs; ratios are computed from the sums over ``--rounds``
@@ -64,6 +66,7 @@ class Setting:
     train_n: int
     probe_n: int
     train_probe_n: int
+    light_n: int
     target_b: float
 
 
@@ -118,7 +121,7 @@ def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitor
         return t, t, 0.0
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
                  method=method, every="epoch", probes="default", probe_n=s.probe_n,
-                 train_probe_n=s.train_probe_n, tensorboard=False, overwrite=True) as mon:
+                 train_probe_n=s.train_probe_n, light_n=s.light_n, tensorboard=False, overwrite=True) as mon:
         sync(device)
         t1 = time.perf_counter()
         probe_before = mon.probe_time_s        # the step-0 event ran inside __enter__
@@ -189,8 +192,8 @@ def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
     b_composed = a_step + (sums[1] - sums[2] + sums[3]) / sums[0]
     steps = len(make_loader(train, 128, shuffle=False))
     print(f"\n[{s.name}] {s.model} on {s.dataset} ({source}); {steps} steps per event, probe sets "
-          f"{s.probe_n}/{s.train_probe_n}, {args.epochs} epochs x {args.rounds} rounds, device {device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{s.probe_n}/{s.train_probe_n} (light events {s.light_n}), {args.epochs} epochs x {args.rounds} rounds, "
+          f"device {device}, {torch.get_num_threads()} threads")
     print(f"  (a) between events  step-interleaved monitored / unmonitored  = {a_step:.3f}   target <= 1.01")
     print(f"      with per-step update norms (step_update_norms=True)       = "
           f"{mon_steps_n / plain_steps_n:.3f}")
@@ -219,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     k = args.scale or (1 if device.type == "cuda" else 16)
     settings = {
-        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, 256, 512, 1.25),
+        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, 256, 512, 128, 1.25),
         "resnet": Setting(f"resnet (scale 1/{k})", "cifar10", "preact_resnet18", 8 / 255, "sgd", 0.05,
-                          128 * (391 // k), 256 // k, 512 // k, 1.10),
+                          128 * (391 // k), 256 // k, 512 // k, max(1, 128 // k), 1.10),
     }
     for name in (["demo", "resnet"] if args.setting == "all" else [args.setting]):
         bench(settings[name], args, device)
