@@ -30,7 +30,7 @@ COLLAPSE_REL = 0.3
 MIN_CLEAN_GAP = 0.2
 
 COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "eps_label", "seed", "clean_acc",
-           "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm", "alarm",
+           "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm", "alarm",
            "alarm_epoch", "peak_probe_pgd", "collapsed", "collapse_epoch", "outcome", "latency_epochs",
            "status"]
 
@@ -73,7 +73,8 @@ def sweep_row(run: Run) -> dict[str, Any]:
         and collapsed else None
     return {"run": run.name, "method": s["method"], "method_args": s["method_args"], "dataset": s["dataset"],
             "model": s["model"], "eps": eps, "eps_label": fmt_eps(eps), "seed": s["seed"],
-            "clean_acc": s["clean_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"], "pgd_attack": s["pgd_attack"],
+            "clean_acc": s["clean_acc"], "fgsm_acc": s["fgsm_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"],
+            "pgd_attack": s["pgd_attack"],
             "eval_n": s["eval_n"], "train_time_s": s["train_time_s"], "cost_vs_fgsm": math.nan,
             "alarm": bool(alarms), "alarm_epoch": alarm_epoch, "peak_probe_pgd": round(peak, 4),
             "collapsed": collapsed, "collapse_epoch": collapse_epoch, "outcome": outcome,

@@ -55,6 +55,7 @@ def test_summary_csv_of_real_runs(report):
     assert [r["method"] for r in rows] == ["atas", "fgsm"] and [r["seed"] for r in rows] == ["0", "1"]
     for r in rows:
         assert 0.0 <= float(r["clean_acc"]) <= 1.0 and 0.0 <= float(r["pgd_acc"]) <= 1.0
+        assert 0.0 <= float(r["fgsm_acc"]) <= 1.0   # the trainer's final evaluation has an FGSM column
         assert r["pgd_attack"] == "PGD-2-1" and r["eval_n"] == "16" and r["eps"] == "0.2"
         assert float(r["train_time_s"]) > 0 and r["status"] == "finished"
         assert r["aa_acc"] == "" or math.isnan(float(r["aa_acc"]))
