@@ -130,6 +130,8 @@ class RunWriter:
         self._lock = RunLock(self.path)
         self._rows: list[tuple[int, int, str, str, Any]] = []
         self._csv = self._events = None
+        # before the first file is written: a SIGTERM from here on ends the run "interrupted"
+        _sigterm_raises(True)
         try:
             kind = classify(self.path)  # again, under the lock
             if kind == "foreign":
@@ -166,15 +168,19 @@ class RunWriter:
             self._events = open(self.path / "events.jsonl", "a")
             self.event("resume" if resuming else "run_start",
                        **({"previous_pid": self._lock.previous_pid} if resuming and self._lock.previous_pid else {}))
-        except BaseException:
+        except BaseException as e:
+            if self._csv is not None and self._events is not None:   # the run exists: close it as such
+                self._closed = False
+                self.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+                raise
             for f in (self._csv, self._events):
                 if f is not None:
                     with contextlib.suppress(OSError):
                         f.close()
             self._lock.release()
+            _sigterm_raises(False)
             raise
         self._closed = False
-        _sigterm_raises(True)
 
     # -- writes -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
