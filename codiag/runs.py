@@ -130,6 +130,7 @@ class RunWriter:
         self._lock = RunLock(self.path)
         self._rows: list[tuple[int, int, str, str, Any]] = []
         self._csv = self._events = None
+        meta_written = False
         # before the first file is written: a SIGTERM from here on ends the run "interrupted"
         _sigterm_raises(True)
         try:
@@ -158,6 +159,7 @@ class RunWriter:
                     "start_time": _now(),
                     "end_time": None,
                 }
+            meta_written = True   # first: a signal may land once run.json is renamed into place
             self._write_meta()
             csv_path = self.path / "metrics.csv"
             new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
@@ -169,14 +171,19 @@ class RunWriter:
             self.event("resume" if resuming else "run_start",
                        **({"previous_pid": self._lock.previous_pid} if resuming and self._lock.previous_pid else {}))
         except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             if self._csv is not None and self._events is not None:   # the run exists: close it as such
                 self._closed = False
-                self.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+                self.close(status)
                 raise
             for f in (self._csv, self._events):
                 if f is not None:
                     with contextlib.suppress(OSError):
                         f.close()
+            if meta_written:   # run.json says "running": it must not outlive us
+                self.meta.update(status=status, end_time=_now())
+                with contextlib.suppress(OSError):
+                    self._write_meta()
             self._lock.release()
             _sigterm_raises(False)
             raise

@@ -296,6 +296,31 @@ def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum):
     assert signal.getsignal(signal.SIGTERM) is before      # the handler is the user's again
 
 
+def test_signal_just_after_run_json_lands_leaves_no_running_run(tmp_path, monkeypatch):
+    """A SIGTERM between run.json and the first metrics line: the run ends "interrupted", not "running"."""
+    from codiag import atomic
+    from codiag.errors import Terminated
+    write_text, calls = atomic.write_text, []
+
+    def write_then_signal(path, text, **kw):   # the signal's timing, pinned to the narrowest window
+        write_text(path, text, **kw)
+        calls.append(json.loads(text)["status"])
+        if len(calls) == 1:
+            raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(atomic, "write_text", write_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        RunWriter(tmp_path / "r", {"method": "fgsm"})
+    assert calls == ["running", "interrupted"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "r" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
+    w = RunWriter(tmp_path / "r", resume=True)   # what is left is a run, resumable
+    w.close("finished")
+    assert load_run(tmp_path / "r").status == "finished"
+
+
 @pytest.mark.parametrize("code,status", [(0, "finished"), (None, "finished"), (3, "interrupted")])
 def test_sys_exit_inside_the_block(tmp_path, code, status):
     with pytest.raises(SystemExit):
