@@ -9,10 +9,10 @@ seeds 0-2 showed that the signature rule's alignment condition missed narrow
 models; seeds 3-5 dropped it; seeds 6-8, scored as held out, showed that runs
 sat on the label's lines from both sides, which gave the label its two lines
 below, and with that label seeds 3-8 set the signature's gap to 0.25; seeds 9-11
-were the previous scorecard. The scorecard is seeds 12-14 (``--seeds``), trained
-after the rules and the label were fixed, with a candidate rule switched on that
-they then rejected (alignment at 0.65 of its own peak: no collapse caught, one
-false alarm); the adopted rules' scores on them are ``--replay``'s. Each run is
+and 12-14 were held-out scorecards (12-14 rejected a candidate rule: alignment at
+0.65 of its own peak caught no collapse and raised one false alarm), whose errors
+all sat on a line of the label, which then got the bands below. The scorecard is
+seeds 15-17 (``--seeds``), trained after the rules and the label were fixed. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
 ``local_linearity``), and trained with Adam 3e-3, batch 128.
@@ -25,8 +25,8 @@ against). With ``pgd[e]`` / ``fgsm[e]`` those accuracies after
 epoch ``e`` and ``gap[e] = fgsm[e] - pgd[e]``, the run's *labelled collapse* is the
 first epoch ``e >= 1`` with
 
-* (a) ``pgd[e] <= 0.5 * max(pgd[1..e-1])``, that maximum ``>= 0.1``, and
-  ``gap[e] >= 0.2`` (robust accuracy won, then at least half of it lost while the
+* (a) ``pgd[e] <= 0.45 * max(pgd[1..e-1])``, that maximum ``>= 0.1``, and
+  ``gap[e] >= 0.2`` (robust accuracy won, then more than half of it lost while the
   model still beats FGSM: not a run where both accuracies fall), or
 * (b) ``pgd`` stays ``<= 0.05`` from ``e`` to the end and ``gap[e] >= 0.3`` (the
   model resists its training attack but never held robustness against PGD: a
@@ -37,15 +37,22 @@ accuracy collapses *while* FGSM accuracy does not. A run that never learned any
 robustness at a large eps (PGD and FGSM accuracy both near zero, as PGD-10 training
 itself at eps 0.3 here) is not a collapse.
 
-The lines are not sharp, so the label has two (``STRICT`` above, ``LOOSE``: gap 0.1
-in (a); PGD ``<= 0.10`` and gap ``>= 0.2`` in (b)). A run that only the loose lines
-call a collapse is *between the lines*: listed with its alarm, not scored. Why: on
-the development corpora PGD-10 training of ``cnn4`` at eps 0.3, which cannot
-overfit to FGSM, ends with PGD 0.01-0.06 and FGSM 0.2-0.3 above it (the 4-filter
-model barely resists FGSM at that radius), and ``small_cnn`` FGSM runs end with
-PGD 0.05-0.07 beside FGSM 0.57-0.59; a gap under 0.3 with PGD near zero, or PGD
-just above 0.05, does not say whether the run collapsed. Everything else is
-labelled "no collapse".
+The lines are not sharp, so the label has two (``STRICT`` above, ``LOOSE``: PGD
+``<= 0.55 *`` the peak and gap 0.1 in (a); PGD ``<= 0.10`` for two epochs from ``e``
+(or to the end) and gap ``>= 0.2`` in (b)). A run that only the loose lines call a
+collapse is *between the lines*: listed with its alarm, not scored. Why: on the
+development corpora PGD-10 training of ``cnn4`` at eps 0.3, which cannot overfit
+to FGSM, ends with PGD 0.01-0.06 and FGSM 0.2-0.3 above it (the 4-filter model
+barely resists FGSM at that radius), and ``small_cnn`` FGSM runs end with PGD
+0.05-0.07 beside FGSM 0.57-0.59; a gap under 0.3 with PGD near zero, or PGD just
+above 0.05, does not say whether the run collapsed. The band around half the peak
+in (a) is the sampling error of two 1000-point accuracies near 0.2 (a standard
+error of about 0.06 on their ratio): seeds 9-14 had two errors on a ratio of
+0.48-0.49. Loose (b) allows a run that recovers: two epochs at the collapse's
+accuracies, then PGD back above 0.10 (seeds 9-14 had a false alarm on each of two
+such ``small_cnn`` runs). Both band changes were made after seeds 12-14 were
+scored; seeds 15-17 were trained after them. Everything else is labelled "no
+collapse".
 
 **Scores.** A detector's alarm epoch is the epoch of the probe event that fired
 (events inside epoch ``k`` and at its end count as ``k``). Recall = collapsed runs
@@ -90,7 +97,7 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-SCORECARD_SEEDS = (12, 13, 14)
+SCORECARD_SEEDS = (15, 16, 17)
 
 
 def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:
@@ -108,18 +115,20 @@ def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> lis
 
 #: the label's two lines (module docstring): STRICT labels a collapse; a run that only LOOSE
 #: calls a collapse lies between the lines and is listed but not scored
-STRICT = {"a_gap": 0.2, "b_pgd": 0.05, "b_gap": 0.3}
-LOOSE = {"a_gap": 0.1, "b_pgd": 0.10, "b_gap": 0.2}
+#: (``b_epochs``: how long (b)'s PGD must stay under its line; None = to the end)
+STRICT = {"a_ratio": 0.45, "a_gap": 0.2, "b_pgd": 0.05, "b_gap": 0.3, "b_epochs": None}
+LOOSE = {"a_ratio": 0.55, "a_gap": 0.1, "b_pgd": 0.10, "b_gap": 0.2, "b_epochs": 2}
 
 
-def collapse_epoch(pgd: list[float], fgsm: list[float], a_gap: float, b_pgd: float, b_gap: float) -> int | None:
+def collapse_epoch(pgd: list[float], fgsm: list[float], a_ratio: float, a_gap: float, b_pgd: float,
+                   b_gap: float, b_epochs: int | None) -> int | None:
     """The first epoch where rule (a) or (b) holds with these lines (index 0 of the lists = init)."""
     for e in range(1, len(pgd)):
         best = max(pgd[1:e], default=0.0)
         gap = fgsm[e] - pgd[e]
-        if best >= 0.1 and pgd[e] <= 0.5 * best and gap >= a_gap:
+        if best >= 0.1 and pgd[e] <= a_ratio * best and gap >= a_gap:
             return e
-        if max(pgd[e:]) <= b_pgd and gap >= b_gap:
+        if max(pgd[e:] if b_epochs is None else pgd[e:e + b_epochs]) <= b_pgd and gap >= b_gap:
             return e
     return None
 

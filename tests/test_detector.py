@@ -161,6 +161,10 @@ def test_the_scorecard_label_leaves_runs_between_its_lines_unscored():
     assert label([0.0, 0.06, 0.01, 0.03, 0.07], [0.03, 0.33, 0.50, 0.56, 0.58]) == (None, True)
     # PGD-10 training of cnn4 at eps 0.3: PGD near zero, FGSM 0.24-0.27 above it, between the lines
     assert label([0.0, 0.01, 0.04, 0.05, 0.06], [0.0, 0.20, 0.31, 0.30, 0.30]) == (None, True)
+    # PGD at 0.48 of its peak (cnn4 FGSM 0.25, seed 14): inside the band around half, between the lines
+    assert label([0.0, 0.14, 0.198, 0.223, 0.107], [0.0, 0.21, 0.33, 0.35, 0.33]) == (None, True)
+    # collapse accuracies for three epochs, then PGD recovers (small_cnn ATAS 0.3, seed 13): between the lines
+    assert label([0.0, 0.043, 0.05, 0.075, 0.138], [0.004, 0.325, 0.314, 0.332, 0.386]) == (None, True)
     # a healthy run and one that never learned robustness (both accuracies low)
     assert label([0.0, 0.30, 0.35, 0.38], [0.0, 0.33, 0.40, 0.45]) == (None, False)
     assert label([0.0, 0.09, 0.10, 0.10], [0.0, 0.09, 0.10, 0.12]) == (None, False)
