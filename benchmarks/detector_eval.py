@@ -11,8 +11,10 @@ sat on the label's lines from both sides, which gave the label its two lines
 below, and with that label seeds 3-8 set the signature's gap to 0.25; seeds 9-11
 and 12-14 were held-out scorecards (12-14 rejected a candidate rule: alignment at
 0.65 of its own peak caught no collapse and raised one false alarm), whose errors
-all sat on a line of the label, which then got the bands below. The scorecard is
-seeds 15-17 (``--seeds``), trained after the rules and the label were fixed. Each run is
+all sat on a line of the label, which then got the bands below; on seeds 15-17,
+held out for that label, the one miss had the probe set's FGSM-PGD gap at 0.18-0.19,
+under ``pgd_collapse``'s 0.2, and seeds 3-17 then set that gap to 0.18. The scorecard
+is seeds 18-20 (``--seeds``), trained after that change. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
 ``local_linearity``), and trained with Adam 3e-3, batch 128.
@@ -97,7 +99,7 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-SCORECARD_SEEDS = (15, 16, 17)
+SCORECARD_SEEDS = (18, 19, 20)
 
 
 def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:

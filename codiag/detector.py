@@ -39,9 +39,9 @@ by a quarter at the collapse, a 4-filter CNN's starts near 0.95), and on the
 scorecard's corpora that condition only ever removed true alarms
 (``docs/DETECTOR.md``).
 
-Defaults: drop 0.5, min_peak 0.1, min_gap 0.2, align_low 0.3, align_high 0.5,
-align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1 (sig_gap set on the
-scorecard's development corpora, ``docs/DETECTOR.md``). All
+Defaults: drop 0.5, min_peak 0.1, min_gap 0.18, align_low 0.3, align_high 0.5,
+align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1 (sig_gap and min_gap set on
+the scorecard's development corpora, ``docs/DETECTOR.md``). All
 rules read only probe values (``robust_acc`` and ``grad_align``); missing or
 NaN values just disable the rule (or condition) that needs them.
 
@@ -146,7 +146,7 @@ class CODetector(Detector):
 
     drop: float = 0.5
     min_peak: float = 0.1
-    min_gap: float = 0.2
+    min_gap: float = 0.18
     align_low: float = 0.3
     align_high: float = 0.5
     align_drop: float = 0.25

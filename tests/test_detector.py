@@ -46,6 +46,14 @@ def test_pgd_collapse_with_fgsm_jump_is_co():
     assert "0.410" in co["reason"] and "0.120" in co["reason"]
 
 
+def test_pgd_collapse_needs_a_gap_of_0_18():
+    """A 4-filter CNN's collapse (cnn4 FGSM 0.25, seed 15 of the scorecard corpus, its probe values)."""
+    pgd, fgsm = [0.0, 0.102, 0.109, 0.121, 0.059, 0.031], [0.0, 0.164, 0.184, 0.195, 0.238, 0.223]
+    co = detect_co(frame(seq(pgd=pgd, fgsm=fgsm)))
+    assert co["rule"] == "pgd_collapse" and co["step"] == 50   # gap 0.192; at step 40 it was 0.179
+    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm)), min_gap=0.2) is None
+
+
 def test_divergence_without_fgsm_gap_and_noise_are_not_co():
     # both accuracies fall together: the run diverged, it did not overfit to FGSM
     assert detect_co(frame(seq(pgd=[0.3, 0.4, 0.1, 0.0], fgsm=[0.35, 0.45, 0.12, 0.02]))) is None
