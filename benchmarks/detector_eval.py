@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of the alarm recorded online (an older corpus under the current rules)")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
-                   help="seeds of the corpus (default %(default)s; 0-8 were development corpora)")
+                   help="seeds of the corpus (default %(default)s; 0-17: development and earlier scorecards)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)
