@@ -110,6 +110,11 @@ def _step_sizes(run: Run, n: int, steps: list[int]) -> tuple[str, np.ndarray] | 
     return None
 
 
+def _row_means(mat: np.ndarray) -> np.ndarray:
+    """Mean of each row over its finite entries; NaN for a row with none (an event without a snapshot)."""
+    return np.ma.masked_invalid(mat).mean(axis=1).filled(np.nan)
+
+
 @needs(InstanceGradNorm.norms)
 def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
     """ATAS Fig. 10: gradient norm (and per-instance step size, when the method keeps one)
@@ -131,14 +136,14 @@ def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
     with style():
         fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.4), squeeze=False)
         for i in SUBSETS:
-            axes[0, 0].plot(x, np.nanmean(norms[:, masks[i]], axis=1), marker="o", ms=3, label=f"D{i}")
+            axes[0, 0].plot(x, _row_means(norms[:, masks[i]]), marker="o", ms=3, label=f"D{i}")
             rows.append((f"D{i}", f"{np.nanmean(norms[:, masks[i]]):.4g}"))
         axes[0, 0].set_title("(a) input-gradient norm")
         axes[0, 0].set_ylabel("mean ||∇ₓ L||₂ of subset")
         if step_sizes:
             name, mat = step_sizes
             for i in SUBSETS:
-                axes[0, 1].plot(x, np.nanmean(mat[:, masks[i]], axis=1), marker="o", ms=3, label=f"D{i}")
+                axes[0, 1].plot(x, _row_means(mat[:, masks[i]]), marker="o", ms=3, label=f"D{i}")
             axes[0, 1].set_title(f"(b) step size ({name})")
             axes[0, 1].set_ylabel("mean step size of subset")
         for ax in axes[0]:

@@ -203,6 +203,7 @@ def test_online_alarm_fires_once_writes_event_and_calls_back(tmp_path, monkeypat
         for _ in range(5):
             opt.step()
             assert mon.co_detected == (mon.step >= 3)
+        mon.epoch_end()
     assert len(seen) == 1 and seen[0]["step"] == 3 and seen[0]["rule"] == "pgd_collapse"
     alarms = load_run(tmp_path / "r").events_of("co_alarm")
     assert len(alarms) == 1 and alarms[0]["step"] == 3 and alarms[0]["epoch"] == 1
@@ -324,9 +325,11 @@ def test_resume_keeps_the_alarm_state(tmp_path, monkeypatch):
                  probe_n=8, every=1) as mon:
         opt.step()
         assert mon.co_detected
+        mon.epoch_end()
     calls = []
     with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["scripted"],
                  probe_n=8, every=1, resume=True, on_co=calls.append) as mon:
         assert mon.co_detected and mon.co_alarm["step"] == 1 and mon.detector.peak_pgd == 0.4
         opt.step()
+        mon.epoch_end()
     assert calls == [] and len(load_run(tmp_path / "r").events_of("co_alarm")) == 1
