@@ -83,6 +83,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from codiag.monitoring.options import MonitorOptions
+
 DEFAULT_EPOCHS = 4
 
 
@@ -142,7 +144,8 @@ def label_collapse(pgd: list[float], fgsm: list[float]) -> tuple[int | None, boo
     return epoch, epoch is None and collapse_epoch(pgd, fgsm, **LOOSE) is not None
 
 
-def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: str | None) -> dict:
+def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: str | None,
+              probe_n: int = MonitorOptions.probe_n) -> dict:
     import torch
 
     from codiag import attacks
@@ -154,7 +157,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     torch.set_num_threads(1)
     run_dir = out / spec.name
     train = load_dataset(spec.dataset, root=data_root, train=True, limit=n_train)
-    test = load_dataset(spec.dataset, root=data_root, train=False, limit=1256)
+    test = load_dataset(spec.dataset, root=data_root, train=False, limit=1000 + probe_n)
     xt, yt = test.images.float() / 255, test.labels
     held_out, probe = (xt[:1000], yt[:1000]), (xt[1000:], yt[1000:])
     torch.manual_seed(spec.seed)
@@ -172,7 +175,8 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     t0 = time.perf_counter()
     evals = [evaluate()]
     with monitor(model, opt, run_dir, eps=spec.eps, probe_data=probe, attack=method.perturb, method=method,
-                 probes="robust_acc,grad_align,local_linearity", config={**asdict(spec), "n_train": n_train},
+                 probes="robust_acc,grad_align,local_linearity", probe_n=probe_n,
+                 config={**asdict(spec), "n_train": n_train},
                  tensorboard=False, overwrite=True) as mon:
         for epoch in range(epochs):
             method.on_epoch_start(epoch)
@@ -195,6 +199,21 @@ def alarm_epoch(alarm: dict | None) -> int | None:
     return None if alarm is None else int(alarm["epoch"])
 
 
+def probe_epoch_values(metrics) -> tuple[list[float], list[float]]:
+    """The probe set's PGD and FGSM accuracy at step 0 and at each epoch's last event (its epoch-end event)."""
+    from codiag.probes.robust_acc import RobustAcc
+
+    rows = metrics[(metrics["probe"] == RobustAcc.name) & metrics["key"].isin(["pgd_acc", "fgsm_acc"])]
+    last = rows.groupby(["epoch", "key"])["value"].last().unstack("key").sort_index()
+    return last["pgd_acc"].tolist(), last["fgsm_acc"].tolist()
+
+
+#: reference rows: the label's own lines applied to the probe set's epoch-end accuracies. They use
+#: hindsight ((b) reads the epochs after e), so they are not online detectors; they show how often
+#: the probe set's measurement alone, read the way the label reads the held-out one, disagrees with it.
+PROBE_LABELS = {"label lines on the probe set (strict)": STRICT, "label lines on the probe set (loose)": LOOSE}
+
+
 def score(results: list[dict], out: Path, replay: bool = False) -> str:
     from codiag.detector import DETECTORS, SIGNALS, CODetector, detect_co
     from codiag.runs import load_run
@@ -213,6 +232,9 @@ def score(results: list[dict], out: Path, replay: bool = False) -> str:
             online = name == CODetector.name and not replay
             alarm = r["online_alarm"] if online else detect_co(metrics, detector=name)
             alarms.setdefault(name, {})[r["name"]] = alarm_epoch(alarm)
+        pgd, fgsm = probe_epoch_values(metrics)
+        for name, lines in PROBE_LABELS.items():
+            alarms.setdefault(name, {})[r["name"]] = collapse_epoch(pgd, fgsm, **lines)
     lines = ["| detector | runs | collapsed (label) | between the lines (not scored) | recall | false alarms "
              "| latency (epochs) mean / max |", "|---|---|---|---|---|---|---|"]
     for name, by_run in alarms.items():
@@ -246,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
     p.add_argument("--n-train", type=int, default=2000, help="training images per run (default %(default)s)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--probe-n", type=int, default=MonitorOptions.probe_n,
+                   help="probe set size (test points after the 1000 held out; default %(default)s, the monitor's)")
     p.add_argument("--data-root", default=None, help="torchvision-layout root; MNIST runs need it")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--replay", action="store_true",
@@ -270,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if todo and not args.score_only:
         print(f"training {len(todo)} of {len(specs)} runs with {args.jobs} job(s)", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(train_one, s, out, args.n_train, args.epochs, args.data_root): s for s in todo}
+            futures = {pool.submit(train_one, s, out, args.n_train, args.epochs, args.data_root,
+                                   args.probe_n): s for s in todo}
             for f in as_completed(futures):
                 s = futures[f]
                 try:

@@ -20,6 +20,15 @@ Rule ``pgd_collapse`` fires at the first probe event where
     peak_pgd >= min_peak  and  pgd_acc <= (1 - drop) * peak_pgd  and  fgsm_acc - pgd_acc >= min_gap
 
 (``peak_pgd`` = running max of the PGD accuracy over the events so far).
+Rule ``pgd_drop_persists`` reads the same collapse at a looser line, but only
+when two consecutive probe events (at different steps) both show it:
+
+    peak_pgd >= min_peak  and  pgd_acc <= persist_ratio * peak_pgd  and  fgsm_acc - pgd_acc >= persist_gap
+
+The probe set is small (256 points: a PGD accuracy near 0.1 has a sampling
+error of about 0.02), so a collapse from a low peak can sit a few points short
+of ``pgd_collapse``'s lines at every event; one event past the looser line can
+be noise, two in a row much less often (``docs/DETECTOR.md``).
 Rule ``grad_align_collapse`` fires where gradient alignment, after having
 reached ``align_high``, is below ``align_low`` and the PGD accuracy has
 fallen by at least ``align_drop`` of its peak (or no PGD accuracy is
@@ -39,9 +48,10 @@ by a quarter at the collapse, a 4-filter CNN's starts near 0.95), and on the
 scorecard's corpora that condition only ever removed true alarms
 (``docs/DETECTOR.md``).
 
-Defaults: drop 0.5, min_peak 0.1, min_gap 0.18, align_low 0.3, align_high 0.5,
-align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1 (sig_gap and min_gap set on
-the scorecard's development corpora, ``docs/DETECTOR.md``). All
+Defaults: drop 0.5, min_peak 0.1, min_gap 0.18, persist_ratio 0.6, persist_gap 0.12,
+align_low 0.3, align_high 0.5, align_drop 0.25, sig_pgd 0.1, sig_gap 0.25, sig_rise 0.1
+(sig_gap, min_gap and the persist_ lines set on the scorecard's development corpora,
+``docs/DETECTOR.md``). All
 rules read only probe values (``robust_acc`` and ``grad_align``); missing or
 NaN values just disable the rule (or condition) that needs them.
 
@@ -147,6 +157,8 @@ class CODetector(Detector):
     drop: float = 0.5
     min_peak: float = 0.1
     min_gap: float = 0.18
+    persist_ratio: float = 0.6
+    persist_gap: float = 0.12
     align_low: float = 0.3
     align_high: float = 0.5
     align_drop: float = 0.25
@@ -158,9 +170,13 @@ class CODetector(Detector):
     peak_align: float | None = None
     min_fgsm: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    #: (step, past the looser line) of the last two steps with an event; a second event at one step
+    #: (a light event, then the epoch's) replaces the first's verdict
+    lows: list[tuple[int | None, bool]] = field(default_factory=list, repr=False)
 
-    THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "align_low", "align_high",
-                                             "align_drop", "sig_pgd", "sig_gap", "sig_rise")
+    THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "persist_ratio", "persist_gap",
+                                             "align_low", "align_high", "align_drop", "sig_pgd", "sig_gap",
+                                             "sig_rise")
 
     def settings(self) -> dict[str, Any]:
         """The thresholds (recorded in run.json)."""
@@ -173,9 +189,21 @@ class CODetector(Detector):
         self.peak_align = None
         self.min_fgsm = None
         self.history.clear()
+        self.lows.clear()
 
-    def check(self, values: Mapping[str, Any]) -> tuple[str, str] | None:
-        """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None."""
+    def _low_before(self, step: int | None, low: bool) -> bool:
+        """Record this event's verdict at the looser line; return the verdict of the previous step's event."""
+        if self.lows and step is not None and self.lows[-1][0] == step:
+            self.lows.pop()
+        before = bool(self.lows) and self.lows[-1][1]
+        self.lows.append((step, low))
+        del self.lows[:-2]
+        return before
+
+    def check(self, values: Mapping[str, Any], step: int | None = None) -> tuple[str, str] | None:
+        """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None.
+
+        ``step`` tells two events at one step apart from consecutive ones (None: a new step)."""
         pgd = _finite(values.get("pgd_acc"))
         fgsm = _finite(values.get("fgsm_acc"))
         align = _finite(values.get("grad_align"))
@@ -186,6 +214,9 @@ class CODetector(Detector):
         if fgsm is not None:
             self.min_fgsm = fgsm if self.min_fgsm is None else min(self.min_fgsm, fgsm)
         peak = self.peak_pgd
+        low = (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
+               and pgd <= self.persist_ratio * peak and fgsm - pgd >= self.persist_gap)
+        low_before = self._low_before(step, low)
         if (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
                 and pgd <= (1 - self.drop) * peak and fgsm - pgd >= self.min_gap):
             return ("pgd_collapse",
@@ -207,6 +238,10 @@ class CODetector(Detector):
             return ("signature",
                     f"PGD accuracy {pgd:.3f} near zero while FGSM accuracy rose to {fgsm:.3f} "
                     f"(from {self.min_fgsm:.3f}){extra}")
+        if low and low_before:
+            return ("pgd_drop_persists",
+                    f"PGD accuracy at or under {self.persist_ratio:g} of its peak {peak:.3f} at two events in a "
+                    f"row, now {pgd:.3f}, while FGSM accuracy is {fgsm:.3f}")
         return None
 
     def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -215,7 +250,7 @@ class CODetector(Detector):
         self.history.append({"step": int(step), "epoch": int(epoch), **clean})
         if self.alarm is not None:
             return None
-        hit = self.check(clean)
+        hit = self.check(clean, step)
         if hit is None:
             return None
         rule, reason = hit

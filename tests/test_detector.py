@@ -51,7 +51,26 @@ def test_pgd_collapse_needs_a_gap_of_0_18():
     pgd, fgsm = [0.0, 0.102, 0.109, 0.121, 0.059, 0.031], [0.0, 0.164, 0.184, 0.195, 0.238, 0.223]
     co = detect_co(frame(seq(pgd=pgd, fgsm=fgsm)))
     assert co["rule"] == "pgd_collapse" and co["step"] == 50   # gap 0.192; at step 40 it was 0.179
-    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm)), min_gap=0.2) is None
+    # with gap 0.2 the looser line, crossed at steps 40 and 50, raises the alarm at the same step
+    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm)), min_gap=0.2)["rule"] == "pgd_drop_persists"
+    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm)), min_gap=0.2, persist_gap=0.2) is None
+
+
+def test_a_looser_pgd_drop_alarms_when_two_events_in_a_row_show_it():
+    """cnn4 FGSM 0.25, seed 4 of the development corpora (its probe values, events at steps 0, 8, 16, 16, 32,
+    48, 64): PGD fell to 0.02 from a peak of 0.117 but FGSM was only 0.15-0.16 above it, under pgd_collapse's
+    0.18; two events in a row past the looser line (0.6 of the peak, gap 0.12) are the alarm."""
+    steps = [0, 8, 16, 16, 32, 48, 64]
+    pgd = [0.0, 0.117, 0.094, 0.105, 0.109, 0.020, 0.020]
+    fgsm = [0.0, 0.117, 0.133, 0.125, 0.176, 0.172, 0.184]
+    rows = [{"step": s, "epoch": -(-s // 16), "pgd_acc": p, "fgsm_acc": f} for s, p, f in zip(steps, pgd, fgsm)]
+    co = detect_co(frame(rows))
+    assert co["rule"] == "pgd_drop_persists" and co["step"] == 64 and co["epoch"] == 4
+    # one event past the line is not enough: the run stopped after step 48
+    assert detect_co(frame(rows[:6])) is None
+    # nor two events at one step (a light event, then the epoch's): step 48's verdict is counted once
+    assert detect_co(frame(rows[:5] + [{**rows[5], "step": 32}, {**rows[5], "step": 32}])) is None
+    assert detect_co(frame(rows), persist_ratio=0.15) is None   # 0.020 > 0.15 x 0.117: the line holds
 
 
 def test_divergence_without_fgsm_gap_and_noise_are_not_co():
@@ -176,3 +195,21 @@ def test_the_scorecard_label_leaves_runs_between_its_lines_unscored():
     # a healthy run and one that never learned robustness (both accuracies low)
     assert label([0.0, 0.30, 0.35, 0.38], [0.0, 0.33, 0.40, 0.45]) == (None, False)
     assert label([0.0, 0.09, 0.10, 0.10], [0.0, 0.09, 0.10, 0.12]) == (None, False)
+
+
+def test_the_scorecard_reads_the_probe_set_at_each_epochs_last_event(tmp_path):
+    """The reference rows read the epoch-end event, not the light event logged earlier at the same step."""
+    from example_modules import load_example
+
+    from codiag.runs import RunWriter, load_run
+
+    bench = load_example("detector_eval", "benchmarks")
+    with RunWriter(tmp_path / "r", {}) as w:
+        # step 0; a light event at step 8 and at step 16; the epoch-end event at step 16; epoch 2's at 32
+        for step, epoch, pgd, fgsm in ((0, 0, 0.0, 0.0), (8, 1, 0.9, 0.9), (16, 1, 0.8, 0.8),
+                                       (16, 1, 0.30, 0.32), (32, 2, 0.05, 0.45)):
+            w.log(step, epoch, "robust_acc", "pgd_acc", pgd)
+            w.log(step, epoch, "robust_acc", "fgsm_acc", fgsm)
+    pgd, fgsm = bench.probe_epoch_values(load_run(tmp_path / "r").metrics)
+    assert (pgd, fgsm) == ([0.0, 0.30, 0.05], [0.0, 0.32, 0.45])
+    assert bench.collapse_epoch(pgd, fgsm, **bench.STRICT) == 2
