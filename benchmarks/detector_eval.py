@@ -64,7 +64,13 @@ alarm; latency = alarm epoch - labelled collapse epoch (negative: before the
 label). Runs between the lines count in neither. The default detector (``codiag``)
 is scored from the online alarm; every other registered detector
 (``codiag.detector.DETECTORS``: ``elle_a``, ``both``, ...) is replayed over the
-same recorded metrics.
+same recorded metrics. Two reference rows apply the label's own lines (strict,
+loose) to the probe set's accuracies at each epoch's end: not online detectors
+(rule (b) reads later epochs), they show how often the probe set's measurement
+alone, read as the label reads the held-out one, disagrees with the label.
+``--probe-n`` sets the probe set's size (the monitor's default, 256, unless
+told); monitoring never changes training, so a corpus re-run with another size
+trains the same models and gets the same labels.
 
     python benchmarks/detector_eval.py --out runs/detector_eval --jobs 2     # train + score
     python benchmarks/detector_eval.py --out runs/detector_eval --score-only # score what is there

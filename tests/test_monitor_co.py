@@ -186,4 +186,6 @@ def test_detect_co_on_real_runs(co_run, control_run):
     assert control_pgd[control_pgd.index.isin(full_steps)].iloc[1:].min() > 0.3
     # stricter thresholds still find the real collapse; absurd ones find nothing
     assert detect_co(co_run.metrics, drop=0.8)["step"] >= co["step"]
-    assert detect_co(co_run.metrics, min_gap=0.99, align_low=-1.0, sig_gap=0.99) is None
+    late = detect_co(co_run.metrics, min_gap=0.99, align_low=-1.0, sig_gap=0.99)   # the looser line, twice
+    assert late["rule"] == "pgd_drop_persists" and late["step"] > co["step"]
+    assert detect_co(co_run.metrics, min_gap=0.99, persist_gap=0.99, align_low=-1.0, sig_gap=0.99) is None
