@@ -33,6 +33,7 @@ rounds (interleaving cancels slow drifts of a shared machine) and the spread
 of per-round ratios is printed too.
 
     python benchmarks/monitor_overhead.py                      # both settings
+    python benchmarks/monitor_overhead.py --setting demo --probe-n 1024   # a larger probe set
     python benchmarks/monitor_overhead.py --setting demo --rounds 3
 """
 from __future__ import annotations
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--scale", type=int, default=None,
                    help="divide steps per event and probe-set sizes by this (default 16 on CPU, 1 on GPU)")
+    p.add_argument("--probe-n", type=int, default=256,
+                   help="probe set size before --scale (default %(default)s, the monitor's)")
     p.add_argument("--data-root", default=None, help="torchvision-layout root holding CIFAR-10")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -222,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     k = args.scale or (1 if device.type == "cuda" else 16)
     settings = {
-        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, 256, 512, 128, 1.25),
+        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, args.probe_n, 512, 128, 1.25),
         "resnet": Setting(f"resnet (scale 1/{k})", "cifar10", "preact_resnet18", 8 / 255, "sgd", 0.05,
-                          128 * (391 // k), 256 // k, 512 // k, max(1, 128 // k), 1.10),
+                          128 * (391 // k), args.probe_n // k, 512 // k, max(1, 128 // k), 1.10),
     }
     for name in (["demo", "resnet"] if args.setting == "all" else [args.setting]):
         bench(settings[name], args, device)
