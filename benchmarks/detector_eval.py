@@ -207,11 +207,14 @@ def alarm_epoch(alarm: dict | None) -> int | None:
 
 
 def probe_epoch_values(metrics) -> tuple[list[float], list[float]]:
-    """The probe set's PGD and FGSM accuracy at step 0 and at each epoch's last event (its epoch-end event)."""
+    """The probe set's PGD and FGSM accuracy at step 0 and at each epoch's last event (its epoch-end event);
+    empty lists where the run recorded neither."""
     from codiag.probes.robust_acc import RobustAcc
 
     rows = metrics[(metrics["probe"] == RobustAcc.name) & metrics["key"].isin(["pgd_acc", "fgsm_acc"])]
     last = rows.groupby(["epoch", "key"])["value"].last().unstack("key").sort_index()
+    if not {"pgd_acc", "fgsm_acc"} <= set(last.columns):
+        return [], []
     return last["pgd_acc"].tolist(), last["fgsm_acc"].tolist()
 
 
@@ -240,8 +243,9 @@ def score(results: list[dict], out: Path, replay: bool = False) -> str:
             alarm = r["online_alarm"] if online else detect_co(metrics, detector=name)
             alarms.setdefault(name, {})[r["name"]] = alarm_epoch(alarm)
         pgd, fgsm = probe_epoch_values(metrics)
-        for name, lines in PROBE_LABELS.items():
-            alarms.setdefault(name, {})[r["name"]] = collapse_epoch(pgd, fgsm, **lines)
+        for name, band in PROBE_LABELS.items():
+            if pgd:   # a run without robust_acc rows shows "n/a" in these rows
+                alarms.setdefault(name, {})[r["name"]] = collapse_epoch(pgd, fgsm, **band)
     lines = ["| detector | runs | collapsed (label) | between the lines (not scored) | recall | false alarms "
              "| latency (epochs) mean / max |", "|---|---|---|---|---|---|---|"]
     for name, by_run in alarms.items():

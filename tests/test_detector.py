@@ -213,3 +213,4 @@ def test_the_scorecard_reads_the_probe_set_at_each_epochs_last_event(tmp_path):
     pgd, fgsm = bench.probe_epoch_values(load_run(tmp_path / "r").metrics)
     assert (pgd, fgsm) == ([0.0, 0.30, 0.05], [0.0, 0.32, 0.45])
     assert bench.collapse_epoch(pgd, fgsm, **bench.STRICT) == 2
+    assert bench.probe_epoch_values(load_run(tmp_path / "r").metrics.iloc[0:0]) == ([], [])
