@@ -54,6 +54,7 @@ from codiag.data import InMemoryDataset, dataset_spec, load_dataset, make_loader
 from codiag.methods import get_method
 from codiag.models import build_model
 from codiag.monitoring import monitor
+from codiag.monitoring.options import MonitorOptions
 
 
 @dataclass
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--scale", type=int, default=None,
                    help="divide steps per event and probe-set sizes by this (default 16 on CPU, 1 on GPU)")
-    p.add_argument("--probe-n", type=int, default=256,
+    p.add_argument("--probe-n", type=int, default=MonitorOptions.probe_n,
                    help="probe set size before --scale (default %(default)s, the monitor's)")
     p.add_argument("--data-root", default=None, help="torchvision-layout root holding CIFAR-10")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

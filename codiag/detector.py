@@ -200,6 +200,12 @@ class CODetector(Detector):
         del self.lows[:-2]
         return before
 
+    def _fell(self, pgd: float | None, fgsm: float | None, ratio: float, gap: float) -> bool:
+        """PGD accuracy at or under ``ratio`` x its running peak (>= min_peak) with FGSM >= ``gap`` above it."""
+        peak = self.peak_pgd
+        return (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
+                and pgd <= ratio * peak and fgsm - pgd >= gap)
+
     def check(self, values: Mapping[str, Any], step: int | None = None) -> tuple[str, str] | None:
         """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None.
 
@@ -214,11 +220,9 @@ class CODetector(Detector):
         if fgsm is not None:
             self.min_fgsm = fgsm if self.min_fgsm is None else min(self.min_fgsm, fgsm)
         peak = self.peak_pgd
-        low = (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
-               and pgd <= self.persist_ratio * peak and fgsm - pgd >= self.persist_gap)
+        low = self._fell(pgd, fgsm, self.persist_ratio, self.persist_gap)
         low_before = self._low_before(step, low)
-        if (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
-                and pgd <= (1 - self.drop) * peak and fgsm - pgd >= self.min_gap):
+        if self._fell(pgd, fgsm, 1 - self.drop, self.min_gap):
             return ("pgd_collapse",
                     f"PGD accuracy fell from its peak {peak:.3f} to {pgd:.3f} "
                     f"({(peak - pgd) / peak:.0%} drop) while FGSM accuracy is {fgsm:.3f}")
