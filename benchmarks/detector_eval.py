@@ -15,8 +15,10 @@ all sat on a line of the label, which then got the bands below; on seeds 15-17,
 held out for that label, the one miss had the probe set's FGSM-PGD gap at 0.18-0.19,
 under ``pgd_collapse``'s 0.2, and seeds 3-17 then set that gap to 0.18. Seeds 18-20
 and 21-23 were held out for that change; seeds 3-23 then set the rule
-``pgd_drop_persists``. The scorecard is seeds 24-26 (``--seeds``), trained after
-it. Each run is
+``pgd_drop_persists``; seeds 24-26 were the held-out scorecard for it, seeds 27-29 a
+fresh corpus for 1024 probe points, and seeds 21-26 with their 1024-point re-runs set
+the confirming measurement (``confirm_n``). The scorecard is seeds 30-32 (``--seeds``),
+trained after it. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
 ``local_linearity``), and trained with Adam 3e-3, batch 128.
@@ -71,7 +73,8 @@ loose) to the probe set's accuracies at each epoch's end: not online detectors
 alone, read as the label reads the held-out one, disagrees with the label.
 ``--probe-n`` sets the probe set's size (the monitor's default, 256, unless
 told); monitoring never changes training, so a corpus re-run with another size
-trains the same models and gets the same labels.
+trains the same models and gets the same labels; ``--confirm-n`` sets the confirming
+measurement's size (``0``: none, as every corpus before seeds 30-32).
 
     python benchmarks/detector_eval.py --out runs/detector_eval --jobs 2     # train + score
     python benchmarks/detector_eval.py --out runs/detector_eval --score-only # score what is there
@@ -109,7 +112,7 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-SCORECARD_SEEDS = (24, 25, 26)
+SCORECARD_SEEDS = (30, 31, 32)
 
 
 def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:
@@ -152,7 +155,7 @@ def label_collapse(pgd: list[float], fgsm: list[float]) -> tuple[int | None, boo
 
 
 def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: str | None,
-              probe_n: int = MonitorOptions.probe_n) -> dict:
+              probe_n: int = MonitorOptions.probe_n, confirm_n: int = MonitorOptions.confirm_n) -> dict:
     import torch
 
     from codiag import attacks
@@ -164,7 +167,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     torch.set_num_threads(1)
     run_dir = out / spec.name
     train = load_dataset(spec.dataset, root=data_root, train=True, limit=n_train)
-    test = load_dataset(spec.dataset, root=data_root, train=False, limit=1000 + probe_n)
+    test = load_dataset(spec.dataset, root=data_root, train=False, limit=1000 + max(probe_n, confirm_n))
     xt, yt = test.images.float() / 255, test.labels
     held_out, probe = (xt[:1000], yt[:1000]), (xt[1000:], yt[1000:])
     torch.manual_seed(spec.seed)
@@ -182,7 +185,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     t0 = time.perf_counter()
     evals = [evaluate()]
     with monitor(model, opt, run_dir, eps=spec.eps, probe_data=probe, attack=method.perturb, method=method,
-                 probes="robust_acc,grad_align,local_linearity", probe_n=probe_n,
+                 probes="robust_acc,grad_align,local_linearity", probe_n=probe_n, confirm_n=confirm_n,
                  config={**asdict(spec), "n_train": n_train},
                  tensorboard=False, overwrite=True) as mon:
         for epoch in range(epochs):
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--probe-n", type=int, default=MonitorOptions.probe_n,
                    help="probe set size (test points after the 1000 held out; default %(default)s, the monitor's)")
+    p.add_argument("--confirm-n", type=int, default=MonitorOptions.confirm_n,
+                   help="points of a confirming measurement (0: none; default %(default)s, the monitor's)")
     p.add_argument("--data-root", default=None, help="torchvision-layout root; MNIST runs need it")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--replay", action="store_true",
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of the alarm recorded online (an older corpus under the current rules)")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
-                   help="seeds of the corpus (default %(default)s; 0-23: development and earlier scorecards)")
+                   help="seeds of the corpus (default %(default)s; 0-29: development and earlier scorecards)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training {len(todo)} of {len(specs)} runs with {args.jobs} job(s)", file=sys.stderr)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(train_one, s, out, args.n_train, args.epochs, args.data_root,
-                                   args.probe_n): s for s in todo}
+                                   args.probe_n, args.confirm_n): s for s in todo}
             for f in as_completed(futures):
                 s = futures[f]
                 try:

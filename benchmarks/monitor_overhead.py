@@ -14,6 +14,10 @@ Two ratios per setting (printed; never bare absolute times):
     event, closing) / unmonitored wall time. Targets: <= 1.10 for PreAct
     ResNet-18 on CIFAR-10 and <= 1.25 for the small demo (cnn4, Fashion-MNIST).
 
+(c) one confirming measurement (``robust_acc`` on ``confirm_n`` points, run only
+    after an event that came near a line of the alarm) / one full probe event,
+    alternating on one model: what each confirmation adds to a run.
+
 Settings:
 
 * ``demo``: the embedded CO demo at full scale (30k Fashion-MNIST images,
@@ -21,9 +25,10 @@ Settings:
 * ``resnet``: PreAct ResNet-18 on CIFAR-10 (``--data-root``; random images of
   CIFAR's shape when absent: the timing does not depend on pixel values),
   FGSM, SGD. A full epoch is 391 steps with probe sets 256 / 512; on a CPU
-  the steps per event, both probe-set sizes and the light events' slice
-  (``light_n``, 128) are divided by one factor ``--scale`` (default 16 on
-  CPU, 1 on a GPU), so the ratio keeps the full-scale proportions of training
+  the steps per event, both probe-set sizes, the confirming measurements'
+  points (``confirm_n``, 1024) and the light events' slice (``light_n``, 128)
+  are divided by one factor ``--scale`` (default 16 on CPU, 1 on a GPU), so
+  the ratio keeps the full-scale proportions of training
   to probing work (the light events themselves stay at steps 8, 16, 32, ...:
   two in a 1/16 epoch, six in a full one).
 
@@ -70,6 +75,7 @@ class Setting:
     train_probe_n: int
     light_n: int
     target_b: float
+    confirm_n: int = MonitorOptions.confirm_n
 
 
 def sync(device: torch.device) -> None:
@@ -80,7 +86,7 @@ def sync(device: torch.device) -> None:
 def make_data(s: Setting, data_root: str | None, device: torch.device):
     try:
         train = load_dataset(s.dataset, root=data_root, train=True, limit=s.train_n)
-        test = load_dataset(s.dataset, root=data_root, train=False, limit=max(s.probe_n, 1))
+        test = load_dataset(s.dataset, root=data_root, train=False, limit=max(s.probe_n, s.confirm_n, 1))
         source = "real"
     except Exception as e:  # CIFAR-10 not available here: random images of its shape
         spec = dataset_spec(s.dataset)
@@ -88,17 +94,16 @@ def make_data(s: Setting, data_root: str | None, device: torch.device):
         shape = (spec.channels, spec.size, spec.size)
         train = InMemoryDataset(torch.randint(0, 256, (s.train_n, *shape), dtype=torch.uint8, generator=g),
                                 torch.randint(0, spec.num_classes, (s.train_n,), generator=g), spec)
-        test = InMemoryDataset(torch.randint(0, 256, (max(s.probe_n, 1), *shape), dtype=torch.uint8,
-                                             generator=g),
-                               torch.randint(0, spec.num_classes, (max(s.probe_n, 1),), generator=g), spec,
-                               train=False)
+        n_test = max(s.probe_n, s.confirm_n, 1)
+        test = InMemoryDataset(torch.randint(0, 256, (n_test, *shape), dtype=torch.uint8, generator=g),
+                               torch.randint(0, spec.num_classes, (n_test,), generator=g), spec, train=False)
         source = f"random images ({str(e).splitlines()[0][:60]})"
     return train, test, source
 
 
 def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitored: bool,
-             run_dir: Path | None) -> tuple[float, float, float]:
-    """(whole-run wall time, loop wall time, time inside probe events) of one training run."""
+             run_dir: Path | None) -> tuple[float, float, float, int]:
+    """(whole-run wall time, loop wall time, time inside probe events, confirmations) of one training run."""
     torch.manual_seed(0)
     model = build_model(s.model, train.spec).to(device)
     opt = (torch.optim.Adam(model.parameters(), lr=s.lr) if s.optimizer == "adam" else
@@ -120,10 +125,11 @@ def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitor
         loop()
         sync(device)
         t = time.perf_counter() - t0
-        return t, t, 0.0
+        return t, t, 0.0, 0
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
                  method=method, every="epoch", probes="default", probe_n=s.probe_n,
-                 train_probe_n=s.train_probe_n, light_n=s.light_n, tensorboard=False, overwrite=True) as mon:
+                 train_probe_n=s.train_probe_n, light_n=s.light_n, confirm_n=s.confirm_n, tensorboard=False,
+                 overwrite=True) as mon:
         sync(device)
         t1 = time.perf_counter()
         probe_before = mon.probe_time_s        # the step-0 event ran inside __enter__
@@ -132,7 +138,7 @@ def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitor
         loop_time = time.perf_counter() - t1
         probe_in_loop = mon.probe_time_s - probe_before
     sync(device)
-    return time.perf_counter() - t0, loop_time, probe_in_loop
+    return time.perf_counter() - t0, loop_time, probe_in_loop, mon.n_confirmations
 
 
 def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device, run_dir: Path,
@@ -170,6 +176,28 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
     return times[1], times[0]
 
 
+def confirmation_cost(s: Setting, train, test, device: torch.device, run_dir: Path, reps: int = 3) -> float:
+    """Time of one confirming measurement (``robust_acc`` on ``confirm_n`` points) / one full probe event
+    (every default probe on the probe sets), alternating on the same model in one process."""
+    torch.manual_seed(0)
+    model = build_model(s.model, train.spec).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    method = get_method("fgsm", s.eps, seed=0)
+    times = [0.0, 0.0]
+    with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
+                 method=method, probes="default", probe_n=s.probe_n, train_probe_n=s.train_probe_n,
+                 confirm_n=s.confirm_n, tensorboard=False, overwrite=True, detector=False) as mon:
+        mon._confirm(0, 0)   # reads the points once, as the first confirmation of a run does; not timed
+        for i in range(2 * reps):
+            for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                sync(device)
+                t0 = time.perf_counter()
+                mon._confirm(0, 0) if j else mon.probe_event()
+                sync(device)
+                times[j] += time.perf_counter() - t0
+    return times[1] / times[0]
+
+
 def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
     train, test, source = make_data(s, args.data_root, device)
     tmp = Path(tempfile.mkdtemp(prefix="codiag-overhead-"))
@@ -178,15 +206,18 @@ def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
     run_once(s, train, test, 1, device, True, tmp / "warmup")
     ra, rb = [], []
     sums = [0.0, 0.0, 0.0, 0.0]  # unmonitored, monitored whole, monitored loop, probe time in loop
+    confirmations = []
     for r in range(args.rounds):
-        u, _, _ = run_once(s, train, test, args.epochs, device, False, None)
-        m, loop_t, probe_t = run_once(s, train, test, args.epochs, device, True, tmp / f"r{r}")
+        u, _, _, _ = run_once(s, train, test, args.epochs, device, False, None)
+        m, loop_t, probe_t, n_confirm = run_once(s, train, test, args.epochs, device, True, tmp / f"r{r}")
+        confirmations.append(n_confirm)
         ra.append((loop_t - probe_t) / u)
         rb.append(m / u)
         for i, v in enumerate((u, m, loop_t, probe_t)):
             sums[i] += v
     mon_steps, plain_steps = interleaved_steps(s, train, test, args.epochs, device, tmp / "steps")
     mon_steps_n, plain_steps_n = interleaved_steps(s, train, test, 1, device, tmp / "steps_n", True)
+    confirm_ratio = confirmation_cost(s, train, test, device, tmp / "confirm")
     shutil.rmtree(tmp, ignore_errors=True)
     a, b = (sums[2] - sums[3]) / sums[0], sums[1] / sums[0]
     a_step = mon_steps / plain_steps
@@ -194,7 +225,8 @@ def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
     b_composed = a_step + (sums[1] - sums[2] + sums[3]) / sums[0]
     steps = len(make_loader(train, 128, shuffle=False))
     print(f"\n[{s.name}] {s.model} on {s.dataset} ({source}); {steps} steps per event, probe sets "
-          f"{s.probe_n}/{s.train_probe_n} (light events {s.light_n}), {args.epochs} epochs x {args.rounds} rounds, "
+          f"{s.probe_n}/{s.train_probe_n} (light events {s.light_n}, confirmations {s.confirm_n}), "
+          f"{args.epochs} epochs x {args.rounds} rounds, "
           f"device {device}, {torch.get_num_threads()} threads")
     print(f"  (a) between events  step-interleaved monitored / unmonitored  = {a_step:.3f}   target <= 1.01")
     print(f"      with per-step update norms (step_update_norms=True)       = "
@@ -205,7 +237,10 @@ def bench(s: Setting, args: argparse.Namespace, device: torch.device) -> None:
           f"per round {', '.join(f'{x:.3f}' for x in rb)}   target <= {s.target_b:.2f}")
     print(f"      composed: step-interleaved (a) + (events, open, close) / unmonitored = {b_composed:.3f}")
     print(f"      probe events take {sums[3] / max(sums[2], 1e-9):.1%} of the monitored loop; "
-          f"spread of (a) over rounds {statistics.pstdev(ra):.3f}")
+          f"spread of (a) over rounds {statistics.pstdev(ra):.3f}; confirming measurements per "
+          f"monitored run {', '.join(map(str, confirmations))}")
+    print(f"  (c) one confirming measurement ({s.confirm_n} points) / one full probe event = {confirm_ratio:.2f}   "
+          "(paid only after events near a line of the alarm)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, args.probe_n, 512, 128, 1.25),
         "resnet": Setting(f"resnet (scale 1/{k})", "cifar10", "preact_resnet18", 8 / 255, "sgd", 0.05,
-                          128 * (391 // k), args.probe_n // k, 512 // k, max(1, 128 // k), 1.10),
+                          128 * (391 // k), args.probe_n // k, 512 // k, max(1, 128 // k), 1.10,
+                          MonitorOptions.confirm_n // k),
     }
     for name in (["demo", "resnet"] if args.setting == "all" else [args.setting]):
         bench(settings[name], args, device)

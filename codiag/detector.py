@@ -29,6 +29,12 @@ The probe set is small (256 points: a PGD accuracy near 0.1 has a sampling
 error of about 0.02), so a collapse from a low peak can sit a few points short
 of ``pgd_collapse``'s lines at every event; one event past the looser line can
 be noise, two in a row much less often (``docs/DETECTOR.md``).
+An event that comes near a line without crossing it (past the looser line, or
+``pgd_acc <= sig_pgd`` with FGSM ``min_gap`` above it) leaves the detector
+``suspect``; the monitor then measures ``robust_acc`` again at once on
+``confirm_n`` (1024) points and feeds that as one more event at the same step
+(rows of probe ``confirm``, read through :data:`SIGNALS`, so the replay sees it
+too): four times the points halve the sampling error, paid only near a line.
 Rule ``grad_align_collapse`` fires where gradient alignment, after having
 reached ``align_high``, is below ``align_low`` and the PGD accuracy has
 fallen by at least ``align_drop`` of its peak (or no PGD accuracy is
@@ -99,6 +105,11 @@ SIGNALS: dict[tuple[str, str], str] = {
     FgsmPgdCos.mean.pair: "fgsm_pgd_cos",
     LocalLinearity.mse.pair: "lin_err",
 }
+#: the ``probe`` column of a confirming measurement's rows (``robust_acc`` on the monitor's
+#: ``confirm_n`` points, run where the detector is ``suspect``); the alarm reads them as an event
+CONFIRM = "confirm"
+SIGNALS.update({(CONFIRM, key.pair[1]): SIGNALS[key.pair]
+                for key in (RobustAcc.pgd_acc, RobustAcc.fgsm_acc, RobustAcc.clean_acc)})
 
 
 def _finite(v: Any) -> float | None:
@@ -116,7 +127,9 @@ class Detector:
     ``update(step, epoch, values)`` takes one probe event's values keyed by
     those names and returns the alarm dict (step, epoch, rule, reason, values)
     the first time it fires, else None; ``reset()`` re-arms it; ``alarm`` holds
-    the alarm once fired.
+    the alarm once fired. ``suspect`` is True after an event that came near a line
+    without crossing it: the monitor then measures the accuracies again at once on
+    more points (``confirm_n``) and feeds that measurement as one more event.
     """
 
     name: ClassVar[str] = ""
@@ -124,6 +137,7 @@ class Detector:
     #: the short names it cannot work without (a run that never recorded them cannot be scored)
     needs: ClassVar[tuple[str, ...]] = ()
     alarm: dict[str, Any] | None = None
+    suspect: bool = False
 
     @property
     def fired(self) -> bool:
@@ -173,6 +187,9 @@ class CODetector(Detector):
     #: (step, past the looser line) of the last two steps with an event; a second event at one step
     #: (a light event, then the epoch's) replaces the first's verdict
     lows: list[tuple[int | None, bool]] = field(default_factory=list, repr=False)
+    #: the last event came near a line without crossing it: past the looser line of
+    #: ``pgd_drop_persists``, or PGD at most ``sig_pgd`` with FGSM ``min_gap`` above it
+    suspect: bool = False
 
     THRESHOLDS: ClassVar[tuple[str, ...]] = ("drop", "min_peak", "min_gap", "persist_ratio", "persist_gap",
                                              "align_low", "align_high", "align_drop", "sig_pgd", "sig_gap",
@@ -190,6 +207,7 @@ class CODetector(Detector):
         self.min_fgsm = None
         self.history.clear()
         self.lows.clear()
+        self.suspect = False
 
     def _low_before(self, step: int | None, low: bool) -> bool:
         """Record this event's verdict at the looser line; return the verdict of the previous step's event."""
@@ -222,6 +240,8 @@ class CODetector(Detector):
         peak = self.peak_pgd
         low = self._fell(pgd, fgsm, self.persist_ratio, self.persist_gap)
         low_before = self._low_before(step, low)
+        self.suspect = low or (pgd is not None and fgsm is not None and pgd <= self.sig_pgd
+                               and fgsm - pgd >= self.min_gap)
         if self._fell(pgd, fgsm, 1 - self.drop, self.min_gap):
             return ("pgd_collapse",
                     f"PGD accuracy fell from its peak {peak:.3f} to {pgd:.3f} "
@@ -253,10 +273,12 @@ class CODetector(Detector):
         clean = {k: _finite(v) for k, v in values.items()}
         self.history.append({"step": int(step), "epoch": int(epoch), **clean})
         if self.alarm is not None:
+            self.suspect = False
             return None
         hit = self.check(clean, step)
         if hit is None:
             return None
+        self.suspect = False
         rule, reason = hit
         self.alarm = {"step": int(step), "epoch": int(epoch), "rule": rule, "reason": reason,
                       "values": {k: v for k, v in clean.items() if v is not None},
@@ -314,6 +336,10 @@ class AnyDetector(Detector):
 
     def settings(self) -> dict[str, Any]:
         return {"rule": "any", "detectors": [d.settings() for d in self.detectors]}
+
+    @property
+    def suspect(self) -> bool:   # type: ignore[override]
+        return self.alarm is None and any(getattr(d, "suspect", False) for d in self.detectors)
 
     def reset(self) -> None:
         self.alarm = None

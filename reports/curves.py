@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from codiag.detector import CONFIRM
 from codiag.probes.fgsm_pgd_cos import FgsmPgdCos
 from codiag.probes.grad_align import GradAlign
 from codiag.probes.instance_grad_norm import InstanceGradNorm
@@ -37,6 +38,7 @@ from .base import (
     mark_co,
     method_label,
     needs,
+    progress,
     save,
     style,
 )
@@ -53,8 +55,12 @@ def _panel(ax: plt.Axes, run: Run, series: list[tuple[Key, str]], co: COPoint | 
         df = curve(run, key)
         if df.empty:
             continue
-        ax.plot(df["x"], df["value"], marker="o", ms=3, label=label)
+        line, = ax.plot(df["x"], df["value"], marker="o", ms=3, label=label)
         drawn += 1
+        confirm = run.scalar(CONFIRM, key.pair[1]) if key.probe == RobustAcc.name else pd.DataFrame()
+        if len(confirm):   # the same accuracy measured again on more points where an event came near a line
+            ax.scatter(progress(run, confirm), confirm["value"], s=30, marker="D", facecolors="none",
+                       edgecolors=line.get_color(), label=f"{label}, confirming")
     if log and drawn:
         ax.set_yscale("log")
     mark_co(ax, co)
@@ -87,7 +93,8 @@ def training_curves(run: Run, out_dir: Path) -> Figure:
         key="training_curves", title="Training curves", redraws="GradAlign Fig. 4, 11",
         caption="""Clean, FGSM and PGD accuracy and loss on the fixed probe set, gradient alignment (mean cos of input
         gradients at x and x+eta, eta ~ U[-eps, eps]) and the cosine between FGSM and PGD perturbations, at
-        every probe event; the dashed line marks catastrophic overfitting. Redraws GradAlign Fig. 4
+        every probe event (hollow diamonds: the same accuracy measured again on more points where an event
+        came near a line of the alarm); the dashed line marks catastrophic overfitting. Redraws GradAlign Fig. 4
         (ResNet-18) and Fig. 11 (4-filter CNN).""",
         files=files, table=co_table(run, co),
         paper=paper.GRADALIGN_C2 if cnn4 else paper.GRADALIGN_FIG4,

@@ -42,7 +42,8 @@ def _last_probe_event(run: Run) -> dict[str, float]:
     acc = m[(m["probe"] == "robust_acc") & m["key"].isin(["clean_acc", "fgsm_acc", "pgd_acc"])]
     if acc.empty:
         return {}
-    sizes = m[(m["probe"] == "event") & (m["key"] == "probe_n")].set_index("step")["value"]
+    # a light event and the epoch's event can share a step: the last one written is the full one
+    sizes = m[(m["probe"] == "event") & (m["key"] == "probe_n")].groupby("step")["value"].last()
     steps = sorted(set(acc["step"]))
     if len(sizes):   # light events run on a slice: the last event on the whole probe set
         full = [s for s in steps if sizes.get(s, sizes.max()) == sizes.max()]

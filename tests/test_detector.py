@@ -12,14 +12,14 @@ from codiag.detector import CODetector, detect_co
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    """A tidy metrics frame from per-event dicts {step, epoch, pgd_acc, fgsm_acc, grad_align}."""
+    """A tidy metrics frame from per-event dicts {step, epoch, pgd_acc, fgsm_acc, grad_align[, probe]}."""
     keys = {"pgd_acc": ("robust_acc", "pgd_acc"), "fgsm_acc": ("robust_acc", "fgsm_acc"),
             "clean_acc": ("robust_acc", "clean_acc"), "grad_align": ("grad_align", "mean")}
     out = []
-    for r in rows:
+    for r in rows:   # a row with "probe" writes its accuracies under that probe (a confirming measurement)
         for name, (probe, key) in keys.items():
             if name in r:
-                out.append({"step": r["step"], "epoch": r["epoch"], "probe": probe, "key": key,
+                out.append({"step": r["step"], "epoch": r["epoch"], "probe": r.get("probe", probe), "key": key,
                             "value": r[name]})
         out.append({"step": r["step"], "epoch": r["epoch"], "probe": "train", "key": "loss", "value": 1.0})
     return pd.DataFrame(out)
@@ -71,6 +71,35 @@ def test_a_looser_pgd_drop_alarms_when_two_events_in_a_row_show_it():
     # nor two events at one step (a light event, then the epoch's): step 48's verdict is counted once
     assert detect_co(frame(rows[:5] + [{**rows[5], "step": 32}, {**rows[5], "step": 32}])) is None
     assert detect_co(frame(rows), persist_ratio=0.15) is None   # 0.020 > 0.15 x 0.117: the line holds
+
+
+def test_a_confirming_measurement_settles_an_event_near_the_signature():
+    """cnn4 FGSM 0.35, seed 25 of the scorecard (its probe values on 256 points, then on 1024): PGD stays at
+    zero while FGSM climbs to 0.22 above it, under the signature's 0.25; the events near the line make the
+    detector suspect, and the 1024-point measurement that follows at the same step fires."""
+    steps, epochs = [0, 8, 16, 16, 32, 48, 64], [0, 1, 1, 1, 2, 3, 4]
+    pgd = [0.0, 0.008, 0.0, 0.0, 0.0, 0.0, 0.0]
+    fgsm = [0.0, 0.062, 0.078, 0.066, 0.129, 0.188, 0.223]
+    confirm = {48: (0.0, 0.230), 64: (0.0, 0.282)}   # (pgd, fgsm) on 1024 points
+    det, suspect, rows = CODetector(), [], []
+    for s, e, p, f in zip(steps, epochs, pgd, fgsm):
+        rows.append({"step": s, "epoch": e, "pgd_acc": p, "fgsm_acc": f})
+        assert det.update(s, e, rows[-1]) is None
+        suspect.append(det.suspect)
+        if det.suspect:
+            rows.append({"step": s, "epoch": e, "probe": "confirm", "pgd_acc": confirm[s][0],
+                         "fgsm_acc": confirm[s][1]})
+    assert suspect == [False] * 5 + [True, True]   # gap >= min_gap 0.18 with PGD <= 0.1
+    plain = [r for r in rows if "probe" not in r]
+    assert detect_co(frame(plain)) is None           # on 256 points alone: no alarm
+    co = detect_co(frame(rows))
+    assert (co["rule"], co["step"], co["epoch"]) == ("signature", 64, 4)
+    assert co["values"]["fgsm_acc"] == pytest.approx(0.282)
+    # the online detector reads the confirming measurement as one more event at the same step
+    det = CODetector()
+    alarms = [det.update(r["step"], r["epoch"], r) for r in rows]
+    assert alarms[-1] is not None and alarms[-1]["rule"] == "signature" and not det.suspect
+    assert all(a is None for a in alarms[:-1])
 
 
 def test_divergence_without_fgsm_gap_and_noise_are_not_co():

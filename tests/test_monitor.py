@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from codiag.detector import Detector
 from codiag.errors import UsageError
 from codiag.monitoring import monitor, parse_every
 from codiag.probes import PROBES
@@ -208,6 +209,55 @@ def test_online_alarm_fires_once_writes_event_and_calls_back(tmp_path, monkeypat
     alarms = load_run(tmp_path / "r").events_of("co_alarm")
     assert len(alarms) == 1 and alarms[0]["step"] == 3 and alarms[0]["epoch"] == 1
     assert alarms[0]["values"]["pgd_acc"] == pytest.approx(0.1)
+
+
+def test_an_event_near_a_line_is_measured_again_on_confirm_n_points(tmp_path):
+    class Suspicious(Detector):   # near a line at every event: every full event gets its confirmation
+        suspect = True
+
+        def __init__(self):
+            self.seen = []
+
+        def update(self, step, epoch, values):
+            self.seen.append((step, dict(values)))
+
+        def reset(self):
+            pass
+
+    x, y = tensors()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)   # 4 steps per epoch
+    plain = tiny()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for _ in range(2):
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(plain(xb), yb).backward()
+            opt.step()
+    model, det, test_ds = tiny(), Suspicious(), CountingDataset(x, y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=test_ds, probes=CHEAP, probe_n=16,
+                 confirm_n=48, detector=det, strict=True) as mon:
+        train(mon, model, opt, loader, epochs=2)
+    assert test_ds.read == list(range(16)) + list(range(48))   # the 48 points read once, when first needed
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))  # training untouched
+    run = load_run(tmp_path / "r")
+    assert run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 4, 8]        # one point per event
+    confirm = run.scalar("confirm", "clean_acc")
+    assert confirm["step"].tolist() == [0, 4, 8]
+    with torch.no_grad():   # measured on the first 48 points, independently of the probe set's 16
+        assert confirm["value"].iloc[-1] == pytest.approx((model(x[:48]).argmax(1) == y[:48]).float().mean().item())
+    assert [s for s, _ in det.seen] == [0, 0, 4, 4, 8, 8]
+    assert set(det.seen[1][1]) == {"clean_acc", "fgsm_acc", "pgd_acc"}       # the confirmation, as one event
+    assert run.meta["monitor_stats"]["confirmations"] == 3 and run.config["monitor"]["confirm_n"] == 48
+    for kw in ({"confirm_n": 0}, {"confirm_n": 16}, {"confirm_n": 48, "detector": False}):
+        test_ds = CountingDataset(x, y)
+        with monitor(tiny(), opt, tmp_path / "off", eps=EPS, probe_data=test_ds, probes=CHEAP, probe_n=16,
+                     overwrite=True, **{"detector": Suspicious(), **kw}) as mon:
+            mon.epoch_end()
+        assert load_run(tmp_path / "off").meta["monitor_stats"]["confirmations"] == 0, kw
+        assert test_ds.read == list(range(16)), kw
+    with pytest.raises(UsageError, match="confirm_n"):
+        monitor(tiny(), opt, tmp_path / "bad", eps=EPS, probe_data=(x, y), confirm_n=-1)
 
 
 def test_bad_arguments_are_usage_errors(tmp_path):

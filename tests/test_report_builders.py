@@ -237,3 +237,27 @@ def test_report_labels_a_stand_in_probe_perturbation(tmp_path):
     build(runs, tmp_path / "report", analytic=False, figures={"training_curves"})
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("Stand-in perturbation") == 1 and "U[-eps, eps] instead" in page
+
+
+def test_summary_and_curves_of_a_monitor_run_with_shared_steps_and_confirmations(tmp_path):
+    """A monitored loop without train_data: a light event and the epoch's event at one step, then a
+    confirming measurement; the summary reads the epoch's event, the curves draw the confirmation apart."""
+    from codiag.reports.curves import training_curves
+    from codiag.reports.summary import summary_row
+    from codiag.runs import RunWriter
+
+    with RunWriter(tmp_path / "r", {"method": "fgsm", "eps": 0.3,
+                                    "monitor": {"probe_pgd": {"steps": 10}}}) as w:
+        for step, epoch, probe, n, pgd, fgsm in ((0, 0, "robust_acc", 256, 0.0, 0.0),
+                                                 (16, 1, "robust_acc", 128, 0.05, 0.30),   # light
+                                                 (16, 1, "robust_acc", 256, 0.02, 0.22),   # the epoch's
+                                                 (16, 1, "confirm", None, 0.01, 0.28)):
+            if n is not None:
+                w.log(step, epoch, "event", "probe_n", n)
+            for key, v in (("pgd_acc", pgd), ("fgsm_acc", fgsm), ("clean_acc", 0.5)):
+                w.log(step, epoch, probe, key, v)
+    run = load_run(tmp_path / "r")
+    row = summary_row(run)
+    assert (row["pgd_acc"], row["fgsm_acc"], row["pgd_attack"]) == (0.02, 0.22, "PGD-10-1")
+    fig = training_curves(run, tmp_path / "out")
+    assert all(p.stat().st_size > 0 for p in fig.files.values()) and "hollow diamonds" in fig.caption

@@ -28,6 +28,11 @@ class Alarm:
                 **self.detector.settings()}
 
     @property
+    def suspect(self) -> bool:
+        """The last event came near a line of the armed detector: a confirming measurement is due."""
+        return self.alarm is None and self.detector is not None and bool(getattr(self.detector, "suspect", False))
+
+    @property
     def signals(self) -> dict[tuple[str, str], str]:
         return dict(getattr(self.detector, "signals", SIGNALS))
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..detector import CONFIRM
 from ..errors import UsageError
 from ..probes import resolve_probes
 from ..probes.base import ProbeContext, ProbeSet
@@ -30,7 +31,8 @@ class Monitor:
     """The object ``codiag.monitor(...)`` returns; use it as a context manager.
 
     Public attributes: ``step`` (optimizer steps so far), ``epoch`` (completed
-    epochs), ``co_detected`` / ``co_alarm``, ``detector``, ``n_events``,
+    epochs), ``co_detected`` / ``co_alarm``, ``detector``, ``n_events``, ``n_confirmations``
+    (confirming measurements on ``confirm_n`` points after events near a line),
     ``probe_time_s`` (wall time spent inside probe events, for overhead
     accounting), ``run_dir``, ``writer``, ``options`` (:class:`MonitorOptions`).
     """
@@ -70,6 +72,8 @@ class Monitor:
         self._hooks: list[Any] = []
         self.recorder: Recorder | None = None
         self.probe_set = self.train_set = self.light_set = None
+        self._confirm_set: ProbeSet | None | bool = None   # read at the first confirmation; False: none
+        self.n_confirmations = 0
         self._open = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -138,8 +142,9 @@ class Monitor:
         finally:
             self._open = False
             self._remove_hooks()
-            self.recorder.close(status, {"events": self.n_events, "probe_time_s": self.probe_time_s,
-                                         "steps": self.step, "epochs": self.epoch})
+            self.recorder.close(status, {"events": self.n_events, "confirmations": self.n_confirmations,
+                                         "probe_time_s": self.probe_time_s, "steps": self.step,
+                                         "epochs": self.epoch})
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
@@ -258,7 +263,56 @@ class Monitor:
                 self.cadence.full_events_after_start += 1
         self.n_events += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
+        if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
+            self._confirm(ctx.step, ctx.epoch)
         self.probe_time_s += time.perf_counter() - t0
+
+    def _confirm_points(self) -> ProbeSet | None:
+        """The ``confirm_n`` points, read (on the CPU, RNG isolated, by index) at the first confirmation.
+
+        Most runs never come near a line, so they never pay for reading or holding these points.
+        None where the probe data hold no more points than the probe set, or cannot be read again
+        (counted as a ``confirm`` probe error)."""
+        if self._confirm_set is None:
+            o, (probe_data, train_data) = self.options, self._data
+            data = probe_data if probe_data is not None else train_data
+            try:
+                with warnings.catch_warnings():   # the probe set has warned about its classes already
+                    warnings.simplefilter("ignore", UserWarning)
+                    points = extract_probe_set(data, o.confirm_n, torch.device("cpu"),
+                                               "probe_data" if probe_data is not None else "train_data",
+                                               o.probe_select, self.normalization)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self.recorder.probe_error(self.step, self.row_epoch, CONFIRM, exc)
+                points = None
+            self._confirm_set = points if points is not None and len(points) > len(self.probe_set) else False
+        return self._confirm_set or None
+
+    def _confirm(self, step: int, epoch: int) -> None:
+        """Measure ``robust_acc`` again on the ``confirm_n`` points, write it as probe ``confirm``, feed the alarm.
+
+        The probe set's sampling error can leave a collapse from a low PGD accuracy a
+        few points short of every line at every event (``docs/DETECTOR.md``); four
+        times the points halve that error, paid only where an event came near a line.
+        """
+        probe = next((p for p in self.probes if p.name == "robust_acc"), None)
+        cs = None if probe is None else self._confirm_points()
+        if cs is None:
+            return
+        o = self.options
+        points = ProbeSet(cs.x.to(self.device), cs.y.to(self.device), cs.index.to(self.device), cs.source)
+        ctx = ProbeContext(self.view, self.eps, step, epoch, points, self.train_set, attack=self._attack,
+                           method=self.method, reference_model=self.reference_model, state={}, seed=o.seed,
+                           pgd_steps=o.pgd_steps, pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start,
+                           loss_fn=o.loss_fn)
+        run_probes(ctx, [probe], self.view, [self.network, self.reference_model], self.device, False,
+                   self.strict, lambda name, exc: self.recorder.probe_error(step, epoch, CONFIRM, exc))
+        values = self.recorder.flush([(step, epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars], [],
+                                     self.row_epoch)
+        self.n_confirmations += 1
+        self.alarm.on_event(self.writer, step, epoch, values)
 
 
 def _batches(loader: Any) -> int | None:

@@ -39,6 +39,15 @@ class MonitorOptions:
       small models collapsing from a low PGD accuracy, ``probe_n=1024`` (about
       5x the time per event) caught 51 of 52 labelled collapses of three
       scorecard corpora, with no false alarm (``docs/DETECTOR.md``);
+      ``confirm_n`` reads as many points only where an event comes near a line;
+    * ``confirm_n`` (1024): when a full event's accuracies come near a line of the
+      alarm without crossing it (the detector's ``suspect``: PGD at most 0.1 with
+      FGSM ``min_gap`` above it, or PGD past the looser ``pgd_drop_persists``
+      line), ``robust_acc`` is measured again at once, at the same step, on
+      ``confirm_n`` points of the probe data (selected as the probe set is; rows
+      of probe ``confirm``), and the alarm reads that as one more event. It costs
+      about five times one event's ``robust_acc``, paid only where a run comes near
+      a line; ``0`` (or no more points than ``probe_n``) turns it off;
     * ``probe_select``: ``"first"`` (the first points, default) or
       ``"balanced"`` (class-stratified, deterministic: the first points of each
       class in turn). A probe set holding fewer than half the classes warns.
@@ -74,6 +83,7 @@ class MonitorOptions:
     normalization: tuple[Any, Any] | None = None
     probe_n: int = 256
     train_probe_n: int = 512
+    confirm_n: int = 1024
     probe_select: str = "first"
     early_events: bool = True
     light_n: int = 128
@@ -97,6 +107,8 @@ class MonitorOptions:
         for name in ("probe_n", "train_probe_n", "light_n", "pgd_steps"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"monitor: {name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.confirm_n) < 0:
+            raise UsageError(f"monitor: confirm_n must be 0 (off) or a number of points, got {self.confirm_n}")
         if self.probe_select not in ("first", "balanced"):
             raise UsageError(f"monitor: probe_select must be 'first' or 'balanced', got {self.probe_select!r}")
         for name in ("output_fn", "loss_fn", "on_co"):

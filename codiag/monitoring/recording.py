@@ -165,6 +165,7 @@ def run_config(mon: Any) -> dict[str, Any]:
         "output_fn": _describe(o.output_fn), "loss_fn": _describe(o.loss_fn) or "cross_entropy",
         "normalization": mon.normalization.describe(), "compiled": mon.network is not mon.model,
         "probe_set": {"source": ps.source, "n": len(ps), "indices": ps.index.tolist()},
+        "confirm_n": o.confirm_n,
         "train_probe_set": None if ts is None else {"source": ts.source, "n": len(ts),
                                                     "indices": ts.index.tolist()},
         "instance_grad_start": "method.start" if callable(getattr(o.method, "start", None)) else "clean",
