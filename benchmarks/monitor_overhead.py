@@ -260,11 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     k = args.scale or (1 if device.type == "cuda" else 16)
+    o = MonitorOptions
     settings = {
-        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, args.probe_n, 512, 128, 1.25),
+        "demo": Setting("demo", "fashion_mnist", "cnn4", 0.2, "adam", 3e-3, 30000, args.probe_n, o.train_probe_n,
+                        o.light_n, 1.25),
         "resnet": Setting(f"resnet (scale 1/{k})", "cifar10", "preact_resnet18", 8 / 255, "sgd", 0.05,
-                          128 * (391 // k), args.probe_n // k, 512 // k, max(1, 128 // k), 1.10,
-                          MonitorOptions.confirm_n // k),
+                          128 * (391 // k), args.probe_n // k, o.train_probe_n // k, max(1, o.light_n // k), 1.10,
+                          o.confirm_n // k),
     }
     for name in (["demo", "resnet"] if args.setting == "all" else [args.setting]):
         bench(settings[name], args, device)
