@@ -17,6 +17,8 @@ from torch import nn
 
 from codiag.detector import CODetector, detect_co
 from codiag.monitoring import monitor
+from codiag.probes.robust_acc import RobustAcc
+from codiag.reports.base import curve
 from codiag.runs import load_run
 
 
@@ -77,6 +79,9 @@ def test_a_collapse_without_a_pgd_peak_raises_the_alarm(tmp_path, data):
     # light events inside the first epoch (24 steps) ran at steps 8 and 16
     assert set(pgd["step"]) == {0, 8, 16, 24, 48, 72}
     assert detect_co(run.metrics)["step"] == alarm["step"]   # the report names the same event
+    # the first epoch's length is recorded, so the reports place the light events inside epoch 1
+    assert run.meta["steps_per_epoch"] == 24
+    assert curve(run, RobustAcc.pgd_acc)["x"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1, 2, 3])
 
 
 def test_the_same_loop_at_small_eps_raises_no_alarm(tmp_path, data):

@@ -175,6 +175,8 @@ class Monitor:
         """Mark the end of an epoch; runs a probe event when ``every`` is in epochs."""
         self._check_open()
         self.epoch += 1
+        if self.epoch == 1 and self.step > 0:   # the reports' x axis: light and every=N events in epochs
+            self.writer.update(steps_per_epoch=self.step)
         self._steps_in_epoch = 0
         if self.cadence.after_epoch(self.epoch):
             self.probe_event()
