@@ -187,12 +187,12 @@ def confirmation_cost(s: Setting, train, test, device: torch.device, run_dir: Pa
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
                  method=method, probes="default", probe_n=s.probe_n, train_probe_n=s.train_probe_n,
                  confirm_n=s.confirm_n, tensorboard=False, overwrite=True, detector=False) as mon:
-        mon._confirm(0, 0)   # reads the points once, as the first confirmation of a run does; not timed
+        mon._confirm()   # reads the points once, as the first confirmation of a run does; not timed
         for i in range(2 * reps):
             for j in ((0, 1) if i % 2 == 0 else (1, 0)):
                 sync(device)
                 t0 = time.perf_counter()
-                mon._confirm(0, 0) if j else mon.probe_event()
+                mon._confirm() if j else mon.probe_event()
                 sync(device)
                 times[j] += time.perf_counter() - t0
     return times[1] / times[0]

@@ -63,6 +63,8 @@ class Monitor:
         self.alarm = Alarm(o.detector, o.on_co)
         self.method, self.reference_model, self.strict = o.method, o.reference_model, o.strict
         self._attack_fn, self._data = attack, (probe_data, train_data)
+        #: where the probe set (and the confirming measurement's points) are drawn from, and its name
+        self._probe_source = (probe_data, "probe_data") if probe_data is not None else (train_data, "train_data")
         self._attack = wrap_attack(attack, self.network, self.device, self.normalization, self.guard)
         self.step = self.epoch = self._steps_in_epoch = self.n_events = 0
         self.probe_time_s = 0.0
@@ -91,10 +93,8 @@ class Monitor:
         """Open the run directory, copy out the probe sets, hook the optimizer, run the step-0 event."""
         if self._open:
             return self
-        o, (probe_data, train_data) = self.options, self._data
-        source = "probe_data" if probe_data is not None else "train_data"
-        self.probe_set = extract_probe_set(probe_data if probe_data is not None else train_data, o.probe_n,
-                                           self.device, source, o.probe_select, self.normalization,
+        o, (probe_data, train_data), (data, source) = self.options, self._data, self._probe_source
+        self.probe_set = extract_probe_set(data, o.probe_n, self.device, source, o.probe_select, self.normalization,
                                            num_classes(self.view, self.device, probe_data, train_data))
         self.train_set = (extract_probe_set(train_data, o.train_probe_n, self.device, "train_data",
                                             o.probe_select, self.normalization)
@@ -245,16 +245,8 @@ class Monitor:
         """Run the probes now (``light``: the alarm's probes on the light slice), write, run the alarm."""
         self._check_open()
         t0 = time.perf_counter()
-        o = self.options
-        ctx = ProbeContext(self.view, self.eps, self.step, self.row_epoch,
-                           self.light_set if light else self.probe_set, self.train_set,
-                           attack=self._attack, method=self.method, reference_model=self.reference_model,
-                           state=self._probe_state, seed=o.seed, pgd_steps=o.pgd_steps,
-                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=o.loss_fn)
-        first = self.n_events == 0 and self.step == 0
-        run_probes(ctx, self.light_probes if light else self.probes, self.view, [self.network,
-                   self.reference_model], self.device, first, self.strict,
-                   lambda name, exc: self.recorder.probe_error(ctx.step, ctx.epoch, name, exc))
+        ctx = self._measure(self.light_set if light else self.probe_set,
+                            self.light_probes if light else self.probes, first=self.n_events == 0 and self.step == 0)
         rows = [(ctx.step, ctx.epoch, p, k, v) for p, k, v in ctx.rows.scalars]
         rows.append((ctx.step, ctx.epoch, "event", "probe_n", len(ctx.probe_set)))
         values = self.recorder.flush(rows, [(ctx.step, name, arr) for name, arr in ctx.rows.arrays],
@@ -266,8 +258,19 @@ class Monitor:
         self.n_events += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
-            self._confirm(ctx.step, ctx.epoch)
+            self._confirm()
         self.probe_time_s += time.perf_counter() - t0
+
+    def _measure(self, points: ProbeSet, probes: list, first: bool = False, name: str | None = None) -> ProbeContext:
+        """Run ``probes`` on ``points`` now, isolated; failures are counted under the probe's name (or ``name``)."""
+        o = self.options
+        ctx = ProbeContext(self.view, self.eps, self.step, self.row_epoch, points, self.train_set,
+                           attack=self._attack, method=self.method, reference_model=self.reference_model,
+                           state=self._probe_state, seed=o.seed, pgd_steps=o.pgd_steps,
+                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=o.loss_fn)
+        run_probes(ctx, probes, self.view, [self.network, self.reference_model], self.device, first, self.strict,
+                   lambda probe, exc: self.recorder.probe_error(ctx.step, ctx.epoch, name or probe, exc))
+        return ctx
 
     def _confirm_points(self) -> ProbeSet | None:
         """The ``confirm_n`` points, read (on the CPU, RNG isolated, by index) at the first confirmation.
@@ -276,14 +279,12 @@ class Monitor:
         None where the probe data hold no more points than the probe set, or cannot be read again
         (counted as a ``confirm`` probe error)."""
         if self._confirm_set is None:
-            o, (probe_data, train_data) = self.options, self._data
-            data = probe_data if probe_data is not None else train_data
+            o, (data, source) = self.options, self._probe_source
             try:
                 with warnings.catch_warnings():   # the probe set has warned about its classes already
                     warnings.simplefilter("ignore", UserWarning)
-                    points = extract_probe_set(data, o.confirm_n, torch.device("cpu"),
-                                               "probe_data" if probe_data is not None else "train_data",
-                                               o.probe_select, self.normalization)
+                    points = extract_probe_set(data, o.confirm_n, torch.device("cpu"), source, o.probe_select,
+                                               self.normalization)
             except Exception as exc:
                 if self.strict:
                     raise
@@ -292,7 +293,7 @@ class Monitor:
             self._confirm_set = points if points is not None and len(points) > len(self.probe_set) else False
         return self._confirm_set or None
 
-    def _confirm(self, step: int, epoch: int) -> None:
+    def _confirm(self) -> None:
         """Measure ``robust_acc`` again on the ``confirm_n`` points, write it as probe ``confirm``, feed the alarm.
 
         The probe set's sampling error can leave a collapse from a low PGD accuracy a
@@ -303,18 +304,12 @@ class Monitor:
         cs = None if probe is None else self._confirm_points()
         if cs is None:
             return
-        o = self.options
         points = ProbeSet(cs.x.to(self.device), cs.y.to(self.device), cs.index.to(self.device), cs.source)
-        ctx = ProbeContext(self.view, self.eps, step, epoch, points, self.train_set, attack=self._attack,
-                           method=self.method, reference_model=self.reference_model, state={}, seed=o.seed,
-                           pgd_steps=o.pgd_steps, pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start,
-                           loss_fn=o.loss_fn)
-        run_probes(ctx, [probe], self.view, [self.network, self.reference_model], self.device, False,
-                   self.strict, lambda name, exc: self.recorder.probe_error(step, epoch, CONFIRM, exc))
-        values = self.recorder.flush([(step, epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars], [],
+        ctx = self._measure(points, [probe], name=CONFIRM)
+        values = self.recorder.flush([(ctx.step, ctx.epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars], [],
                                      self.row_epoch)
         self.n_confirmations += 1
-        self.alarm.on_event(self.writer, step, epoch, values)
+        self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
 
 
 def _batches(loader: Any) -> int | None:
