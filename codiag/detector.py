@@ -19,7 +19,11 @@ Rule ``pgd_collapse`` fires at the first probe event where
 
     peak_pgd >= min_peak  and  pgd_acc <= (1 - drop) * peak_pgd  and  fgsm_acc - pgd_acc >= min_gap
 
-(``peak_pgd`` = running max of the PGD accuracy over the events so far).
+(``peak_pgd`` = running max of the PGD accuracy over the events so far that measured at
+least as many points as the run's first event: a light event's 128 points do not set it,
+since the largest of many noisy values drifts above the true one: on MNIST a light event
+read 0.36 inside an epoch whose held-out PGD accuracy ended at 0.32 and whose 256-point
+event read 0.28, and a later 0.16 was then "half the peak", a false alarm).
 Rule ``pgd_drop_persists`` reads the same collapse at a looser line, but only
 when two consecutive probe events (at different steps) both show it:
 
@@ -110,6 +114,9 @@ SIGNALS: dict[tuple[str, str], str] = {
 CONFIRM = "confirm"
 SIGNALS.update({(CONFIRM, key.pair[1]): SIGNALS[key.pair]
                 for key in (RobustAcc.pgd_acc, RobustAcc.fgsm_acc, RobustAcc.clean_acc)})
+#: how many points an event measured (every monitor event writes it): fewer than the run's first
+#: event means a light event, whose value may not set the running PGD peak
+SIGNALS.update({("event", "probe_n"): "n", (CONFIRM, "probe_n"): "n"})
 
 
 def _finite(v: Any) -> float | None:
@@ -183,6 +190,8 @@ class CODetector(Detector):
     peak_pgd: float | None = None
     peak_align: float | None = None
     min_fgsm: float | None = None
+    #: points of the run's first event that recorded how many it measured (the probe set's size)
+    full_n: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     #: (step, past the looser line) of the last two steps with an event; a second event at one step
     #: (a light event, then the epoch's) replaces the first's verdict
@@ -231,7 +240,11 @@ class CODetector(Detector):
         pgd = _finite(values.get("pgd_acc"))
         fgsm = _finite(values.get("fgsm_acc"))
         align = _finite(values.get("grad_align"))
-        if pgd is not None:
+        n = _finite(values.get("n"))
+        if n is not None and self.full_n is None:
+            self.full_n = n
+        light = n is not None and n < self.full_n
+        if pgd is not None and not light:
             self.peak_pgd = pgd if self.peak_pgd is None else max(self.peak_pgd, pgd)
         if align is not None:
             self.peak_align = align if self.peak_align is None else max(self.peak_align, align)

@@ -21,6 +21,9 @@ def frame(rows: list[dict]) -> pd.DataFrame:
             if name in r:
                 out.append({"step": r["step"], "epoch": r["epoch"], "probe": r.get("probe", probe), "key": key,
                             "value": r[name]})
+        if "n" in r:   # the points the event measured, as the monitor writes them
+            out.append({"step": r["step"], "epoch": r["epoch"], "probe": r.get("probe", "event"), "key": "probe_n",
+                        "value": r["n"]})
         out.append({"step": r["step"], "epoch": r["epoch"], "probe": "train", "key": "loss", "value": 1.0})
     return pd.DataFrame(out)
 
@@ -100,6 +103,29 @@ def test_a_confirming_measurement_settles_an_event_near_the_signature():
     alarms = [det.update(r["step"], r["epoch"], r) for r in rows]
     assert alarms[-1] is not None and alarms[-1]["rule"] == "signature" and not det.suspect
     assert all(a is None for a in alarms[:-1])
+
+
+def test_a_light_event_does_not_set_the_pgd_peak():
+    """MNIST, cnn4 FGSM 0.15, seed 30 of the scorecard (its probe values): the light event at step 8 read
+    PGD 0.359 on 128 points, the epoch's event 0.281 on 256 (held out: 0.317 after epoch 1, then 0.19
+    and back to 0.29: no collapse). 0.156 at step 32 is under half the light value, not of the peak of
+    the events measured on the probe set's 256 points (or more: a confirmation's 1024)."""
+    steps, epochs, n = [0, 8, 16, 32, 48, 64], [0, 1, 1, 2, 3, 4], [256, 128, 256, 256, 256, 256]
+    pgd, fgsm = [0.0, 0.359, 0.281, 0.156, 0.223, 0.348], [0.0, 0.406, 0.477, 0.539, 0.590, 0.594]
+    rows = [{"step": s, "epoch": e, "pgd_acc": p, "fgsm_acc": f, "n": k}
+            for s, e, p, f, k in zip(steps, epochs, pgd, fgsm, n)]
+    assert detect_co(frame(rows)) is None
+    det = CODetector()
+    assert [det.update(r["step"], r["epoch"], r) or det.suspect for r in rows] == [False] * 3 + [True, False, False]
+    assert det.peak_pgd == pytest.approx(0.348)   # step 32 came near the looser line: a confirmation is due
+    # a run recorded without the points per event: every event sets the peak, and 0.156 fires
+    old = detect_co(frame([{k: v for k, v in r.items() if k != "n"} for r in rows]))
+    assert (old["rule"], old["step"], old["peak_pgd_acc"]) == ("pgd_collapse", 32, pytest.approx(0.359))
+    # a confirmation measures more points than the probe set: its value does set the peak
+    confirmed = rows[:3] + [{"step": 16, "epoch": 1, "probe": "confirm", "pgd_acc": 0.33, "fgsm_acc": 0.5,
+                             "n": 1024}] + rows[3:4]
+    co = detect_co(frame(confirmed))
+    assert (co["rule"], co["step"], co["peak_pgd_acc"]) == ("pgd_collapse", 32, pytest.approx(0.33))
 
 
 def test_divergence_without_fgsm_gap_and_noise_are_not_co():

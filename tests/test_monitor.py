@@ -247,7 +247,8 @@ def test_an_event_near_a_line_is_measured_again_on_confirm_n_points(tmp_path):
     with torch.no_grad():   # measured on the first 48 points, independently of the probe set's 16
         assert confirm["value"].iloc[-1] == pytest.approx((model(x[:48]).argmax(1) == y[:48]).float().mean().item())
     assert [s for s, _ in det.seen] == [0, 0, 4, 4, 8, 8]
-    assert set(det.seen[1][1]) == {"clean_acc", "fgsm_acc", "pgd_acc"}       # the confirmation, as one event
+    assert set(det.seen[1][1]) == {"clean_acc", "fgsm_acc", "pgd_acc", "n"}  # the confirmation, as one event
+    assert [v["n"] for _, v in det.seen] == [16, 48] * 3                      # with the points each measured
     assert run.meta["monitor_stats"]["confirmations"] == 3 and run.config["monitor"]["confirm_n"] == 48
     for kw in ({"confirm_n": 0}, {"confirm_n": 16}, {"confirm_n": 48, "detector": False}):
         test_ds = CountingDataset(x, y)

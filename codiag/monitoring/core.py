@@ -306,7 +306,8 @@ class Monitor:
             return
         points = ProbeSet(cs.x.to(self.device), cs.y.to(self.device), cs.index.to(self.device), cs.source)
         ctx = self._measure(points, [probe], name=CONFIRM)
-        values = self.recorder.flush([(ctx.step, ctx.epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars], [],
+        rows = [(ctx.step, ctx.epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars]
+        values = self.recorder.flush(rows + [(ctx.step, ctx.epoch, CONFIRM, "probe_n", len(points))], [],
                                      self.row_epoch)
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
