@@ -17,8 +17,11 @@ under ``pgd_collapse``'s 0.2, and seeds 3-17 then set that gap to 0.18. Seeds 18
 and 21-23 were held out for that change; seeds 3-23 then set the rule
 ``pgd_drop_persists``; seeds 24-26 were the held-out scorecard for it, seeds 27-29 a
 fresh corpus for 1024 probe points, and seeds 21-26 with their 1024-point re-runs set
-the confirming measurement (``confirm_n``). The scorecard is seeds 30-32 (``--seeds``),
-trained after it. Each run is
+the confirming measurement (``confirm_n``); seeds 30-32 and 33-35 were held out for it,
+and seeds 30-32 on MNIST (the first MNIST corpus) showed a light event's noisy PGD
+value setting the peak of a false alarm: seeds 3-35 and MNIST 30-32, replayed, then
+took the light events out of the peak. The scorecard is seeds 36-38 (``--seeds``) on
+both datasets, trained after that. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
 ``local_linearity``), and trained with Adam 3e-3, batch 128.
@@ -119,7 +122,7 @@ class RunSpec:
         return f"{self.dataset}-{self.model}-{self.method}-eps{self.eps:g}-s{self.seed}"
 
 
-SCORECARD_SEEDS = (30, 31, 32)
+SCORECARD_SEEDS = (36, 37, 38)
 
 
 def corpus(datasets: list[str], seeds: tuple[int, ...] = SCORECARD_SEEDS) -> list[RunSpec]:
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of the alarm recorded online (an older corpus under the current rules)")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
-                   help="seeds of the corpus (default %(default)s; 0-29: development and earlier scorecards)")
+                   help="seeds of the corpus (default %(default)s; 0-35: development and earlier scorecards)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)
