@@ -858,3 +858,73 @@ def test_fgsm_pgi_follows_the_paper_equations_across_epochs():
     # re-drawn every 40 epochs: random corners again
     method.on_epoch_start(40)
     assert set(method.store.data.unique().tolist()) == {-127, 127}
+
+
+# ----------------------------------------------------------------- cost: passes per step
+def reference_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                    eps: float) -> dict[str, Callable[[], None]]:
+    """One training step of each transcription above (ELLE, AAER, GAT; FGSM-PGI's paper equations)
+    on ``x, y``, with the random numbers each reference draws drawn fresh on the batch's device.
+
+    ``benchmarks/method_cost.py`` times these beside codiag's steps. FGSM-PGI's prior is a
+    random corner at every step (storing it is not one of the reference's passes).
+    """
+    lam_elle = float(get_method("elle", eps).lam)
+    counter = [0]
+
+    def descend(loss: torch.Tensor) -> None:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def elle() -> None:
+        u = torch.rand((2 * x.shape[0], *x.shape[1:]), device=x.device)
+        alpha = torch.rand((x.shape[0],), device=x.device)
+        descend(reference_elle_loss(model, x, y, eps, lam_elle, u, alpha)[0])
+
+    def aaer() -> None:
+        reference_aaer_step(model, opt, x, y, eps, (torch.rand(x.shape, device=x.device) * 2 - 1) * eps)
+
+    def gat() -> None:
+        reference_gat_step(model, opt, x, y, eps, torch.rand(x.shape, device=x.device), counter[0])
+        counter[0] += 1
+
+    def fgsm_pgi() -> None:
+        eta = torch.where(torch.rand(x.shape, device=x.device) < 0.5, -eps, eps)
+        descend(paper_pgi_loss(model, x, y, eta, eps, 10.0)[0])
+
+    return {"elle": elle, "aaer": aaer, "gat": gat, "fgsm_pgi": fgsm_pgi}
+
+
+class PassCounter:
+    """Samples that went through ``model``'s forward and backward passes (its cost in passes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward = self.backward = 0
+        model.register_forward_hook(self._forward)
+        model.register_full_backward_hook(self._backward)
+
+    def _forward(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.forward += output.shape[0]
+
+    def _backward(self, module: nn.Module, grad_in: Any, grad_out: tuple) -> None:
+        self.backward += grad_out[0].shape[0]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("name", ["elle", "aaer", "gat", "fgsm_pgi"])
+def test_no_more_passes_than_the_reference(name):
+    # the cost ratios of benchmarks/method_cost.py rest on this: codiag's step runs no more
+    # samples forward and backward than the reference step (GAT one clean forward fewer)
+    x, y, idx = batch()
+    model, ref = net(), net()
+    ours_count, ref_count = PassCounter(model), PassCounter(ref)
+    ours(name, model, x, y, idx)
+    reference_steps(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, EPS_NEW)[name]()
+    n = len(y)
+    assert ref_count.forward >= 2 * n and ref_count.backward >= 2 * n     # the counter saw the passes
+    assert ours_count.backward == ref_count.backward
+    if name == "gat":
+        assert ours_count.forward == ref_count.forward - n
+    else:
+        assert ours_count.forward == ref_count.forward
