@@ -101,13 +101,19 @@ def make_data(s: Setting, data_root: str | None, device: torch.device):
     return train, test, source
 
 
-def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitored: bool,
-             run_dir: Path | None) -> tuple[float, float, float, int]:
-    """(whole-run wall time, loop wall time, time inside probe events, confirmations) of one training run."""
+def fresh_model(s: Setting, train, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The setting's model, initialised from seed 0, and its optimizer."""
     torch.manual_seed(0)
     model = build_model(s.model, train.spec).to(device)
     opt = (torch.optim.Adam(model.parameters(), lr=s.lr) if s.optimizer == "adam" else
            torch.optim.SGD(model.parameters(), lr=s.lr, momentum=0.9))
+    return model, opt
+
+
+def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitored: bool,
+             run_dir: Path | None) -> tuple[float, float, float, int]:
+    """(whole-run wall time, loop wall time, time inside probe events, confirmations) of one training run."""
+    model, opt = fresh_model(s, train, device)
     method = get_method("fgsm", s.eps, seed=0)
     loader = make_loader(train, 128, shuffle=True, with_index=True, seed=0, device=device)
 
@@ -149,12 +155,8 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
     called, and the first epoch's light events are off), so the difference is
     exactly the per-step cost of monitoring.
     """
-    models, opts = [], []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(build_model(s.model, train.spec).to(device))
-        opts.append(torch.optim.Adam(models[-1].parameters(), lr=s.lr) if s.optimizer == "adam" else
-                    torch.optim.SGD(models[-1].parameters(), lr=s.lr, momentum=0.9))
+    (m0, o0), (m1, o1) = fresh_model(s, train, device), fresh_model(s, train, device)
+    models, opts = [m0, m1], [o0, o1]
     method = get_method("fgsm", s.eps, seed=0)
     loader = make_loader(train, 128, shuffle=True, with_index=True, seed=0, device=device)
     times = [0.0, 0.0]
@@ -179,9 +181,7 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
 def confirmation_cost(s: Setting, train, test, device: torch.device, run_dir: Path, reps: int = 3) -> float:
     """Time of one confirming measurement (``robust_acc`` on ``confirm_n`` points) / one full probe event
     (every default probe on the probe sets), alternating on the same model in one process."""
-    torch.manual_seed(0)
-    model = build_model(s.model, train.spec).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    model, opt = fresh_model(s, train, device)    # probe events and confirmations never step it
     method = get_method("fgsm", s.eps, seed=0)
     times = [0.0, 0.0]
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
