@@ -34,11 +34,13 @@ give the figures. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -97,6 +99,17 @@ def build(model_name: str, device: torch.device) -> tuple[torch.nn.Module, tuple
     return model, (spec.channels, spec.size, spec.size)
 
 
+def conformance_module() -> ModuleType:
+    """``tests/test_conformance.py``, whose transcriptions of the reference code codiag is checked
+    against are the reference steps timed here (loaded by path: ``tests`` is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "test_conformance.py"
+    spec = importlib.util.spec_from_file_location("codiag_conformance", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,11 +128,7 @@ def bench_model(model_name: str, device: torch.device, batch: int, reps: int, wa
     eps = 8 / 255 if shape[0] == 3 else 0.2
     chosen = [m for m in METHODS if only is None or m[0] in only or m[0] == "fgsm"]
     steps: dict[str, tuple[Callable[[], object], int]] = {}
-    # the transcriptions of the reference code that the conformance tests check codiag against
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.test_conformance import reference_steps
-
-    refs = reference_steps(model, opt, x, y, eps)
+    refs = conformance_module().reference_steps(model, opt, x, y, eps)
     for label, name, hp, k in chosen:
         method = get_method(name, eps, seed=0, num_samples=batch, **hp)
         steps[label] = ((lambda m=method: m.train_step(model, opt, x, y, idx)), k)
