@@ -8,6 +8,11 @@ overfitting the method's perturbation deteriorates towards noise and |G|
 explodes (APART Fig. 2b plots its magnitude; the paper's prose and figure
 caption disagree on the sign, the equation is what we record).
 
+``acc_method`` is the accuracy at ``x + delta_method``, from the same forward pass: the
+training attack's own accuracy on the probe set. Beside ``robust_acc``'s ``pgd_acc`` it tells
+a model that beats the attack it trains with but not PGD (gradient masking, as at CO;
+GradAlign Fig. 1) from one that beats neither.
+
 Transfer variant (APART Fig. 2a): with a ``reference_model`` (APART: a model
 trained separately with PGD-10), ``transfer_acc`` is the reference model's
 accuracy on ``x + delta_method`` and ``transfer_acc_random`` its accuracy
@@ -33,15 +38,18 @@ class StrengthGap(Probe):
     gap = Key("G = mean CE at x + delta_method minus mean CE at x + delta_PGD (APART eq. 2)")
     loss_method = Key("mean CE at x + delta_method")
     loss_pgd = Key("mean CE at x + delta_PGD")
+    acc_method = Key("accuracy at x + delta_method (the training attack's own accuracy)")
     transfer_acc = Key("reference model's accuracy at x + delta_method (with a reference model)")
     transfer_acc_random = Key("reference model's accuracy at a random corner of the eps ball")
 
     def run(self, ctx: ProbeContext) -> None:
-        loss_method = ctx.at_method[0].mean()
+        losses, correct = ctx.at_method
+        loss_method = losses.mean()
         loss_pgd = ctx.at_pgd[0].mean()
         ctx.log(self.gap, loss_method - loss_pgd)
         ctx.log(self.loss_method, loss_method)
         ctx.log(self.loss_pgd, loss_pgd)
+        ctx.log(self.acc_method, correct.float().mean())
         ref = ctx.reference_model
         if ref is None:
             return

@@ -187,6 +187,7 @@ def test_strength_gap_and_sign_disagreement_are_zero_when_the_method_is_pgd():
     model, ps = tiny_cnn(), data(n=16)
     s, _, ctx = run_probe("strength_gap", model, ps, attack=pgd_attack)
     assert s["gap"] == 0.0 and s["loss_method"] == s["loss_pgd"]
+    assert s["acc_method"] == pytest.approx(float(ctx.at_pgd[1].float().mean()))
     s, _, _ = run_probe("sign_agreement", model, ps, attack=pgd_attack)
     assert s["disagree"] == 0.0
     # default attack (FGSM): G = L(FGSM) - L(PGD), checked against a direct computation
@@ -195,6 +196,9 @@ def test_strength_gap_and_sign_disagreement_are_zero_when_the_method_is_pgd():
         lf = F.cross_entropy(model(ps.x + ctx.fgsm_delta), ps.y)
         lp = F.cross_entropy(model(ps.x + ctx.pgd_delta), ps.y)
     assert s["gap"] == pytest.approx(float(lf - lp), abs=1e-6) and s["gap"] != 0
+    with torch.no_grad():    # the training attack's accuracy: here FGSM's
+        fgsm_acc = (model(ps.x + ctx.fgsm_delta).argmax(1) == ps.y).float().mean()
+    assert s["acc_method"] == pytest.approx(float(fgsm_acc))
 
 
 def test_strength_gap_transfer_accuracy_on_a_reference_model():
