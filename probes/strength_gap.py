@@ -10,8 +10,8 @@ caption disagree on the sign, the equation is what we record).
 
 ``acc_method`` is the accuracy at ``x + delta_method``, from the same forward pass: the
 training attack's own accuracy on the probe set. Beside ``robust_acc``'s ``pgd_acc`` it tells
-a model that beats the attack it trains with but not PGD (gradient masking, as at CO;
-GradAlign Fig. 1) from one that beats neither.
+a model that beats the attack it trains with but not PGD (as at CO, which GradAlign Fig. 1
+shows for 2-step PGD training at large radii too) from one that beats neither.
 
 Transfer variant (APART Fig. 2a): with a ``reference_model`` (APART: a model
 trained separately with PGD-10), ``transfer_acc`` is the reference model's
