@@ -24,7 +24,9 @@ took the light events out of the peak. The scorecard is seeds 36-38 (``--seeds``
 both datasets, trained after that. Each run is
 monitored at the default cadence (per epoch plus the light events of the first
 epoch) with the probes the detectors read (``robust_acc``, ``grad_align``,
-``local_linearity``), and trained with Adam 3e-3, batch 128.
+``local_linearity``) and ``strength_gap``, whose ``acc_method`` (the training attack's own
+accuracy; no detector reads it) is recorded for the label's PGD-10 question below, and
+trained with Adam 3e-3, batch 128.
 
 **Label (independent of every detector).** Before training and after every epoch,
 the model is evaluated on 1000 held-out test points that the probe set does not
@@ -48,8 +50,9 @@ PGD-10 here is GradAlign's baseline (``pgd10``: 10 steps of eps/5 *from zero*) a
 gets no exemption: on ``cnn4`` at eps 0.3, too small to resist PGD at that radius,
 it can end with held-out PGD 0.02-0.04 beside FGSM 0.30-0.45 (Fashion-MNIST seeds
 30 and 34, MNIST seed 30), which (b) labels a collapse. Such a model beats its own
-attack too (Fashion-MNIST seed 30: 0.15-0.21 on the probe set under the deterministic
-PGD-10 it trains with, 0.00-0.04 under the probe's random-start PGD): the masked
+attack too (Fashion-MNIST seed 30: ``strength_gap``'s ``acc_method`` 0.16-0.19 at epochs
+1-4 on the probe set under the deterministic PGD-10 it trains with, 0.00-0.04 under the
+probe's random-start PGD): the masked
 gradients of catastrophic overfitting, which GradAlign Fig. 1 also reports for
 multi-step training from zero (PGD-2 at large eps).
 
@@ -195,7 +198,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     t0 = time.perf_counter()
     evals = [evaluate()]
     with monitor(model, opt, run_dir, eps=spec.eps, probe_data=probe, attack=method.perturb, method=method,
-                 probes="robust_acc,grad_align,local_linearity", probe_n=probe_n, confirm_n=confirm_n,
+                 probes="robust_acc,grad_align,local_linearity,strength_gap", probe_n=probe_n, confirm_n=confirm_n,
                  config={**asdict(spec), "n_train": n_train},
                  tensorboard=False, overwrite=True) as mon:
         for epoch in range(epochs):
