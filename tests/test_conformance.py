@@ -640,8 +640,8 @@ def reference_elle_loss(model, x, y, eps, lam, u, alpha):
 
 
 def draw_triplet_noise(g: torch.Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    u = torch.rand((2 * x.shape[0], *x.shape[1:]), generator=g)
-    return u, torch.rand((x.shape[0],), generator=g)
+    u = torch.rand((2 * x.shape[0], *x.shape[1:]), generator=g, device=g.device)
+    return u, torch.rand((x.shape[0],), generator=g, device=g.device)
 
 
 def test_elle_step_matches_the_reference():
@@ -870,6 +870,7 @@ def reference_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
     random corner at every step (storing it is not one of the reference's passes).
     """
     lam_elle = float(get_method("elle", eps).lam)
+    gen = torch.Generator(device=x.device)
     counter = [0]
 
     def descend(loss: torch.Tensor) -> None:
@@ -878,8 +879,7 @@ def reference_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
         opt.step()
 
     def elle() -> None:
-        u = torch.rand((2 * x.shape[0], *x.shape[1:]), device=x.device)
-        alpha = torch.rand((x.shape[0],), device=x.device)
+        u, alpha = draw_triplet_noise(gen, x)
         descend(reference_elle_loss(model, x, y, eps, lam_elle, u, alpha)[0])
 
     def aaer() -> None:
