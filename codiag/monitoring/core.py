@@ -258,8 +258,12 @@ class Monitor:
         self.n_events += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
-            self._confirm()
+            values = {**values, **self._confirm()}
         self.probe_time_s += time.perf_counter() - t0
+        if self.options.on_event is not None:
+            self.options.on_event({"step": ctx.step, "epoch": ctx.epoch, "light": light,
+                                   "values": {f"{p}/{k}": v for (p, k), v in values.items()},
+                                   "co_alarm": self.co_alarm})
 
     def _measure(self, points: ProbeSet, probes: list, first: bool = False, name: str | None = None) -> ProbeContext:
         """Run ``probes`` on ``points`` now, isolated; failures are counted under the probe's name (or ``name``)."""
@@ -293,7 +297,7 @@ class Monitor:
             self._confirm_set = points if points is not None and len(points) > len(self.probe_set) else False
         return self._confirm_set or None
 
-    def _confirm(self) -> None:
+    def _confirm(self) -> dict[tuple[str, str], float]:
         """Measure ``robust_acc`` again on the ``confirm_n`` points, write it as probe ``confirm``, feed the alarm.
 
         The probe set's sampling error can leave a collapse from a low PGD accuracy a
@@ -303,7 +307,7 @@ class Monitor:
         probe = next((p for p in self.probes if p.name == "robust_acc"), None)
         cs = None if probe is None else self._confirm_points()
         if cs is None:
-            return
+            return {}
         points = ProbeSet(cs.x.to(self.device), cs.y.to(self.device), cs.index.to(self.device), cs.source)
         ctx = self._measure(points, [probe], name=CONFIRM)
         rows = [(ctx.step, ctx.epoch, CONFIRM, k, v) for _, k, v in ctx.rows.scalars]
@@ -311,6 +315,7 @@ class Monitor:
                                      self.row_epoch)
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
+        return values
 
 
 def _batches(loader: Any) -> int | None:

@@ -69,7 +69,11 @@ class MonitorOptions:
 
     Alarm: ``detector`` (True: the default rules; a name from
     ``codiag.detector.DETECTORS``; a detector object; False: none), ``on_co``
-    (called once with the alarm dict).
+    (called once with the alarm dict), ``on_event`` (called after every probe
+    event, full or light, with ``{"step", "epoch", "light", "values", "co_alarm"}``:
+    ``values`` maps ``"probe/key"`` to the floats just written, a confirming
+    measurement's included; ``co_alarm`` is the alarm dict once it fired, else
+    None; the integrations forward metrics to Lightning, Trainer and Ray Tune with it).
 
     Run directory: ``config`` (recorded in run.json; method, eps, dataset and
     model are filled in from the monitor's arguments where it does not give
@@ -97,6 +101,7 @@ class MonitorOptions:
     step_update_norms: bool = False
     detector: Any = True
     on_co: Callable[[dict[str, Any]], Any] | None = None
+    on_event: Callable[[dict[str, Any]], Any] | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False
@@ -111,7 +116,7 @@ class MonitorOptions:
             raise UsageError(f"monitor: confirm_n must be 0 (off) or a number of points, got {self.confirm_n}")
         if self.probe_select not in ("first", "balanced"):
             raise UsageError(f"monitor: probe_select must be 'first' or 'balanced', got {self.probe_select!r}")
-        for name in ("output_fn", "loss_fn", "on_co"):
+        for name in ("output_fn", "loss_fn", "on_co", "on_event"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise UsageError(f"monitor: {name} must be callable")
         if self.normalization is not None and (not isinstance(self.normalization, Sequence)
