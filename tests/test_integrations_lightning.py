@@ -26,6 +26,15 @@ QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=Fa
              enable_model_summary=False, num_sanity_val_steps=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the fits are tiny, and spinning threads only cost CPU on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def fmnist():
     from codiag.data import load_dataset
