@@ -13,4 +13,5 @@ else
   echo "install.sh: no apt-get here; install Fashion-MNIST under --data-root yourself" >&2
 fi
 python3 -m pip install -q -e ".[test,autoattack,ray]"
+python3 -m pip install -q -e ".[lightning,hf,tune]"   # the frameworks of codiag.integrations, for their tests
 command -v pyenv >/dev/null && pyenv rehash || true
