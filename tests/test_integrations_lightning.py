@@ -83,7 +83,7 @@ class FGSMModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if batch_idx == self.fail_at:
-            raise RuntimeError("a bug in the user's step")
+            raise self.error
         x, y = batch
         with torch.enable_grad():
             d = torch.zeros_like(x, requires_grad=True)
@@ -168,9 +168,47 @@ def test_bf16_mixed_with_two_optimizers_counts_the_named_one_and_probes_in_fp32(
         run.scalar("robust_acc", "pgd_acc")["value"].tolist())
 
 
-def test_an_exception_in_the_fit_closes_the_run_as_failed(tmp_path, fmnist):
+@pytest.mark.parametrize("error, status", [(RuntimeError("a bug in the user's step"), "failed"),
+                                           (KeyboardInterrupt(), "interrupted")])
+def test_an_exception_or_ctrl_c_in_the_fit_closes_the_run(tmp_path, fmnist, error, status):
+    import signal
+
     cb = Monitor(tmp_path / "run", eps=0.1, probe_data=fmnist[1], probes="robust_acc", probe_n=16, train_probe_n=16)
-    with pytest.raises(RuntimeError, match="a bug in the user's step"):
-        fit(fmnist, [cb], FGSMModule(fail_at=3))
+    module = FGSMModule(fail_at=3)
+    module.error = error
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((RuntimeError, SystemExit)):   # Lightning ends a Ctrl-C'd fit with sys.exit(1)
+            fit(fmnist, [cb], module)
+    finally:
+        signal.signal(signal.SIGINT, handler)   # Lightning ignores further Ctrl-C after the first
     run = load_run(tmp_path / "run")
-    assert run.meta["status"] == "failed" and cb.monitor.step == 3
+    assert run.meta["status"] == status and cb.monitor.step == 3
+
+
+def test_the_pytorch_lightning_package_takes_its_own_callback(tmp_path, fmnist):
+    ptl = pytest.importorskip("pytorch_lightning", reason="the standalone pytorch_lightning is not installed")
+    from codiag.integrations.pytorch_lightning import Monitor as PTLMonitor
+
+    class Module(ptl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Small()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    (x, y), test = fmnist
+    cb = PTLMonitor(tmp_path / "run", eps=0.1, probes="robust_acc", probe_n=16, train_probe_n=16)
+    trainer = ptl.Trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb], **QUIET)
+    trainer.fit(Module(), train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=64),
+                val_dataloaders=DataLoader(TensorDataset(*test), batch_size=64))
+    run = load_run(tmp_path / "run")
+    assert run.meta["status"] == "finished" and cb.monitor.step == 4
+    assert run.config["monitor"]["probe_set"]["source"] == "probe_data:TensorDataset"   # the fit's val loader
