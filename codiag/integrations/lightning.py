@@ -27,6 +27,7 @@ try:
 except ImportError:  # the standalone package
     from pytorch_lightning import Callback
 
+from ..errors import UsageError
 from ..runs import exit_status
 from .base import MonitorCallback
 
@@ -43,15 +44,12 @@ class LightningMonitor(MonitorCallback):
                  **kwargs: Any) -> None:
         super().__init__(run_dir, eps, *args, **kwargs)
         self.optimizer_index, self.log_metrics = int(optimizer), bool(log_metrics)
-        self._trainer: Any = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = trainer.optimizers
         if not -len(optimizers) <= self.optimizer_index < len(optimizers):
-            from ..errors import UsageError
             raise UsageError(f"codiag Lightning Monitor: optimizer={self.optimizer_index}, "
                              f"but the module configures {len(optimizers)} optimizer(s)")
-        self._trainer = trainer
         probe_data = self.probe_data if self.probe_data is not None else _eval_loader(trainer)
         train_data = self.train_data if self.train_data is not None else trainer.train_dataloader
         self.start_monitor(pl_module, optimizers[self.optimizer_index], probe_data, train_data)
