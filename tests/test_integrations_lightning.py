@@ -212,3 +212,14 @@ def test_the_pytorch_lightning_package_takes_its_own_callback(tmp_path, fmnist):
     run = load_run(tmp_path / "run")
     assert run.meta["status"] == "finished" and cb.monitor.step == 4
     assert run.config["monitor"]["probe_set"]["source"] == "probe_data:TensorDataset"   # the fit's val loader
+
+
+def test_a_wrong_option_fails_when_the_callback_is_built_and_a_wrong_optimizer_at_the_start(tmp_path, fmnist):
+    from codiag.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown option.*probe_count"):
+        Monitor(tmp_path / "run", eps=0.1, probe_count=64)
+    cb = Monitor(tmp_path / "run", eps=0.1, probe_data=fmnist[1], optimizer=1)
+    with pytest.raises(UsageError, match="optimizer=1, but the module configures 1 optimizer"):
+        fit(fmnist, [cb])
+    assert not (tmp_path / "run").exists()
