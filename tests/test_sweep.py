@@ -159,3 +159,13 @@ def test_reproduce_lists_the_sweep_preset(capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("gradalign-fig1 "))
     assert "126" in line and "560" in line
+
+
+def test_help_states_the_default_evaluation_cost(capsys):
+    """The final evaluation dominates a short run's cost: `codiag sweep --help` says what it is by default."""
+    d = TrainConfig()
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"PGD-{d.eval_steps} with {d.eval_restarts} restarts on {d.eval_n} test points" in text
+    assert f"{d.eval_steps * d.eval_restarts * d.eval_n:,} per run" in text and "(default 1000; 0 skips it)" in text
