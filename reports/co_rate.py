@@ -47,8 +47,9 @@ def co_rate(runs: Sequence[Run], out_dir: Path) -> Figure:
     table.insert(1, "eps_label", [fmt_eps(e) for e in table["eps"]])
     table = table.drop(columns="eps").round(2)
     caption = ("Share of seeds whose run collapsed, left by the online alarm, right by the final PGD "
-               "accuracy (below max(0.05, 0.3 x the run's peak probe PGD accuracy, with clean accuracy at "
-               "least 0.2 above it; sweep_table). Where they differ the detector missed a collapse or raised "
+               "accuracy (below max(0.05, 0.3 x the run's peak probe PGD accuracy, with clean and FGSM "
+               "accuracy at least 0.2 above it; a run that never became robust is no collapse; sweep_table). "
+               "Where they differ the detector missed a collapse or raised "
                "a false alarm (the scorecard counts them).")
     return Figure("co_rate", "CO rate per method and eps", caption,
                   "GradAlign Fig. 1 (where each method collapses)", files, table=table)
