@@ -44,3 +44,42 @@ def test_a_collapse_after_a_peak_keeps_its_epoch(tmp_path):
                                          (3, 0.8, 0.8, 0.02), (4, 0.8, 0.85, 0.01)], final=(0.8, 0.85, 0.01)))
     row = sweep_row(run)
     assert row["collapsed"] is True and row["collapse_epoch"] == 3 and row["peak_probe_pgd"] == 0.35
+
+
+def _monitored_loop_run(path: Path) -> Path:
+    """What ``codiag.monitor`` writes for a loop of the user's whose attack is a lambda: probe
+    events every 5 steps (10 steps per epoch, so some events fall mid-epoch), a collapse at step
+    25 (inside epoch 3), the strength gap without a reference model, the probe sets' indices."""
+    config = {"method": "main.<locals>.<lambda>", "eps": 0.3, "model": "Net", "dataset": "tensors",
+              "train_size": 100, "batch_size": 10,
+              "monitor": {"attack": "main.<locals>.<lambda>", "probe_set": {"source": "test", "n": 256,
+                                                                          "indices": list(range(1000, 1256))}}}
+    with RunWriter(path, config) as w:
+        for step in range(0, 45, 5):
+            epoch = 0 if step == 0 else step // 10 + 1
+            pgd, fgsm = (0.02, 0.8) if step >= 25 else (0.2 + step / 100, 0.3 + step / 100)
+            w.log_many(step, epoch, "robust_acc", {"clean_acc": 0.8, "fgsm_acc": fgsm, "pgd_acc": pgd})
+            w.log(step, epoch, "strength_gap", "gap", -0.5 if step < 25 else -3.0)
+    return path
+
+
+def test_the_page_of_a_monitored_loop_reads_well(tmp_path):
+    """A lambda attack gets a readable name, the CO epoch is an epoch (3, not 2.5 epochs of
+    progress), the probe indices stay in run.json, and a lone panel is (a)."""
+    import csv
+    import html
+    import re
+
+    from codiag.reports.build import build
+
+    run_dir = _monitored_loop_run(tmp_path / "loop")
+    build([run_dir], tmp_path / "rep", figures={"training_curves", "strength_gap"}, analytic=False, echo=False)
+    page = html.unescape((tmp_path / "rep" / "index.html").read_text())
+    assert "lambda in main" in page and "<lambda>" not in page
+    assert "1000, 1001" not in page and "256 indices, 1000..1255" in page
+    row = next(csv.DictReader((tmp_path / "rep" / "summary.csv").open()))
+    assert row["method"] == "lambda in main" and row["co_epoch"] == "3"
+    co_cell = re.search(r"CO epoch</td>\s*<td></td>\s*<td></td>\s*<td>([^<]*)</td>", page)
+    assert co_cell and co_cell.group(1).startswith("3 (step 25"), co_cell
+    svg = next((tmp_path / "rep").rglob("strength_gap.svg")).read_text()
+    assert "(a) strength gap" in svg and "(b) strength gap" not in svg
