@@ -12,7 +12,7 @@ import pandas as pd
 
 from codiag.runs import Run
 
-from .base import Figure, save, style
+from .base import Figure, method_title, save, style
 from .sweep_table import grid_table, scorecard
 
 _OUTCOMES = ("hit", "miss", "false alarm", "quiet")
@@ -25,6 +25,7 @@ def detector_scorecard(runs: Sequence[Run], out_dir: Path) -> Figure:
     card = scorecard(df)
     counts = (df[df["outcome"] != ""].groupby(["method", "outcome"]).size().unstack(fill_value=0)
               .reindex(columns=list(_OUTCOMES), fill_value=0))
+    counts.index = [method_title(m) for m in counts.index]
     with style():
         fig, ax = plt.subplots(figsize=(5.6, 0.9 + 0.35 * len(counts)))
         left = pd.Series(0, index=counts.index)

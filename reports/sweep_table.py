@@ -36,7 +36,8 @@ MIN_CLEAN_GAP = 0.2
 MIN_FGSM_GAP = 0.2
 
 COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "eps_label", "seed", "clean_acc",
-           "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm", "alarm",
+           "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm",
+           "grad_evals_per_step", "alarm",
            "alarm_epoch", "peak_probe_pgd", "collapsed", "collapse_epoch", "outcome", "latency_epochs",
            "status"]
 
@@ -71,6 +72,14 @@ def collapse_label(run: Run, final_pgd: float, final_clean: float,
     return collapsed, peak, epoch
 
 
+def _grad_evals(run: Run) -> float:
+    """Gradient evaluations per training step, counted by the trainer (run.json ``cost``; NaN
+    for a run that did not count them)."""
+    cost = run.meta.get("cost")
+    value = cost.get("grad_evals_per_step") if isinstance(cost, dict) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 def sweep_row(run: Run) -> dict[str, Any]:
     """One run's row (``COLUMNS``, without ``cost_vs_fgsm``, which needs the other runs)."""
     s = summary_row(run)
@@ -91,6 +100,7 @@ def sweep_row(run: Run) -> dict[str, Any]:
             "clean_acc": s["clean_acc"], "fgsm_acc": s["fgsm_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"],
             "pgd_attack": s["pgd_attack"],
             "eval_n": s["eval_n"], "train_time_s": s["train_time_s"], "cost_vs_fgsm": math.nan,
+            "grad_evals_per_step": _grad_evals(run),
             "alarm": bool(alarms), "alarm_epoch": alarm_epoch, "peak_probe_pgd": round(peak, 4),
             "collapsed": collapsed, "collapse_epoch": collapse_epoch, "outcome": outcome,
             "latency_epochs": latency, "status": s["status"]}
