@@ -33,17 +33,19 @@ def co_rate(runs: Sequence[Run], out_dir: Path) -> Figure:
     methods = list(dict.fromkeys(df["method"]))
     seeds = df.groupby("method")["seed"].nunique()
     with style():
-        fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.55 * df["eps"].nunique() * 2, 0.9 + 0.4 * len(methods)),
+        fig, axes = plt.subplots(1, 2, figsize=(max(6.4, 2.6 + 1.1 * df["eps"].nunique()),
+                                                1.3 + 0.4 * len(methods)),
                                  sharey=True)
-        for ax, (key, title) in zip(axes, (("alarm", "online CO alarm"), ("collapsed", "final PGD collapse label"))):
+        for ax, (key, title) in zip(axes, (("alarm", "(a) online CO alarm"), ("collapsed", "(b) collapse label"))):
             grid = rates.pivot(index="method", columns="eps", values=key).reindex(methods)
             grid.columns = [fmt_eps(e) for e in grid.columns]
             grid.index = [f"{method_title(m)} (n={seeds[m]})" for m in grid.index]
             sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="Reds", annot=True, fmt=".2f", cbar=False,
                         linewidths=0.5, annot_kws={"fontsize": 7})
-            ax.set_title(f"share of seeds: {title}")
+            ax.set_title(f"{title}: share of seeds", fontsize=9)
             ax.set_xlabel("training eps")
             ax.set_ylabel("")
+            ax.tick_params(axis="y", labelrotation=0)
         files = save(fig, out_dir, "co_rate")
     table = rates.copy()
     table.insert(1, "eps_label", [fmt_eps(e) for e in table["eps"]])
