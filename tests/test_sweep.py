@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,7 +184,8 @@ def test_sweep_prints_progress_and_a_results_table(tmp_path, capsys):
     assert result.done == 1
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("  fgsm-eps0.1-seed")]
-    assert any("epoch 1/2, no CO alarm, about" in ln and ln.endswith(" s left") for ln in lines), out
+    assert any(re.fullmatch(r"  fgsm-eps0\.1-seed0: epoch 1/2, (no CO alarm|CO alarm at epoch \d+), about \d+ s left",
+                            ln) for ln in lines), out
     assert len(lines) == len(set(lines))        # a line only when a run's epoch or alarm changed
     head = out.index("results (final PGD-3-1 accuracy, mean +/- std over seeds")
     table = out[head:].splitlines()
