@@ -45,6 +45,11 @@ class MissingData(Exception):
     """The run does not hold what a figure needs (the message says what)."""
 
 
+class NotApplicable(MissingData):
+    """The figure cannot exist for this run whatever was switched on (a method without internal
+    state has no state to draw): the page leaves it out without a note."""
+
+
 @dataclass
 class Figure:
     """One drawn figure: its files, caption, the paper figure it redraws, and numbers.

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 from codiag.errors import UsageError
 from codiag.runs import Run, load_run
 
-from .base import Figure, MissingData, run_label, slug
+from .base import Figure, MissingData, NotApplicable, run_label, slug
 from .figures import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS, SWEEP_BUILDERS
 from .html import Section, esc, table_html, write_page
 from .summary import write_summary
@@ -36,6 +36,8 @@ def _debug() -> bool:
 def _draw(key: str, fn: Callable[[], Figure], sec: Section, warnings: list[str], where: str) -> None:
     try:
         sec.figures.append(fn())
+    except NotApplicable:
+        return
     except MissingData as e:
         sec.missing.append((key, str(e)))
     except Exception as e:  # one broken figure must not lose the whole report

@@ -83,3 +83,21 @@ def test_the_page_of_a_monitored_loop_reads_well(tmp_path):
     assert co_cell and co_cell.group(1).startswith("3 (step 25"), co_cell
     svg = next((tmp_path / "rep").rglob("strength_gap.svg")).read_text()
     assert "(a) strength gap" in svg and "(b) strength gap" not in svg
+
+
+def test_no_note_for_a_figure_that_cannot_exist(tmp_path):
+    """FGSM keeps no internal state: its page does not ask to switch on method_state (nothing would
+    be recorded); a run of a method with state that did not record it still gets the hint."""
+    import html
+
+    from codiag.reports.build import build
+
+    events, final = [(0, 0.1, 0.05, 0.04), (1, 0.7, 0.4, 0.3)], (0.7, 0.4, 0.3)
+    fgsm = _run(tmp_path / "fgsm", events, final)
+    build([fgsm], tmp_path / "rep", figures={"method_state"}, analytic=False, echo=False)
+    assert "method_state" not in html.unescape((tmp_path / "rep" / "index.html").read_text())
+    apart = _run(tmp_path / "apart", events, final)
+    run_json = apart / "run.json"
+    run_json.write_text(run_json.read_text().replace('"method": "fgsm"', '"method": "apart"'))
+    build([apart], tmp_path / "rep2", figures={"method_state"}, analytic=False, echo=False)
+    assert "switch on the probe method_state" in html.unescape((tmp_path / "rep2" / "index.html").read_text())
