@@ -14,6 +14,16 @@ from .version import __version__
 
 COMMANDS = ("train", "demo", "report", "reproduce", "sweep")
 
+#: what continues a command ended by SIGTERM, in that command's own options
+_AFTER_SIGTERM = {"train": "; --resume continues", "demo": "; --resume continues",
+                  "sweep": "; rerun the same command to resume its runs",
+                  "reproduce": "; rerun the same command (finished runs are reused, a sweep preset resumes)"}
+
+
+def terminated_hint(command: str) -> str:
+    """The advice printed after ``command`` ended by SIGTERM (empty where there is nothing to continue)."""
+    return _AFTER_SIGTERM.get(command, "")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad input as a single line (argparse prints usage + error)."""
@@ -46,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"codiag {args.command}: cannot write{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except Terminated as e:
-        print(f"codiag {args.command}: terminated (signal {e.signum}); --resume continues", file=sys.stderr)
+        print(f"codiag {args.command}: terminated (signal {e.signum}){terminated_hint(args.command)}",
+              file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print(f"codiag {args.command}: interrupted", file=sys.stderr)

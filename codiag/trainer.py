@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import attacks, checkpoint
 from .checkpoint import rng_state, set_rng_state
+from .cost import PassCounter
 from .data import DATASETS, load_dataset, make_loader
 from .detector import DETECTORS
 from .errors import UsageError
@@ -212,6 +213,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     record = dataclasses.asdict(cfg) | {"device_resolved": str(device), "train_size": len(train_set),
                                         "augment_resolved": augment}
     ckpt = out / "checkpoints"
+    passes = PassCounter(model)
     start = time.perf_counter()
     with monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
                  train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
@@ -233,6 +235,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = method.train_step(model, optimizer, x, y, meta)
+                passes.steps += 1
                 loss_sum += loss.detach().float()
             mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
             mon.epoch_end()
@@ -257,6 +260,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             if stopped:
                 break
         train_time = time_before + time.perf_counter() - start
+        passes.close()
 
         result: dict[str, Any] = {}
         if cfg.eval_n > 0:
@@ -270,7 +274,8 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
         if cfg.checkpoint:
             ckpt.mkdir(exist_ok=True)
             checkpoint.save(model.state_dict(), ckpt / "final.pt", inside=out)
-        mon.update(train_time_s=train_time, final=result)
+        mon.update(train_time_s=train_time, final=result,
+                   **({"cost": passes.per_step()} if passes.steps else {}))
     (ckpt / checkpoint.RESUME_FILE).unlink(missing_ok=True)  # finished: final.pt is what stays
     return out
 

@@ -45,6 +45,11 @@ class MissingData(Exception):
     """The run does not hold what a figure needs (the message says what)."""
 
 
+class NotApplicable(MissingData):
+    """The figure cannot exist for this run whatever was switched on (a method without internal
+    state has no state to draw): the page leaves it out without a note."""
+
+
 @dataclass
 class Figure:
     """One drawn figure: its files, caption, the paper figure it redraws, and numbers.
@@ -121,10 +126,41 @@ def fmt_eps(eps: Any) -> str:
     return f"{e:g}"
 
 
+#: the papers' names of the registered methods, for legends and axes (the tables keep registry names)
+METHOD_TITLES = {
+    "fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "fgsm_reduced": "FGSM (reduced step)", "n_fgsm": "N-FGSM",
+    "gradalign": "GradAlign", "zerograd": "ZeroGrad", "zerograd_rollback": "ZeroGrad (roll-back)",
+    "multigrad": "MultiGrad", "pgd": "PGD", "pgd10": "PGD-10", "pgd2": "PGD-2", "atas": "ATAS", "atta": "ATTA",
+    "apart": "APART", "apart_simple": "APART (simplified)", "elle": "ELLE", "elle_a": "ELLE-A", "aaer": "AAER",
+    "fgsm_pgi": "FGSM-PGI", "gat": "GAT", "free": "Free-AT", "cure": "CURE", "grad_clip": "gradient clipping",
+    "grad_penalty": "gradient penalty",
+}
+
+
+def readable_callable(name: str) -> str:
+    """A recorded callable's name for people: ``main.<locals>.<lambda>`` -> ``lambda in main``,
+    ``Trainer.fit.<locals>.attack`` -> ``Trainer.fit: attack`` (a page would show ``<lambda>`` as
+    an unknown HTML tag, i.e. nothing)."""
+    text = str(name)
+    if "<lambda>" not in text and "<locals>" not in text:
+        return text
+    owner, _, own = text.rpartition(".<locals>.")
+    if not _:
+        owner, own = "", text
+    owner = owner.replace(".<locals>.", ".")
+    own = "lambda" if own == "<lambda>" else own.replace("<lambda>", "lambda")
+    return f"{own} in {owner}" if owner and own == "lambda" else f"{owner}: {own}" if owner else own
+
+
+def method_title(name: str) -> str:
+    """The paper's name of a registered method, else the recorded name made readable."""
+    return METHOD_TITLES.get(str(name), readable_callable(name))
+
+
 def run_label(run: Run) -> str:
     """Short label: method, eps, seed."""
     c = run.config
-    parts = [str(c.get("method", "?"))]
+    parts = [readable_callable(str(c.get("method", "?")))]
     if "eps" in c:
         parts.append(f"eps {fmt_eps(c['eps'])}")
     if "seed" in c:
@@ -136,7 +172,7 @@ def method_label(run: Run) -> str:
     """Method name with its non-default hyper-parameters, e.g. ``fgsm_rs (step=2)``."""
     c = run.config
     args = c.get("method_args") or {}
-    name = str(c.get("method", "?"))
+    name = readable_callable(str(c.get("method", "?")))
     if args:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(args.items())) + ")"
     return name

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 from codiag.errors import UsageError
 from codiag.runs import Run, load_run
 
-from .base import Figure, MissingData, run_label, slug
+from .base import Figure, MissingData, NotApplicable, run_label, slug
 from .figures import ANALYTIC_BUILDERS, MULTI_BUILDERS, RUN_BUILDERS, SWEEP_BUILDERS
 from .html import Section, esc, table_html, write_page
 from .summary import write_summary
@@ -36,6 +36,8 @@ def _debug() -> bool:
 def _draw(key: str, fn: Callable[[], Figure], sec: Section, warnings: list[str], where: str) -> None:
     try:
         sec.figures.append(fn())
+    except NotApplicable:
+        return
     except MissingData as e:
         sec.missing.append((key, str(e)))
     except Exception as e:  # one broken figure must not lose the whole report
@@ -153,22 +155,22 @@ def _sweep_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool],
                     warnings: list[str]) -> tuple[list[Section], Path | None]:
     """The sweep figures and ``sweep_summary.csv`` (one row per run: final accuracies, cost
     relative to FGSM, alarm, collapse label, outcome), with the detector scorecard."""
-    sec = Section("sweep", "Eps sweep",
-                  intro='<p>One row per run in <a href="sweep_summary.csv">sweep_summary.csv</a>: final '
-                        "accuracies, training time relative to FGSM at the same eps, the online CO alarm "
-                        "and the collapse label (see the scorecard's caption).</p>")
+    sec = Section("sweep", "Eps sweep")
     for key, fn in SWEEP_BUILDERS.items():
         if keep(key):
             _draw(key, lambda fn=fn: fn(runs, out / "figures" / "sweep"), sec, warnings, "sweep")
     try:
         table = sweep_table(runs)
     except MissingData:
-        return [sec], None
+        return [sec], None     # no table, so no word about it
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep_summary.csv"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     table.to_csv(tmp, index=False, float_format="%.4f")
     os.replace(tmp, path)
+    sec.intro = ('<p>One row per run in <a href="sweep_summary.csv">sweep_summary.csv</a>: final '
+                 "accuracies, training time relative to FGSM at the same eps, gradient evaluations per "
+                 "training step, the online CO alarm and the collapse label (see the scorecard's caption).</p>")
     return [sec], path
 
 

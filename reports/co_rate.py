@@ -14,7 +14,7 @@ import seaborn as sns
 
 from codiag.runs import Run
 
-from .base import Figure, fmt_eps, save, style
+from .base import Figure, fmt_eps, method_title, save, style
 from .sweep_table import grid_table
 
 
@@ -31,24 +31,30 @@ def co_rate(runs: Sequence[Run], out_dir: Path) -> Figure:
     df = grid_table(runs)
     rates = co_rate_table(df)
     methods = list(dict.fromkeys(df["method"]))
+    seeds = df.groupby("method")["seed"].nunique()
     with style():
-        fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.55 * df["eps"].nunique() * 2, 0.9 + 0.4 * len(methods)),
+        fig, axes = plt.subplots(1, 2, figsize=(max(6.4, 2.6 + 1.1 * df["eps"].nunique()),
+                                                1.3 + 0.4 * len(methods)),
                                  sharey=True)
-        for ax, (key, title) in zip(axes, (("alarm", "online CO alarm"), ("collapsed", "final PGD collapse label"))):
+        for ax, (key, title) in zip(axes, (("alarm", "(a) online CO alarm"), ("collapsed", "(b) collapse label"))):
             grid = rates.pivot(index="method", columns="eps", values=key).reindex(methods)
             grid.columns = [fmt_eps(e) for e in grid.columns]
+            grid.index = [f"{method_title(m)} (n={seeds[m]})" for m in grid.index]
             sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="Reds", annot=True, fmt=".2f", cbar=False,
                         linewidths=0.5, annot_kws={"fontsize": 7})
-            ax.set_title(f"share of seeds: {title}")
+            ax.set_title(f"{title}: share of seeds", fontsize=9)
             ax.set_xlabel("training eps")
             ax.set_ylabel("")
+            ax.tick_params(axis="y", labelrotation=0)
         files = save(fig, out_dir, "co_rate")
     table = rates.copy()
     table.insert(1, "eps_label", [fmt_eps(e) for e in table["eps"]])
     table = table.drop(columns="eps").round(2)
-    caption = ("Share of seeds whose run collapsed, left by the online alarm, right by the final PGD "
-               "accuracy (below max(0.05, 0.3 x the run's peak probe PGD accuracy, with clean accuracy at "
-               "least 0.2 above it; sweep_table). Where they differ the detector missed a collapse or raised "
+    caption = ("Share of seeds whose run collapsed (n: seeds per method), left by the online alarm, right "
+               "by the final PGD "
+               "accuracy (below max(0.05, 0.3 x the run's peak probe PGD accuracy, with clean and FGSM "
+               "accuracy at least 0.2 above it; a run that never became robust is no collapse; sweep_table). "
+               "Where they differ the detector missed a collapse or raised "
                "a false alarm (the scorecard counts them).")
     return Figure("co_rate", "CO rate per method and eps", caption,
                   "GradAlign Fig. 1 (where each method collapses)", files, table=table)

@@ -103,7 +103,7 @@ def training_curves(run: Run, out_dir: Path) -> Figure:
 
 def co_table(run: Run, co: COPoint | None) -> pd.DataFrame:
     """Ours: CO epoch and the values at initialisation, just before / at CO, and at the end."""
-    rows = [("CO epoch", "", "", "none detected" if co is None else f"{co.x:g} (step {co.step}, {co.source})",
+    rows = [("CO epoch", "", "", "none detected" if co is None else f"{co.epoch} (step {co.step}, {co.source})",
              "")]
     for key, label in [(RobustAcc.pgd_acc, "PGD acc"), (RobustAcc.fgsm_acc, "FGSM acc"),
                        (RobustAcc.clean_acc, "clean acc"), (GradAlign.mean, "grad_align"),

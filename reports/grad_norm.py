@@ -152,8 +152,10 @@ def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
             ax.legend()
         fig.suptitle(method_label(run), fontsize=10)
         files = save(fig, out_dir, "grad_norm_subsets")
-    notes = [] if step_sizes else ["no per-instance step sizes recorded (method_state arrays); "
-                                   "only gradient norms are drawn"]
+    # a method without per-instance state (FGSM, FGSM-RS, ...) has no step sizes to miss: no note then
+    kept = any(MethodState.array.parse(a) is not None for a in run.array_names())
+    notes = [] if step_sizes or not kept else ["the method's per-instance state (method_state arrays) holds "
+                                               "no step size; only gradient norms are drawn"]
     return Figure(
         key="grad_norm_subsets", title="Gradient norm and step size of subsets D1, D5, D10",
         redraws="ATAS Fig. 10",

@@ -17,7 +17,7 @@ import pandas as pd
 from codiag import atomic
 from codiag.version import __version__
 
-from .base import Figure
+from .base import Figure, readable_callable
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -85,9 +85,25 @@ def figure_html(fig: Figure, root: Path) -> str:
     return "\n".join(parts)
 
 
+def _shown(value: Any) -> Any:
+    """``value`` for the page: a list of indices (the probe sets' points, hundreds of numbers that
+    run.json keeps) becomes how many there are and their range; a recorded lambda a readable name."""
+    if isinstance(value, dict):
+        return {k: (_indices(v) if k == "indices" and isinstance(v, list) else _shown(v)) for k, v in value.items()}
+    return readable_callable(value) if isinstance(value, str) else value
+
+
+def _indices(values: list[Any]) -> str:
+    ints = [v for v in values if isinstance(v, int)]
+    if not ints:
+        return f"{len(values)} indices"
+    return f"{len(values)} indices, {min(ints)}..{max(ints)} (all in run.json)"
+
+
 def config_html(config: dict[str, Any]) -> str:
+    shown = _shown(config)
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
-                   for k, v in sorted(config.items()))
+                   for k, v in sorted(shown.items()))
     return f"<details><summary>run configuration</summary><table>{rows}</table></details>"
 
 

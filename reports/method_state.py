@@ -10,12 +10,28 @@ from codiag.probes.method_state import MethodState
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, co_point, curve, mark_co, method_label, needs, rows_of, save, style
+from .base import Figure, NotApplicable, co_point, curve, mark_co, method_label, needs, recorded, rows_of, save, style
+
+
+def _stateless(run: Run) -> bool:
+    """A registered method that keeps no internal state (``Method.state`` not overridden: FGSM,
+    FGSM-RS, PGD, ...): the ``method_state`` probe has nothing to record for it."""
+    from codiag.methods import METHODS, Method
+
+    cls = METHODS.get(str(run.config.get("method", "")))
+    return cls is not None and cls.state is Method.state
+
+
+def method_state(run: Run, out_dir: Path) -> Figure:
+    """APART Fig. 3: learned step sizes per perturbation point (any method's scalar state); not
+    applicable to a method without state."""
+    if _stateless(run) and not recorded(run, MethodState.scalar):
+        raise NotApplicable(f"method {run.config.get('method')} keeps no state")
+    return _method_state(run, out_dir)
 
 
 @needs(MethodState.scalar)
-def method_state(run: Run, out_dir: Path) -> Figure:
-    """APART Fig. 3: learned step sizes per perturbation point (any method's scalar state)."""
+def _method_state(run: Run, out_dir: Path) -> Figure:
     keys = sorted(set(rows_of(run, MethodState.scalar)["key"]))
     apart = str(run.config.get("method", "")).startswith("apart")
     if apart and any(k.startswith("alpha_") for k in keys):
@@ -39,3 +55,6 @@ def method_state(run: Run, out_dir: Path) -> Figure:
         perturbation point (input and block inputs). Redraws APART Fig. 3.""",
         files=files, paper=paper.APART_FIG3 if apart else None,
         paper_source=paper.APART_FIG3_SOURCE if apart else "")
+
+
+method_state.needs = _method_state.needs   # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """``robust_vs_eps``: clean and robust accuracy against the training eps, one line per method,
-mean over seeds with a min-max band (GradAlign Fig. 1 and 8; the eps sweeps of the N-FGSM,
+mean over seeds with a band of +/- one standard deviation (GradAlign Fig. 1 and 8; the eps sweeps of the N-FGSM,
 ELLE, AAER and LAP papers). Robust accuracy is each run's final PGD-k-r evaluation (and
 AutoAttack where it ran); a method that collapses drops to ~0 beyond some eps.
 """
@@ -14,7 +14,7 @@ import pandas as pd
 
 from codiag.runs import Run
 
-from .base import Figure, fmt_eps, save, style
+from .base import Figure, fmt_eps, method_title, save, style
 from .paper import gradalign_table4
 from .sweep_table import grid_table
 
@@ -28,15 +28,16 @@ def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def stats(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Mean, min and max over seeds of ``keys`` per (method, eps)."""
-    out = df.groupby(["method", "eps"])[list(keys)].agg(["mean", "min", "max"])
+    """Mean, standard deviation (over seeds, ddof 0), min and max of ``keys`` per (method, eps)."""
+    out = df.groupby(["method", "eps"])[list(keys)].agg(["mean", lambda v: v.std(ddof=0), "min", "max"])
+    out.columns = [(k, "std" if s == "<lambda_0>" else s) for k, s in out.columns]
     out.columns = [f"{k}_{s}" for k, s in out.columns]
     out["seeds"] = df.groupby(["method", "eps"])["seed"].nunique()
     return out.reset_index()
 
 
 def robust_vs_eps(runs: Sequence[Run], out_dir: Path) -> Figure:
-    """Clean and robust accuracy vs training eps, per method (mean and min-max over seeds)."""
+    """Clean and robust accuracy vs training eps, per method (mean +/- std over seeds)."""
     df = grid_table(runs)
     for k in ("pgd_acc", "clean_acc", "aa_acc"):
         df[k] = pd.to_numeric(df[k], errors="coerce")
@@ -50,9 +51,11 @@ def robust_vs_eps(runs: Sequence[Run], out_dir: Path) -> Figure:
         for ax, (key, title) in zip(np.atleast_1d(axes), panels):
             for m in methods:
                 s = st[st["method"] == m].sort_values("eps")
-                ax.plot(s["eps"], s[f"{key}_mean"], marker="o", ms=3, color=colors[m], label=m,
-                        ls="-" if key != "clean_acc" else "--")
-                ax.fill_between(s["eps"], s[f"{key}_min"], s[f"{key}_max"], color=colors[m], alpha=0.15, lw=0)
+                n = int(s["seeds"].max()) if len(s) else 0
+                ax.plot(s["eps"], s[f"{key}_mean"], marker="o", ms=3, color=colors[m],
+                        label=f"{method_title(m)} (n={n})", ls="-" if key != "clean_acc" else "--")
+                ax.fill_between(s["eps"], (s[f"{key}_mean"] - s[f"{key}_std"]).clip(0, 1),
+                                (s[f"{key}_mean"] + s[f"{key}_std"]).clip(0, 1), color=colors[m], alpha=0.15, lw=0)
             if paper is not None and key in ("pgd_acc", "clean_acc"):
                 col = "pgd" if key == "pgd_acc" else "clean"
                 for m, grp in paper.groupby("method"):
@@ -65,7 +68,7 @@ def robust_vs_eps(runs: Sequence[Run], out_dir: Path) -> Figure:
             ticks = sorted(df["eps"].unique())
             ax.set_xticks(ticks if len(ticks) <= 8 else ticks[:: max(1, len(ticks) // 8)])
             ax.set_xticklabels([fmt_eps(t) for t in ax.get_xticks()], rotation=45)
-        np.atleast_1d(axes)[0].set_ylabel("accuracy (mean, band: min-max over seeds)")
+        np.atleast_1d(axes)[0].set_ylabel("accuracy (mean, band: +/- std over n seeds)")
         np.atleast_1d(axes)[0].legend(loc="best", fontsize=7)
         files = save(fig, out_dir, "robust_vs_eps")
     table = st.copy()
@@ -75,8 +78,9 @@ def robust_vs_eps(runs: Sequence[Run], out_dir: Path) -> Figure:
              f"{int(st['seeds'].max())} seeds; final evaluation {panels[0][1].split('(')[-1].rstrip(')')} on "
              f"{df['eval_n'].iloc[0]} test points"]
     return Figure("robust_vs_eps", "Accuracy vs training eps", "Final clean (dashed) and robust (solid) accuracy "
-                  "of each method against the training eps; lines are the mean over seeds, bands the "
-                  "min-max." + (" Diamonds: the paper's mean and standard deviation over 5 seeds "
+                  "of each method against the training eps; lines are the mean over seeds, bands +/- one "
+                  "standard deviation, n the number of seeds (the table adds min and max)."
+                  + (" Diamonds: the paper's mean and standard deviation over 5 seeds "
                                 "(GradAlign App. D.3, Table 4)." if paper is not None else ""),
                   "GradAlign Fig. 1, 8", files, table=table,
                   paper=paper.round(2) if paper is not None else None,

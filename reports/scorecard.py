@@ -12,7 +12,7 @@ import pandas as pd
 
 from codiag.runs import Run
 
-from .base import Figure, save, style
+from .base import Figure, method_title, save, style
 from .sweep_table import grid_table, scorecard
 
 _OUTCOMES = ("hit", "miss", "false alarm", "quiet")
@@ -25,6 +25,7 @@ def detector_scorecard(runs: Sequence[Run], out_dir: Path) -> Figure:
     card = scorecard(df)
     counts = (df[df["outcome"] != ""].groupby(["method", "outcome"]).size().unstack(fill_value=0)
               .reindex(columns=list(_OUTCOMES), fill_value=0))
+    counts.index = [method_title(m) for m in counts.index]
     with style():
         fig, ax = plt.subplots(figsize=(5.6, 0.9 + 0.35 * len(counts)))
         left = pd.Series(0, index=counts.index)
@@ -36,9 +37,10 @@ def detector_scorecard(runs: Sequence[Run], out_dir: Path) -> Figure:
         ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         files = save(fig, out_dir, "detector_scorecard")
     caption = ("The online CO alarm of every run against its collapse label (final PGD accuracy below "
-               "max(0.05, 0.3 x its peak probe PGD accuracy, with clean accuracy at least 0.2 above it)): "
+               "max(0.05, 0.3 x its peak probe PGD accuracy, with clean and FGSM accuracy at least 0.2 "
+               "above it)): "
                "hit = alarm on a collapsed run, miss = no alarm on one, false alarm = alarm on a run that "
-               "kept its robustness. Latency: alarm epoch minus the first epoch from which the probe's PGD "
-               "accuracy stayed below that bound.")
+               "kept its robustness or never had any. Latency: alarm epoch minus the first epoch from which "
+               "the probe's PGD accuracy stayed below that bound with FGSM accuracy 0.2 above it.")
     return Figure("detector_scorecard", "Detector scorecard on this sweep", caption,
                   "detector benchmark (recall, false alarms, latency)", files, table=card.round(3))

@@ -23,7 +23,7 @@ def _before_after_row(run: Run) -> dict[str, str]:
     b, a = before_after(df, co)
     fmt = lambda r: "" if r is None else f"{100 * r['value']:.2f} (epoch {r['x']:g})"  # noqa: E731
     return {"run": run.name, "method": method_label(run),
-            "CO epoch": "none" if co is None else f"{co.x:g}",
+            "CO epoch": "none" if co is None else co.epoch,
             "before CO (%)": fmt(b), "after CO (%)": fmt(a),
             "last event (%)": f"{100 * df['value'].iloc[-1]:.2f}" if len(df) else ""}
 

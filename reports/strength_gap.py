@@ -16,7 +16,8 @@ from .base import Figure, co_point, curve, mark_co, method_label, needs, recorde
 @needs(StrengthGap.gap)
 def strength_gap(run: Run, out_dir: Path) -> Figure:
     """APART Fig. 2: (a) transfer accuracy on a reference model (when recorded; higher means a
-    weaker perturbation), (b) strength gap G to PGD (eq. 2; |G| grows as the perturbation weakens)."""
+    weaker perturbation), (b) strength gap G to PGD (eq. 2; |G| grows as the perturbation weakens);
+    without a reference model the strength gap is the only panel, (a)."""
     co = co_point(run)
     transfer_keys = [k for k in (StrengthGap.transfer_acc, StrengthGap.transfer_acc_random) if recorded(run, k)]
     panels = 2 if transfer_keys else 1
@@ -26,7 +27,7 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
         df = curve(run, StrengthGap.gap)
         ax.plot(df["x"], df["value"], marker="o", ms=3, label=method_label(run))
         ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_title("(b) strength gap to PGD (APART eq. 2)")
+        ax.set_title(f"({'ab'[panels - 1]}) strength gap to PGD (APART eq. 2)")   # (a) when it is alone
         ax.set_ylabel("L(δ_method) − L(δ_PGD)")
         ax.set_xlabel("epoch")
         mark_co(ax, co)

@@ -16,7 +16,7 @@ import pandas as pd
 from codiag import atomic
 from codiag.runs import Run
 
-from .base import co_point, fmt_eps
+from .base import co_point, fmt_eps, readable_callable
 
 COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "seed", "clean_acc", "fgsm_acc", "pgd_acc",
            "pgd_attack", "eval_n", "aa_acc", "co_epoch", "train_time_s", "status"]
@@ -79,7 +79,7 @@ def summary_row(run: Run) -> dict[str, Any]:
         steps, restarts = (pgd.get("steps"), 1) if final else (None, None)
     args = c.get("method_args") or {}
     return {
-        "run": run.name, "method": c.get("method", ""),
+        "run": run.name, "method": readable_callable(str(c.get("method", ""))),
         "method_args": " ".join(f"{k}={v}" for k, v in sorted(args.items())),
         "dataset": c.get("dataset", ""), "model": c.get("model", ""),
         "eps": fmt_eps(c.get("eps", "")), "seed": c.get("seed", ""),
@@ -88,7 +88,7 @@ def summary_row(run: Run) -> dict[str, Any]:
         "pgd_attack": f"PGD-{steps}-{restarts}" if steps and "pgd_acc" in final else "",
         "eval_n": int(final["n"]) if "n" in final else "",
         "aa_acc": final.get("aa_acc", math.nan),
-        "co_epoch": "" if co is None else round(co.x, 3),
+        "co_epoch": "" if co is None else co.epoch,
         "train_time_s": round(_train_time(run), 1), "status": run.status,
     }
 

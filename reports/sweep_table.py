@@ -6,11 +6,15 @@ Collapse label (independent of the alarm: it reads the final evaluation, not the
 a run *collapsed* when its final PGD accuracy (the trainer's PGD-k-r evaluation) is below
 ``max(0.05, 0.3 x peak)``, ``peak`` being the highest PGD accuracy the ``robust_acc`` probe
 recorded during training (0 when it did not run), while its clean accuracy stays at least
-0.2 above the PGD accuracy: the model learned the task but lost almost all the robustness it
-had reached, or never kept any (GradAlign Sec. 4: clean accuracy holds, PGD accuracy goes to
-~0). A model that learned nothing (clean close to PGD accuracy) is not a collapse. Its
-*collapse epoch* is the first probe event from which the probe's PGD accuracy stays below
-that bound. Latency = alarm epoch - collapse epoch.
+0.2 above the PGD accuracy and its FGSM accuracy at least 0.2 above it too: the model learned
+the task and beats its single-step attack but not PGD (GradAlign Sec. 4 and Fig. 1: clean
+and FGSM accuracy hold, PGD accuracy goes to ~0). A model that learned nothing (clean close
+to PGD accuracy) or never became robust (FGSM accuracy as low as PGD) is not a collapse; a
+run without a final FGSM accuracy gets no label. Its *collapse epoch* is the first probe
+event, among those from which the probe's PGD accuracy stays below that bound, whose FGSM
+accuracy is at least 0.2 above its PGD accuracy (the signature); so a run that collapsed in
+its first epoch, before its PGD accuracy ever had a peak, gets that epoch, not the epoch of
+the measurement at initialisation. Latency = alarm epoch - collapse epoch.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from codiag.probes.robust_acc import RobustAcc
 from codiag.runs import Run
 
 from .base import MissingData, fmt_eps
@@ -28,42 +33,61 @@ from .summary import summary_row
 COLLAPSE_ABS = 0.05
 COLLAPSE_REL = 0.3
 MIN_CLEAN_GAP = 0.2
+MIN_FGSM_GAP = 0.2
 
 COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "eps_label", "seed", "clean_acc",
-           "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm", "alarm",
+           "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm",
+           "grad_evals_per_step", "alarm",
            "alarm_epoch", "peak_probe_pgd", "collapsed", "collapse_epoch", "outcome", "latency_epochs",
            "status"]
 
 
-def _probe_pgd(run: Run) -> pd.DataFrame:
-    df = run.scalar("robust_acc", "pgd_acc").drop_duplicates("step", keep="last")
-    return df[np.isfinite(df["value"].to_numpy())]
+def _probe_acc(run: Run) -> pd.DataFrame:
+    """The ``robust_acc`` probe's PGD and FGSM accuracy per event (the last one written at a step:
+    the full event after a light one), rows with a finite PGD accuracy."""
+    pgd = run.scalar(*RobustAcc.pgd_acc.pair).drop_duplicates("step", keep="last")
+    fgsm = run.scalar(*RobustAcc.fgsm_acc.pair).drop_duplicates("step", keep="last")
+    df = pgd[["step", "epoch", "value"]].rename(columns={"value": "pgd"})
+    df = df.merge(fgsm[["step", "value"]].rename(columns={"value": "fgsm"}), on="step", how="left")
+    return df[np.isfinite(df["pgd"].to_numpy(dtype=float))].reset_index(drop=True)
 
 
-def collapse_label(run: Run, final_pgd: float, final_clean: float) -> tuple[bool | None, float, int | None]:
+def collapse_label(run: Run, final_pgd: float, final_clean: float,
+                   final_fgsm: float) -> tuple[bool | None, float, int | None]:
     """(collapsed, probe peak, collapse epoch); collapsed is None without a final evaluation."""
-    df = _probe_pgd(run)
-    peak = float(df["value"].max()) if len(df) else 0.0
-    if not (math.isfinite(final_pgd) and math.isfinite(final_clean)):
+    df = _probe_acc(run)
+    peak = float(df["pgd"].max()) if len(df) else 0.0
+    if not all(math.isfinite(v) for v in (final_pgd, final_clean, final_fgsm)):
         return None, peak, None
     bound = max(COLLAPSE_ABS, COLLAPSE_REL * peak)
-    collapsed = bool(final_pgd < bound and final_clean - final_pgd >= MIN_CLEAN_GAP)
+    collapsed = bool(final_pgd < bound and final_clean - final_pgd >= MIN_CLEAN_GAP
+                     and final_fgsm - final_pgd >= MIN_FGSM_GAP)
     epoch = None
     if collapsed and len(df):
-        above = np.flatnonzero(df["value"].to_numpy() >= bound)
+        above = np.flatnonzero(df["pgd"].to_numpy() >= bound)
         after = df.iloc[above[-1] + 1:] if len(above) else df
-        epoch = int(after["epoch"].iloc[0]) if len(after) else int(df["epoch"].iloc[-1])
+        signature = after[(after["fgsm"] - after["pgd"]) >= MIN_FGSM_GAP]
+        first = signature if len(signature) else after
+        epoch = int(first["epoch"].iloc[0]) if len(first) else int(df["epoch"].iloc[-1])
     return collapsed, peak, epoch
+
+
+def _grad_evals(run: Run) -> float:
+    """Gradient evaluations per training step, counted by the trainer (run.json ``cost``; NaN
+    for a run that did not count them)."""
+    cost = run.meta.get("cost")
+    value = cost.get("grad_evals_per_step") if isinstance(cost, dict) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def sweep_row(run: Run) -> dict[str, Any]:
     """One run's row (``COLUMNS``, without ``cost_vs_fgsm``, which needs the other runs)."""
     s = summary_row(run)
     eps = float(run.config.get("eps", math.nan))
-    pgd, clean = float(s["pgd_acc"]), float(s["clean_acc"])
+    pgd, clean, fgsm = float(s["pgd_acc"]), float(s["clean_acc"]), float(s["fgsm_acc"])
     alarms = run.events_of("co_alarm")
     alarm_epoch = int(alarms[0]["epoch"]) if alarms and alarms[0].get("epoch") is not None else None
-    collapsed, peak, collapse_epoch = collapse_label(run, pgd, clean)
+    collapsed, peak, collapse_epoch = collapse_label(run, pgd, clean, fgsm)
     if collapsed is None:
         outcome = ""
     else:
@@ -76,6 +100,7 @@ def sweep_row(run: Run) -> dict[str, Any]:
             "clean_acc": s["clean_acc"], "fgsm_acc": s["fgsm_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"],
             "pgd_attack": s["pgd_attack"],
             "eval_n": s["eval_n"], "train_time_s": s["train_time_s"], "cost_vs_fgsm": math.nan,
+            "grad_evals_per_step": _grad_evals(run),
             "alarm": bool(alarms), "alarm_epoch": alarm_epoch, "peak_probe_pgd": round(peak, 4),
             "collapsed": collapsed, "collapse_epoch": collapse_epoch, "outcome": outcome,
             "latency_epochs": latency, "status": s["status"]}

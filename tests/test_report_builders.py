@@ -80,7 +80,7 @@ def test_summary_csv_has_one_row_per_run_and_the_columns(report):
     assert list(rows[0]) == COLUMNS
     assert [r["run"] for r in rows] == [p.name for p in runs]
     by_run = {r["run"]: r for r in rows}
-    assert by_run["fgsm-s0"]["co_epoch"] == "6.0"       # synthetic collapse after epoch 6
+    assert by_run["fgsm-s0"]["co_epoch"] == "6"         # synthetic collapse after epoch 6: an epoch
     assert by_run["zerograd"]["co_epoch"] == ""         # no collapse: left empty
     assert by_run["zerograd"]["method"] == "zerograd" and by_run["zerograd"]["seed"] == "2"
     assert float(by_run["fgsm-s0"]["clean_acc"]) == pytest.approx(0.8)

@@ -131,3 +131,38 @@ def test_embedded_method_runs_use_the_settings_validated_for_eps_0_2():
         assert {k: cfg["method_args"][k] for k in table[method]} == table[method], method
         resolved = TrainConfig.from_dict({k: v for k, v in cfg.items() if k != "method_args"})
         assert {k: resolved.method_args[k] for k in table[method]} == table[method], method
+
+
+def _options_of(command: str) -> set[str]:
+    from codiag.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {o for action in sub.choices[command]._actions for o in action.option_strings}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CAN_TRAIN, reason="training needs the data modules")
+def test_sigterm_hint_names_options_reproduce_accepts(tmp_path):
+    """`codiag reproduce` ended by SIGTERM while it trains: one line whose advice uses only what
+    `codiag reproduce` accepts (it has no --resume: rerunning reuses the finished runs)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "codiag", "reproduce", "gradalign-fig4", "--quick", "--quiet",
+                             "--cache", str(cache)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("*/*/metrics.csv")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    line = [ln for ln in err.splitlines() if "terminated" in ln]
+    assert len(line) == 1 and "rerun the same command" in line[0], err
+    named = set(re.findall(r"--[a-z][a-z-]*", line[0]))
+    assert named <= _options_of("reproduce"), named - _options_of("reproduce")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_sweep_report_draws_the_figures(swept, tmp_path):
     table = pd.read_csv(tmp_path / "rep" / "sweep_summary.csv")
     assert len(table) == 6 and set(table["method"]) == {"fgsm", "pgd10"}
     assert table.loc[table["method"] == "fgsm", "cost_vs_fgsm"].groupby(table["eps"]).mean().round(6).eq(1).all()
+    # the machine-independent cost, counted on the model: FGSM's attack and update, PGD-10's 10 steps and update
+    evals = table.groupby("method")["grad_evals_per_step"].agg(["min", "max"])
+    assert evals.loc["fgsm"].tolist() == [2, 2] and evals.loc["pgd10"].tolist() == [11, 11]
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "Detector scorecard" in page and "Accuracy vs training eps" in page
 
@@ -159,3 +163,32 @@ def test_reproduce_lists_the_sweep_preset(capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("gradalign-fig1 "))
     assert "126" in line and "560" in line
+
+
+def test_help_states_the_default_evaluation_cost(capsys):
+    """The final evaluation dominates a short run's cost: `codiag sweep --help` says what it is by default."""
+    d = TrainConfig()
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"PGD-{d.eval_steps} with {d.eval_restarts} restarts on {d.eval_n} test points" in text
+    assert f"{d.eval_steps * d.eval_restarts * d.eval_n:,} per run" in text and "(default 1000; 0 skips it)" in text
+
+
+@pytest.mark.slow
+def test_sweep_prints_progress_and_a_results_table(tmp_path, capsys):
+    """While a run trains the sweep prints its epoch, its alarm and the time left; at the end a
+    table of robust accuracy per method and eps (mean +/- std over seeds) with the CO rate."""
+    result = codiag.sweep("fgsm", "0.1", "0", out=tmp_path / "s", jobs=1, progress_s=0.05,
+                          **{**TINY, "epochs": 2})
+    assert result.done == 1
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("  fgsm-eps0.1-seed")]
+    assert any(re.fullmatch(r"  fgsm-eps0\.1-seed0: epoch 1/2, (no CO alarm|CO alarm at epoch \d+), about \d+ s left",
+                            ln) for ln in lines), out
+    assert len(lines) == len(set(lines))        # a line only when a run's epoch or alarm changed
+    head = out.index("results (final PGD-3-1 accuracy, mean +/- std over seeds")
+    table = out[head:].splitlines()
+    assert table[1].split() == ["method", "eps", "seeds", "clean", "PGD", "CO", "rate", "alarm", "rate"]
+    row = table[2].split()
+    assert row[:3] == ["fgsm", "0.1", "1"] and row[4] == row[7] == "+/-" and row[9] in ("0.00", "0.50", "1.00")

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import codiag
-from codiag.cli import main
 
 # Ray's token authentication: one token for the head node, its workers and this driver. Ray
 # reads these when it is imported, so they are set first.
@@ -100,34 +99,66 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_env(home: Path) -> dict[str, str]:
+    """The environment of a fresh shell on a cluster node: no RAY_AUTH_* settings, its own HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return {**env, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
-def loopback_cluster():
-    """A head node on 127.0.0.1 with 2 CPUs, started by `ray start` as on a real cluster (with
-    this module's auth token)."""
+def loopback_cluster(tmp_path_factory):
+    """A head node on 127.0.0.1 with 2 CPUs, started by a plain `ray start --head` as the README's
+    recipe does, on a node that holds a token in ~/.ray/auth_token (written by any earlier local
+    ``ray.init()``): Ray 2.60 then turns token authentication on. ``--block`` keeps the head in
+    one process group, which the fixture ends; `ray stop` would end every Ray on the machine."""
     if ray.is_initialized():
         ray.shutdown()
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     port = _free_port()
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = home / "head.log"
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(port),
+           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--node-ip-address", "127.0.0.1",
+           "--disable-usage-stats", "--temp-dir", str(tmp_path_factory.mktemp("ray"))]
+    with open(log, "wb") as f:
+        head = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_ray_env(home),
+                                start_new_session=True)
     try:
-        subprocess.run([*ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-                        "--include-dashboard=false", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-                       check=True, capture_output=True, env=env, timeout=180)
-        yield f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline:
+            assert head.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        text = log.read_text()
+        assert "Ray runtime started" in text, text[-2000:]
+        assert "Token authentication is enabled" in text     # what this test is about
+        yield f"127.0.0.1:{port}", home
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=wait_s)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        try:
+            os.killpg(head.pid, signal.SIGKILL)   # the head's own children (GCS, raylet) if any remain
+        except ProcessLookupError:
+            pass
 
 
-def test_loopback_cluster_via_ray_address(loopback_cluster, tmp_path, capsys):
+def test_loopback_cluster_via_ray_address(loopback_cluster, tmp_path):
+    """`codiag sweep --ray-address` from a shell of that node (no RAY_AUTH_* set): the sweep sends
+    the token `ray start` found, as the README's recipe expects."""
+    address, home = loopback_cluster
     out = tmp_path / "s"
     argv = ["sweep", "--methods", "fgsm", "--eps", "0.1,0.2", "--seeds", "0", "--out", str(out),
-            "--executor", "ray", "--ray-address", loopback_cluster, "--train-limit", "256", "--epochs", "1",
+            "--executor", "ray", "--ray-address", address, "--train-limit", "256", "--epochs", "1",
             "--batch-size", "64", "--eval-n", "32", "--eval-steps", "3", "--eval-restarts", "1",
             "--probes", "grad_align"]
-    assert main(argv) == 0
-    text = capsys.readouterr().out
-    assert "2 of 2 done" in text and "offered 2 CPU(s)" in text
+    done = subprocess.run([sys.executable, "-m", "codiag", *argv], capture_output=True, text=True,
+                          env=_ray_env(home), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 of 2 done" in done.stdout and "offered 2 CPU(s)" in done.stdout
     assert all(json.loads((out / n / "run.json").read_text())["status"] == "finished"
                for n in ("fgsm-eps0.1-seed0", "fgsm-eps0.2-seed0"))

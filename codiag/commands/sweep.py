@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "protocol (every option of `codiag train`), recorded in SWEEP_DIR/sweep.json. "
                        "Rerun the same command to resume: finished runs are skipped, interrupted ones "
                        "resume from their checkpoints; a new grid adds its cells, another protocol is "
-                       "refused. `codiag report SWEEP_DIR` draws the sweep figures.")
+                       "refused. `codiag report SWEEP_DIR` draws the sweep figures. " + _eval_cost())
     add_training_options(p, TrainConfig(out="runs/sweep"))
     p.add_argument("--methods", "--method", required=True, metavar="M[,M...]",
                    help="methods, comma-separated (see `codiag train --list-methods`)")
@@ -50,6 +50,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "every method that has KEY, METHOD.KEY=VALUE for one")
     add_sweep_options(p)
     p.set_defaults(func=run)
+
+
+def _eval_cost() -> str:
+    """The default final evaluation's cost, in the gradient evaluations a run's training also counts."""
+    d = TrainConfig()
+    per_point = d.eval_steps * d.eval_restarts
+    return (f"Every run ends with its final evaluation, by default PGD-{d.eval_steps} with {d.eval_restarts} "
+            f"restarts on {d.eval_n} test points (--eval-n, --eval-steps, --eval-restarts): {per_point} "
+            f"gradient evaluations per point, {per_point * d.eval_n:,} per run, as many as "
+            f"{per_point * d.eval_n / (2 * d.train_limit):.0f} epochs of FGSM training on the default "
+            f"{d.train_limit} images (2 per image: the attack and the update); --eval-n 0 skips it.")
 
 
 def _method_arg(text: str):

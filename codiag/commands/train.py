@@ -80,9 +80,11 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--probes", default=d.probes, help="default, all, none, or a comma list")
     p.add_argument("--every", default=d.every, help="'epoch' or a number of optimizer steps")
     p.add_argument("--eval-n", type=_positive_int, default=d.eval_n,
-                   help="test points for the final PGD evaluation (0 skips it)")
-    p.add_argument("--eval-steps", type=_positive_int, default=d.eval_steps)
-    p.add_argument("--eval-restarts", type=_positive_int, default=d.eval_restarts)
+                   help="test points for the final PGD evaluation (default %(default)s; 0 skips it)")
+    p.add_argument("--eval-steps", type=_positive_int, default=d.eval_steps,
+                   help="PGD steps of the final evaluation (default %(default)s)")
+    p.add_argument("--eval-restarts", type=_positive_int, default=d.eval_restarts,
+                   help="PGD restarts of the final evaluation (default %(default)s)")
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (torchattacks)")
     p.add_argument("--stop-after-co", type=_positive_int, default=d.stop_after_co, metavar="N",
                    help="end training N epochs after the online CO alarm (default: train on)")

@@ -10,6 +10,13 @@ claim and resumes its run from the checkpoint, so every run ends present once.
 started for the sweep and stopped after it. On a cluster, SWEEP_DIR must be one shared
 file system (NFS, Lustre, ...) mounted at the same path on every node: the tasks write
 their runs there, and the claims that keep a run from running twice live there too.
+
+Token authentication: ``ray start --head`` turns it on whenever it finds a token
+(``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, which any earlier local
+``ray.init()`` writes), but ``ray.init(address=...)`` never does so on its own for an explicit
+address, and then fails as if the cluster were unreachable. With ``ray_address`` the sweep makes
+the same decision as ``ray start``: unless ``RAY_AUTH_MODE`` says otherwise, a token found there
+is sent (a cluster without authentication ignores it).
 """
 from __future__ import annotations
 
@@ -27,6 +34,18 @@ def _ray():
     return ray
 
 
+def _token_auth_like_ray_start() -> None:
+    """Send the token that ``ray start`` would find (see the module docstring); a Ray without
+    token authentication has nothing to enable."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def run_ray(sweep_dir: str, cells: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any], *,
             address: str | None, jobs: int | None, threads_per_run: int, runs_per_gpu: int,
             local: Mapping[str, Any] | None, device: str | None, on_result: Callable[[dict[str, Any]], None],
@@ -38,6 +57,7 @@ def run_ray(sweep_dir: str, cells: Sequence[Mapping[str, Any]], protocol: Mappin
     if not ray.is_initialized():
         try:
             if address:
+                _token_auth_like_ray_start()
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(address="local", num_cpus=(jobs or None) and jobs * threads_per_run,
@@ -45,7 +65,9 @@ def run_ray(sweep_dir: str, cells: Sequence[Mapping[str, Any]], protocol: Mappin
                          log_to_driver=False)
                 started_here = True
         except ConnectionError as e:
-            raise UsageError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+            raise UsageError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]} (with token "
+                             "authentication this process needs the cluster's token: RAY_AUTH_TOKEN or "
+                             "~/.ray/auth_token, see `ray get-auth-token` on the head node)") from None
     try:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0)) if device in (None, "auto") or str(device).startswith("cuda") else 0.0

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import UsageError
 from ..trainer import TrainConfig
 from .grid import Cell, cell_config, make_cells, protocol_of, split_method_args
 from .index import cell_status, iter_cells, open_index
+from .progress import ProgressPrinter, results_table
 
 EXECUTORS = ("local", "ray")
 
@@ -57,7 +59,7 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
           method_args: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
           device: str = "auto", data_root: str | None = None, download: bool = False,
           preset: str | None = None,
-          echo: bool = True, **train_options: Any) -> SweepResult:
+          echo: bool = True, progress_s: float = 10.0, **train_options: Any) -> SweepResult:
     """Train every (method, eps, seed) cell into ``out`` and return how they ended.
 
     ``methods``, ``eps`` and ``seeds`` are lists or comma strings (``"fgsm,n_fgsm"``,
@@ -68,6 +70,9 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
     ``executor`` is ``"local"`` (``jobs`` worker processes; default: one per GPU times
     ``runs_per_gpu``, else cores / ``threads_per_run``) or ``"ray"`` (each cell a Ray task;
     ``ray_address`` joins an existing cluster, else a local instance runs for the sweep).
+    With ``echo``, every ``progress_s`` seconds each training run whose epoch or alarm changed
+    prints its epoch, its CO alarm and the time it has left, and the sweep ends with a table of
+    robust accuracy per method and eps (mean +/- std over seeds) and the CO rate.
     """
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
@@ -115,6 +120,29 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
 
     cell_dicts = [c.to_dict() for c in todo]
     explicit_device = None if device == "auto" else device
+    watcher = ProgressPrinter(root, todo, int(protocol["epochs"]), say, progress_s) if echo else nullcontext()
+    with watcher:
+        _execute(executor, root, todo, cell_dicts, protocol, jobs=jobs, runs_per_gpu=runs_per_gpu,
+                 threads_per_run=threads_per_run, ray_address=ray_address, device=device,
+                 explicit_device=explicit_device, local=local, say=say, on_result=on_result)
+    result.done = sum(cell_status(root, c) == "finished" for c in every)
+    say(f"{result.done} of {len(every)} done in {time.perf_counter() - start:.0f} s"
+        + (f"; {len(result.failed)} failed (rerun the same command to resume them)" if result.failed else ""))
+    if result.failed and echo:
+        for r in result.failed:
+            print(f"failed: {r['name']}: {r.get('error', '')}", file=sys.stderr)
+    if echo:
+        table = results_table(result.run_dirs)
+        if table:
+            say(table)
+    return result
+
+
+def _execute(executor: str, root: Path, todo: Sequence[Cell], cell_dicts: list[dict[str, Any]],
+             protocol: Mapping[str, Any], *, jobs: int | None, runs_per_gpu: int, threads_per_run: int,
+             ray_address: str | None, device: str, explicit_device: str | None, local: Mapping[str, Any],
+             say: Callable[[str], None], on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Run the cells still to do on the chosen executor."""
     if executor == "local":
         from .local import default_jobs, run_inline, run_local
         n_gpus = 0 if device == "cpu" else _gpu_count()
@@ -135,10 +163,3 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
                           threads_per_run=threads_per_run, runs_per_gpu=runs_per_gpu,
                           local=local, device=explicit_device, on_result=on_result)
         say(f"ray executor: the cluster offered {offered.get('CPU', 0):g} CPU(s), {offered.get('GPU', 0):g} GPU(s)")
-    result.done = sum(cell_status(root, c) == "finished" for c in every)
-    say(f"{result.done} of {len(every)} done in {time.perf_counter() - start:.0f} s"
-        + (f"; {len(result.failed)} failed (rerun the same command to resume them)" if result.failed else ""))
-    if result.failed and echo:
-        for r in result.failed:
-            print(f"failed: {r['name']}: {r.get('error', '')}", file=sys.stderr)
-    return result
