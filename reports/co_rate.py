@@ -23,6 +23,8 @@ def co_rate_table(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["method", "eps"])
     out = pd.DataFrame({"seeds": g["seed"].nunique(), "alarm": g["alarm"].mean(),
                         "collapsed": g["collapsed"].apply(lambda s: s.dropna().astype(float).mean())})
+    if "saved" in df and df["saved"].any():   # runs the guard rolled back that did not collapse
+        out["saved"] = g["saved"].mean()
     return out.reset_index()
 
 
@@ -32,9 +34,12 @@ def co_rate(runs: Sequence[Run], out_dir: Path) -> Figure:
     rates = co_rate_table(df)
     methods = list(dict.fromkeys(df["method"]))
     with style():
-        fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.55 * df["eps"].nunique() * 2, 0.9 + 0.4 * len(methods)),
-                                 sharey=True)
-        for ax, (key, title) in zip(axes, (("alarm", "online CO alarm"), ("collapsed", "final PGD collapse label"))):
+        panels = [("alarm", "online CO alarm"), ("collapsed", "final PGD collapse label")]
+        if "saved" in rates:
+            panels.append(("saved", "saved by the guard"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 0.55 * df["eps"].nunique() * len(panels),
+                                                          0.9 + 0.4 * len(methods)), sharey=True)
+        for ax, (key, title) in zip(axes, panels):
             grid = rates.pivot(index="method", columns="eps", values=key).reindex(methods)
             grid.columns = [fmt_eps(e) for e in grid.columns]
             sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="Reds", annot=True, fmt=".2f", cbar=False,
@@ -49,6 +54,7 @@ def co_rate(runs: Sequence[Run], out_dir: Path) -> Figure:
     caption = ("Share of seeds whose run collapsed, left by the online alarm, right by the final PGD "
                "accuracy (below max(0.05, 0.3 x the run's peak probe PGD accuracy, with clean accuracy at "
                "least 0.2 above it; sweep_table). Where they differ the detector missed a collapse or raised "
-               "a false alarm (the scorecard counts them).")
+               "a false alarm (the scorecard counts them). With guarded runs (METHOD+guard), a third panel: the "
+               "share saved by the guard (rolled back, and not collapsed by the final PGD accuracy).")
     return Figure("co_rate", "CO rate per method and eps", caption,
                   "GradAlign Fig. 1 (where each method collapses)", files, table=table)

@@ -252,3 +252,22 @@ def test_guard_refuses_a_monitor_without_detector(tmp_path, data):
     with pytest.raises(UsageError, match="max_rollbacks"):
         monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "r", EPS, probe_data=probe,
                 guard={"max_rollbacks": -1})
+
+
+def test_sweep_grid_takes_guarded_variants():
+    """``fgsm+guard`` (the default policy) and ``fgsm+guard-POLICY`` are methods of a sweep grid: their
+    cells train fgsm with --guard, with fgsm's -m overrides."""
+    from codiag.sweeps.grid import cell_config, make_cells, protocol_of, split_method_args
+
+    cells = make_cells("fgsm,FGSM+guard,fgsm+guard-N_FGSM,fgsm+guard-halve_step", "0.25", "0")
+    assert [c.name for c in cells] == ["fgsm-eps0.25-seed0", "fgsm+guard-eps0.25-seed0",
+                                       "fgsm+guard-n_fgsm-eps0.25-seed0", "fgsm+guard-halve-step-eps0.25-seed0"]
+    overrides = split_method_args([("fgsm.step", 0.9)], [c.method for c in cells])
+    assert all(overrides[c.method] == {"step": 0.9} for c in cells)
+    configs = [cell_config(c, protocol_of({}, overrides), "out") for c in cells]
+    assert [(c["method"], c.get("guard")) for c in configs] == [
+        ("fgsm", None), ("fgsm", "auto"), ("fgsm", "n_fgsm"), ("fgsm", "halve-step")]
+    assert all(c["method_args"] == {"step": 0.9} for c in configs)
+    for bad in ("fgsm+guard-nope", "fgsm+guardx", "nope+guard"):
+        with pytest.raises(UsageError):
+            make_cells(bad, "0.25", "0")

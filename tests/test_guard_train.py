@@ -86,3 +86,26 @@ def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_
     a, b = load_run(killed), load_run(runs["guarded"])
     assert [e["step"] for e in a.events_of("rollback")] == [e["step"] for e in b.events_of("rollback")]
     assert a.meta["best"] == b.meta["best"] and a.meta["final"] == b.meta["final"]
+
+
+def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from reports.base import co_point, mark_co
+    from reports.curves import training_curves
+    from reports.sweep_table import sweep_table
+
+    plain, guarded = load_run(runs["plain"]), load_run(runs["guarded"])
+    table = sweep_table([plain, guarded]).set_index("method")
+    assert table.loc["fgsm", "rollbacks"] == 0 and not table.loc["fgsm", "saved"]
+    row = table.loc["fgsm+guard-n_fgsm"]
+    assert row["rollbacks"] == 1 and row["saved"] and row["collapsed"] is False or row["collapsed"] == 0
+    assert row["best_pgd_acc"] == guarded.meta["best"]["pgd_acc"] and row["best_epoch"] == guarded.meta["best"]["epoch"]
+    assert table["warning_epoch"].isna().all()         # no early warning exists yet
+    co = co_point(guarded)
+    assert [kind for _, kind in co.marks] == ["rollback"]
+    fig, ax = plt.subplots()
+    mark_co(ax, co)
+    assert "rollback" in ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert training_curves(guarded, tmp_path).files
