@@ -109,3 +109,16 @@ def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tm
     assert "rollback" in ax.get_legend_handles_labels()[1]
     plt.close(fig)
     assert training_curves(guarded, tmp_path).files
+
+
+def test_a_rollback_inside_an_epoch_restarts_that_epoch(tmp_path):
+    """With events every 10 steps (32 steps an epoch) the alarm fires inside an epoch: the trainer
+    leaves the epoch at once and restarts the restored event's epoch with the mitigation."""
+    torch.set_num_threads(1)
+    out = tmp_path / "every10"
+    train(dict(SETTING, out=str(out), guard="n_fgsm", every=10, eval_n=200))
+    run = load_run(out)
+    rollback, = run.events_of("rollback")
+    assert rollback["step"] % 32 != 0 and rollback["restored_step"] % 10 == 0
+    assert run.meta["steps_per_epoch"] == 32        # the loader's, not the longer first pass
+    assert run.status == "finished" and run.meta["final"]["pgd_acc"] > 0.15

@@ -189,7 +189,9 @@ class Monitor:
         self._check_open()
         self.epoch += 1
         if self.epoch == 1 and self.step > 0:   # the reports' x axis: light and every=N events in epochs
-            self.writer.update(steps_per_epoch=self.step)
+            # a guard's roll-back inside the first epoch made it longer: the loader's length where known
+            spe = (self.cadence.steps_per_epoch if self.rollbacks else None) or self.step
+            self.writer.update(steps_per_epoch=spe)
         self._steps_in_epoch = 0
         if self.cadence.after_epoch(self.epoch):
             self.probe_event()
