@@ -156,7 +156,8 @@ def _sweep_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool],
     sec = Section("sweep", "Eps sweep",
                   intro='<p>One row per run in <a href="sweep_summary.csv">sweep_summary.csv</a>: final '
                         "accuracies, training time relative to FGSM at the same eps, the online CO alarm "
-                        "and the collapse label (see the scorecard's caption).</p>")
+                        "and the collapse label (see the scorecard's caption); the guard's roll-backs, runs it "
+                        "saved, the best checkpoint's accuracies and the first early warning's epoch.</p>")
     for key, fn in SWEEP_BUILDERS.items():
         if keep(key):
             _draw(key, lambda fn=fn: fn(runs, out / "figures" / "sweep"), sec, warnings, "sweep")

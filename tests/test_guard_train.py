@@ -92,6 +92,7 @@ def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tm
     import matplotlib.pyplot as plt
 
     from reports.base import co_point, mark_co
+    from reports.co_rate import co_rate_table
     from reports.curves import training_curves
     from reports.sweep_table import sweep_table
 
@@ -102,6 +103,8 @@ def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tm
     assert row["rollbacks"] == 1 and row["saved"] and row["collapsed"] is False or row["collapsed"] == 0
     assert row["best_pgd_acc"] == guarded.meta["best"]["pgd_acc"] and row["best_epoch"] == guarded.meta["best"]["epoch"]
     assert table["warning_epoch"].isna().all()         # no early warning exists yet
+    rates = co_rate_table(table.reset_index()).set_index("method")
+    assert rates.loc["fgsm+guard-n_fgsm", "saved"] == 1.0 and rates.loc["fgsm", "saved"] == 0.0
     co = co_point(guarded)
     assert [kind for _, kind in co.marks] == ["rollback"]
     fig, ax = plt.subplots()
