@@ -271,3 +271,51 @@ def test_sweep_grid_takes_guarded_variants():
     for bad in ("fgsm+guard-nope", "fgsm+guardx", "nope+guard"):
         with pytest.raises(UsageError):
             make_cells(bad, "0.25", "0")
+
+
+def test_a_snapshot_is_never_trained_into():
+    """Optimizer.load_state_dict keeps CPU tensors it is given: the snapshot hands it a copy, so training
+    after a restore leaves the snapshot as it was (a second restore gives the same state)."""
+    from codiag.snapshot import Snapshot
+
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()
+    snap = Snapshot.take(model, opt, step=1)
+    before = copy.deepcopy(snap.optimizer)
+    for _ in range(2):
+        snap.restore(model, opt)
+        step()
+        step()
+    for p, st in before["state"].items():
+        for k, v in st.items():
+            assert torch.equal(torch.as_tensor(snap.optimizer["state"][p][k]), torch.as_tensor(v)), (p, k)
+
+
+def test_trainer_policies_build_their_mitigation():
+    """--guard policies: n_fgsm and gradalign with the dataset's validated settings (nearest eps),
+    halve-step with half the step and half the random start; bad policies refused in one line."""
+    from codiag.trainer import TrainConfig
+    from codiag.trainer_guard import TrainerGuard
+
+    def mitigation(**cfg):
+        c = TrainConfig.from_dict(dict(dict(dataset="fashion_mnist", eps=0.25), **cfg))
+        return TrainerGuard(c, 100, None).mitigated_method()
+
+    n = mitigation(method="fgsm", guard="auto")
+    assert (n.name, n.step, n.noise) == ("n_fgsm", 0.75, 2.0)      # the Fashion-MNIST row (eps 0.2)
+    g = mitigation(method="fgsm", guard="gradalign")
+    assert (g.name, g.lam, g.step) == ("gradalign", 2.0, 0.6)
+    h = mitigation(method="fgsm_rs", guard="halve_step", method_args={"step": 1.0})
+    assert (h.name, h.step, h.init) == ("fgsm_rs", 0.5, 0.5)
+    for bad in (dict(method="fgsm", guard="nope"), dict(method="fgsm", guard="auto", detector="none"),
+                dict(method="zerograd_rollback", guard="auto"), dict(method="pgd10", guard="halve-step")):
+        with pytest.raises(UsageError):
+            TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, **bad))
