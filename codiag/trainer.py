@@ -35,6 +35,7 @@ from .probes import resolve_probes
 from .rundir import RunLock, check_run_dir, read_meta, rewind
 from .runs import to_jsonable
 from .schedules import SCHEDULES, make_schedule
+from .trainer_guard import TrainerGuard, check_policy
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrainConfig:
     autoattack: bool = False
     stop_after_co: int | None = None     # end training this many epochs after the online CO alarm
     detector: str = "codiag"             # online CO alarm: codiag, elle_a (ELLE-A's rule), both, none
+    guard: str | None = None             # on the alarm: roll back and switch (codiag.trainer_guard.POLICIES)
     checkpoint: bool = True
     progress: bool = True
 
@@ -130,6 +132,7 @@ class TrainConfig:
         if not str(self.out).strip():
             raise UsageError("the run directory (--out) is empty; name a directory")
         check_method(self.method, self.method_args)
+        self.guard = check_policy(self.guard, self.method, self.detector)
         resolve_probes(self.probes)
         if self.autoattack:
             attacks.require_autoattack()     # at the start, not after the training
@@ -203,9 +206,11 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     steps_per_epoch = len(train_loader)
     use_amp = cfg.amp and device.type == "cuda"
     first_epoch, stopped, time_before = 0, False, 0.0
+    rescue = TrainerGuard(cfg, len(train_set), method)   # inert without --guard
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        method = rescue.resumed_method(state.get("guard"), method)
         method.load_state_dict(state["method"])
         train_loader.set_epoch(state["loader_epoch"])
         first_epoch, stopped, time_before = state["epoch"], state["stopped"], state["train_time_s"]
@@ -219,16 +224,20 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                  train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
                  probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
                  config=record, resume=resume, overwrite=overwrite,
-                 detector=None if cfg.detector == "none" else cfg.detector) as mon:
+                 detector=None if cfg.detector == "none" else cfg.detector, keep_best=cfg.checkpoint,
+                 guard=rescue.policy(), on_co=rescue.callback()) as mon:
         if state is not None:
             set_rng_state(state["rng"])
-            mon.step, mon.epoch = state["step"], state["epoch"]
-        epochs = tqdm(range(first_epoch, 0 if stopped else cfg.epochs), desc=f"{cfg.method} {cfg.dataset}",
-                      unit="epoch", disable=not cfg.progress, initial=first_epoch, total=cfg.epochs)
-        for epoch in epochs:
+            mon.step, mon.epoch = state["step"], state.get("monitor_epoch", state["epoch"])
+            mon.load_state_dict(state.get("monitor") or {})
+        epochs = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset}", unit="epoch",
+                      disable=not cfg.progress, initial=first_epoch)
+        epoch = first_epoch
+        while epoch < cfg.epochs and not stopped:
             method.on_epoch_start(epoch)
             model.train()
             loss_sum = torch.zeros((), device=device)
+            rescue.position = epoch            # a snapshot taken inside the epoch returns to its start
             for i, (x, y, meta) in enumerate(train_loader):
                 lr = lr_at(epoch + (i + 1) / steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -237,28 +246,27 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                     loss = method.train_step(model, optimizer, x, y, meta)
                 passes.steps += 1
                 loss_sum += loss.detach().float()
-            mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
-            mon.epoch_end()
-            if method.on_epoch_end(epoch, model, optimizer, mon):
-                # ZeroGrad roll-back restored weights from before the collapse: record it and
-                # re-arm the detector so a second collapse is seen too.
-                details = getattr(method, "last_rollback", {})
-                mon.event("rollback", **{k: v for k, v in details.items() if k != "epoch"})
-                mon.reset_co()
-            elif (cfg.stop_after_co is not None and mon.co_detected
-                  and mon.epoch - mon.co_alarm["epoch"] >= cfg.stop_after_co):
-                mon.event("stopped_after_co", alarm_epoch=mon.co_alarm["epoch"])
-                stopped = True
+                if rescue.pending:
+                    break                      # the guard rolled back inside the epoch (a light event)
+            if not rescue.pending:
+                mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
+                rescue.position = epoch + 1
+                mon.epoch_end()
+            method, next_epoch, stopped = _after_epoch(cfg, mon, method, rescue, epoch, model, optimizer)
             if cfg.checkpoint:
                 ckpt.mkdir(exist_ok=True)
                 checkpoint.save({
-                    "version": checkpoint.CHECKPOINT_VERSION, "epoch": epoch + 1, "step": mon.step,
+                    "version": checkpoint.CHECKPOINT_VERSION, "epoch": next_epoch, "step": mon.step,
+                    "monitor_epoch": mon.epoch, "monitor": mon.state_dict(),
+                    "guard": rescue.state_dict(),
                     "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "method": method.state_dict(), "rng": rng_state(), "loader_epoch": train_loader.epoch,
                     "train_time_s": time_before + time.perf_counter() - start,
                 }, ckpt / checkpoint.RESUME_FILE, inside=out)
-            if stopped:
-                break
+            epoch = next_epoch
+            epochs.n = epoch
+            epochs.refresh()
+        epochs.close()
         train_time = time_before + time.perf_counter() - start
         passes.close()
 
@@ -278,6 +286,29 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                    **({"cost": passes.per_step()} if passes.steps else {}))
     (ckpt / checkpoint.RESUME_FILE).unlink(missing_ok=True)  # finished: final.pt is what stays
     return out
+
+
+def _after_epoch(cfg: TrainConfig, mon: Any, method: Method, rescue: TrainerGuard, epoch: int,
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Method, int, bool]:
+    """What follows an epoch (or a roll-back inside one): (the method, the next schedule epoch, stop)."""
+    if rescue.pending:
+        # the guard restored model and optimizer: the method and the schedule go back with them
+        method, next_epoch = rescue.switch()
+        mon.switch_attack(method.perturb, method=method)
+        return method, next_epoch, False
+    if mon.collapsed:
+        return method, epoch + 1, True    # max_rollbacks used up: stop, keep the best checkpoint
+    if method.on_epoch_end(epoch, model, optimizer, mon):
+        # ZeroGrad roll-back restored weights from before the collapse: record it and
+        # re-arm the detector so a second collapse is seen too.
+        details = getattr(method, "last_rollback", {})
+        mon.event("rollback", **{k: v for k, v in details.items() if k != "epoch"})
+        mon.reset_co()
+    elif (cfg.stop_after_co is not None and mon.co_detected
+          and mon.epoch - mon.co_alarm["epoch"] >= cfg.stop_after_co):
+        mon.event("stopped_after_co", alarm_epoch=mon.co_alarm["epoch"])
+        return method, epoch + 1, True
+    return method, epoch + 1, False
 
 
 #: options that may differ when a run is resumed (where it runs, not what it computes)

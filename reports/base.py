@@ -16,7 +16,7 @@ import functools
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -38,6 +38,8 @@ from codiag.runs import Run  # noqa: E402
 
 #: Colours used consistently: ours vs the paper's reference values.
 CO_COLOR = "0.35"
+#: the guard's roll-backs (and ZeroGrad's), its ``collapsed`` and the early warnings: (colour, line style)
+MARK_STYLES = {"rollback": ("#2a9d8f", ":"), "collapsed": ("#9b2226", ":"), "warning": ("#e9a23b", "-.")}
 BLUE, RED = "tab:blue", "tab:red"
 
 
@@ -285,12 +287,29 @@ class COPoint:
     x: float
     source: str          # "detector", "alarm" or "fallback"
     reason: str = ""
+    #: (x, kind) of the run's ``rollback``, ``collapsed`` and ``warning`` events, drawn with the CO line
+    marks: tuple[tuple[float, str], ...] = ()
+
+
+def event_marks(run: Run) -> tuple[tuple[float, str], ...]:
+    """Where the run rolled back, gave up (``collapsed``) or was warned, in epochs of progress."""
+    return tuple((x_of_step(run, int(e["step"])), e["kind"]) for e in run.events
+                 if e.get("kind") in MARK_STYLES and e.get("step") is not None)
 
 
 def co_point(run: Run) -> COPoint | None:
     """The run's CO point: codiag.detector.detect_co on the metrics, else the first
-    ``co_alarm`` event, else a simple fallback rule on PGD accuracy."""
+    ``co_alarm`` event, else a simple fallback rule on PGD accuracy; with the run's
+    roll-backs and warnings (:func:`event_marks`). A run the guard rolled back has its CO
+    point at the alarm it acted on even where the metrics show no collapse (it recovered)."""
+    point = _co_point(run)
+    marks = event_marks(run)
+    return replace(point, marks=marks) if point is not None and marks else point
+
+
+def _co_point(run: Run) -> COPoint | None:
     m = run.metrics
+    rolled_back = any(e.get("kind") == "rollback" for e in run.events)
     if len(m):
         try:
             co = detect_co(m)
@@ -298,7 +317,7 @@ def co_point(run: Run) -> COPoint | None:
             co = False
         if co:
             return _co_from(run, co, "detector")
-        if co is None:
+        if co is None and not rolled_back:
             return None
     alarms = run.events_of("co_alarm")
     if alarms:
@@ -334,9 +353,14 @@ def _fallback_co(run: Run) -> COPoint | None:
 
 
 def mark_co(ax: "plt.Axes", co: COPoint | None, label: bool = True) -> None:
-    """A dashed vertical line at the CO point."""
+    """A dashed vertical line at the CO point; dotted ones at roll-backs, dash-dotted at warnings."""
     if co is not None:
         ax.axvline(co.x, color=CO_COLOR, ls="--", lw=1, label="CO" if label else None)
+        seen: set[str] = set()
+        for x, kind in co.marks:
+            color, ls = MARK_STYLES[kind]
+            ax.axvline(x, color=color, ls=ls, lw=1.2, label=kind if label and kind not in seen else None)
+            seen.add(kind)
 
 
 def before_after(df: pd.DataFrame, co: COPoint | None) -> tuple[pd.Series | None, pd.Series | None]:

@@ -170,7 +170,9 @@ def _sweep_sections(runs: Sequence[Run], out: Path, keep: Callable[[str], bool],
     os.replace(tmp, path)
     sec.intro = ('<p>One row per run in <a href="sweep_summary.csv">sweep_summary.csv</a>: final '
                  "accuracies, training time relative to FGSM at the same eps, gradient evaluations per "
-                 "training step, the online CO alarm and the collapse label (see the scorecard's caption).</p>")
+                 "training step, the online CO alarm and the collapse label (see the scorecard's caption); the "
+                 "guard's roll-backs, runs it saved, the best checkpoint's accuracies and the first early "
+                 "warning's epoch.</p>")
     return [sec], path
 
 

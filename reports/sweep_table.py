@@ -15,6 +15,12 @@ event, among those from which the probe's PGD accuracy stays below that bound, w
 accuracy is at least 0.2 above its PGD accuracy (the signature); so a run that collapsed in
 its first epoch, before its PGD accuracy ever had a peak, gets that epoch, not the epoch of
 the measurement at initialisation. Latency = alarm epoch - collapse epoch.
+
+Saving the run: ``rollbacks`` counts the guard's (``codiag train --guard``) roll-backs, a
+guarded run's method reads ``METHOD+guard`` (so the sweep shows it beside the plain method),
+``saved`` marks a run that rolled back and did not collapse by the label, ``best_*`` are the
+accuracies of its best checkpoint (run.json's ``best``: the probe event with the highest PGD
+accuracy), and ``warning_epoch`` the epoch of its first early ``warning`` event (empty without).
 """
 from __future__ import annotations
 
@@ -39,7 +45,28 @@ COLUMNS = ["run", "method", "method_args", "dataset", "model", "eps", "eps_label
            "fgsm_acc", "pgd_acc", "aa_acc", "pgd_attack", "eval_n", "train_time_s", "cost_vs_fgsm",
            "grad_evals_per_step", "alarm",
            "alarm_epoch", "peak_probe_pgd", "collapsed", "collapse_epoch", "outcome", "latency_epochs",
-           "status"]
+           "status", "warning_epoch", "rollbacks", "saved", "best_epoch", "best_pgd_acc", "best_fgsm_acc",
+           "best_clean_acc"]
+
+
+def method_label(config: dict[str, Any], method: str) -> str:
+    """``METHOD+guard`` for a run trained with ``--guard`` (``METHOD+guard-POLICY`` unless the policy is auto)."""
+    guard = config.get("guard")
+    if not guard:
+        return method
+    return f"{method}+guard" if guard == "auto" else f"{method}+guard-{guard}"
+
+
+def rescue_fields(run: Run, collapsed: bool | None) -> dict[str, Any]:
+    """The columns of the guard, the best checkpoint and the early warning."""
+    warnings = run.events_of("warning")
+    rollbacks = len(run.events_of("rollback"))
+    best = run.meta.get("best") or {}
+    return {"warning_epoch": int(warnings[0]["epoch"]) if warnings and warnings[0].get("epoch") is not None
+            else None,
+            "rollbacks": rollbacks, "saved": bool(rollbacks) and collapsed is False,
+            "best_epoch": best.get("epoch"), "best_pgd_acc": best.get("pgd_acc", math.nan),
+            "best_fgsm_acc": best.get("fgsm_acc", math.nan), "best_clean_acc": best.get("clean_acc", math.nan)}
 
 
 def _probe_acc(run: Run) -> pd.DataFrame:
@@ -95,7 +122,8 @@ def sweep_row(run: Run) -> dict[str, Any]:
                    (False, False): "quiet"}[(bool(collapsed), bool(alarms))]
     latency = alarm_epoch - collapse_epoch if alarm_epoch is not None and collapse_epoch is not None \
         and collapsed else None
-    return {"run": run.name, "method": s["method"], "method_args": s["method_args"], "dataset": s["dataset"],
+    return {"run": run.name, "method": method_label(run.config, s["method"]), "method_args": s["method_args"],
+            "dataset": s["dataset"],
             "model": s["model"], "eps": eps, "eps_label": fmt_eps(eps), "seed": s["seed"],
             "clean_acc": s["clean_acc"], "fgsm_acc": s["fgsm_acc"], "pgd_acc": pgd, "aa_acc": s["aa_acc"],
             "pgd_attack": s["pgd_attack"],
@@ -103,7 +131,7 @@ def sweep_row(run: Run) -> dict[str, Any]:
             "grad_evals_per_step": _grad_evals(run),
             "alarm": bool(alarms), "alarm_epoch": alarm_epoch, "peak_probe_pgd": round(peak, 4),
             "collapsed": collapsed, "collapse_epoch": collapse_epoch, "outcome": outcome,
-            "latency_epochs": latency, "status": s["status"]}
+            "latency_epochs": latency, "status": s["status"], **rescue_fields(run, collapsed)}
 
 
 def sweep_table(runs: Sequence[Run]) -> pd.DataFrame:

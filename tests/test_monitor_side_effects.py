@@ -6,7 +6,9 @@ that itself draws from the global RNG (and, in one case, switches the model
 between eval and train mode and runs a BatchNorm-updating forward itself), once with every probe at every step
 and once without the monitor, from the same seed. Every parameter, buffer
 (BatchNorm running statistics and counters), optimizer state and the global
-RNG state must be bit-identical afterwards.
+RNG state must be bit-identical afterwards. The monitored run also keeps the best checkpoint
+(``keep_best``: a CPU copy of the weights and a file at each new best), which must not change
+training either.
 """
 from __future__ import annotations
 
@@ -83,9 +85,10 @@ def train(monitored: bool, attack_kind: str, tmp_path) -> tuple[nn.Module, torch
         with monitor(model, opt, tmp_path / f"run-{attack_kind}", eps=EPS, probe_data=test,
                      train_data=loader, attack=attack, method=method, every=1, probes="all",
                      probe_n=24, train_probe_n=40, reference_model=reference,
-                     step_update_norms=True, tensorboard=False, strict=True) as mon:
+                     step_update_norms=True, tensorboard=False, strict=True, keep_best=True) as mon:
             loop(mon)
         assert mon.n_events == 1 + 12   # step 0, then after each of the 12 steps
+        assert mon.best is not None and (tmp_path / f"run-{attack_kind}" / "checkpoints" / "best.pt").exists()
     else:
         loop()
     return model, opt, torch.get_rng_state()

@@ -91,6 +91,10 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--detector", choices=(*DETECTORS, "none"), default=d.detector,
                    help="online CO alarm: codiag's rules, elle_a (ELLE-A's rule on the local_linearity "
                         "probe), both (whichever fires first), none")
+    p.add_argument("--guard", nargs="?", const="auto", default=d.guard, metavar="POLICY",
+                   help="on the CO alarm, roll back to the last healthy probe event and continue with POLICY: "
+                        "n_fgsm, gradalign, halve-step, or auto (the default: the validated mitigation for the "
+                        "dataset and eps); changes training on purpose, at most 3 roll-backs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing codiag run directory (never a directory that is not a run)")
     p.add_argument("--resume", action="store_true",
@@ -121,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay, train_limit=args.train_limit, seed=args.seed, amp=args.amp,
         device=args.device, probes=probes, every=every, eval_n=args.eval_n,
         eval_steps=args.eval_steps, eval_restarts=args.eval_restarts, autoattack=args.autoattack,
-        stop_after_co=args.stop_after_co, detector=args.detector,
+        stop_after_co=args.stop_after_co, detector=args.detector, guard=args.guard,
         progress=not args.quiet)
     cfg.validate()
     return cfg

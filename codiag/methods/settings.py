@@ -173,3 +173,23 @@ def validated_lr_peak(method: str, dataset: str, eps: float) -> float | None:
 def settings_for(dataset: str, eps: float) -> dict[str, dict[str, Any]]:
     """Every method's validated hyper-parameters on ``dataset`` at ``eps``."""
     return {s.method: dict(s.hparams) for s in SETTINGS if s.dataset == dataset and _same_eps(s.eps, eps)}
+
+
+#: the guard's default mitigation (``codiag train --guard`` without a policy): N-FGSM, the single-step
+#: method with no collapse on the Fashion-MNIST rows above (noise 2 eps, step 0.75 eps there) and in its
+#: paper on CIFAR-10/100 and SVHN up to 16/255 (de Jorge et al., NeurIPS 2022, Fig. 1)
+GUARD_DEFAULT = "n_fgsm"
+
+
+def guard_mitigation(dataset: str, eps: float) -> str:
+    """The validated mitigation the guard switches to on ``dataset`` at ``eps`` (see :data:`GUARD_DEFAULT`)."""
+    return GUARD_DEFAULT
+
+
+def nearest_hparams(method: str, dataset: str, eps: float) -> dict[str, Any]:
+    """The validated hyper-parameters of ``method`` on ``dataset`` at ``eps``, else those of the same
+    dataset's row nearest in eps, else ``{}`` (the paper's): what a guard's mitigation runs with."""
+    rows = [s for s in SETTINGS if s.method == method and s.dataset == dataset]
+    if not rows:
+        return {}
+    return dict(min(rows, key=lambda s: abs(s.eps - float(eps))).hparams)

@@ -28,7 +28,6 @@ At most ``max_rollbacks`` (3) roll-backs are made.
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections import deque
 from typing import Any
@@ -37,19 +36,10 @@ import torch
 from torch import nn
 
 from .. import checkpoint
+from ..snapshot import cpu_copy, load_model_state
 from .base import StateValue, register
 from .checks import SHARE, Integer, Optional, Several, Text
 from .zerograd import ZeroGrad
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return copy.deepcopy(obj)
 
 
 @register
@@ -76,7 +66,7 @@ class ZeroGradRollback(ZeroGrad):
 
     # ----------------------------------------------------------------- checkpoints
     def _save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        payload = {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
+        payload = {"model": cpu_copy(model.state_dict()), "optimizer": cpu_copy(optimizer.state_dict()),
                    "q": float(self.q), "epoch": epoch}
         if self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
@@ -95,9 +85,9 @@ class ZeroGradRollback(ZeroGrad):
         epoch, payload = self._checkpoints[-int(self.back)]
         if isinstance(payload, str):
             payload = checkpoint.load(payload)
-        device = next(model.parameters()).device
-        model.load_state_dict({k: v.to(device) for k, v in payload["model"].items()})
-        optimizer.load_state_dict(payload["optimizer"])   # moves state to the params' device
+        load_model_state(model, payload["model"])
+        # a copy: on the CPU the optimizer would keep (and train into) the tensors of the checkpoint
+        optimizer.load_state_dict(cpu_copy(payload["optimizer"]))
         # drop checkpoints taken after the restored one: they belong to the abandoned branch
         while self._checkpoints and self._checkpoints[-1][0] > epoch:
             self._checkpoints.pop()

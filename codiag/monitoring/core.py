@@ -14,13 +14,16 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import checkpoint
 from ..detector import CONFIRM
 from ..errors import UsageError
 from ..probes import resolve_probes
 from ..probes.base import ProbeContext, ProbeSet
 from ..runs import RunWriter, exit_status, load_run
 from .alarm import Alarm
+from .best import BestKeeper
 from .events import Cadence, parse_every, run_probes
+from .guard import Guard, GuardState
 from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
@@ -60,7 +63,12 @@ class Monitor:
                                steps_per_epoch=_batches(train_data))
         self.probes = resolve_probes(probes, o.probe_options)
         self.light_probes = [p for p in self.probes if p.name in CORE_PROBES]
-        self.alarm = Alarm(o.detector, o.on_co)
+        policy = Guard.from_spec(o.guard)
+        self.co_guard = GuardState(policy) if policy is not None else None
+        self.best_keeper = BestKeeper(self.run_dir) if o.keep_best or policy is not None else None
+        self.alarm = Alarm(o.detector, o.on_co if policy is None else self._on_alarm)
+        if policy is not None and self.alarm.detector is None:
+            raise UsageError("monitor: guard= acts on the CO alarm; it needs a detector (detector=False is set)")
         self.method, self.reference_model, self.strict = o.method, o.reference_model, o.strict
         self._attack_fn, self._data = attack, (probe_data, train_data)
         #: where the probe set (and the confirming measurement's points) are drawn from, and its name
@@ -77,6 +85,7 @@ class Monitor:
         self._confirm_set: ProbeSet | None | bool = None   # read at the first confirmation; False: none
         self.n_confirmations = 0
         self._open = False
+        self._rolled_back = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Monitor":
@@ -112,11 +121,14 @@ class Monitor:
                 self._last_event_step = self.step
                 self.cadence.full_events_after_start = 1
                 self.alarm.replay(previous.metrics, previous.events)
+                self._resume_best(previous.meta.get("best"))
             self.recorder = Recorder(writer, open_tensorboard(o.tensorboard, self.run_dir))
             self._hooks.append(self.optimizer.register_step_post_hook(self._post_step))
             if o.step_update_norms:
                 self._hooks.append(self.optimizer.register_step_pre_hook(self._pre_step))
             self._open = True
+            if self.co_guard is not None:
+                self.writer.update(guard=self.co_guard.summary())
             if not resuming:
                 self.probe_event()  # every curve gets its point at initialisation
         except BaseException as e:
@@ -139,6 +151,7 @@ class Monitor:
                 self.probe_event()
             else:
                 self.recorder.flush([], [], self.row_epoch)
+            self._record_rescue()
         finally:
             self._open = False
             self._remove_hooks()
@@ -176,7 +189,9 @@ class Monitor:
         self._check_open()
         self.epoch += 1
         if self.epoch == 1 and self.step > 0:   # the reports' x axis: light and every=N events in epochs
-            self.writer.update(steps_per_epoch=self.step)
+            # a guard's roll-back inside the first epoch made it longer: the loader's length where known
+            spe = (self.cadence.steps_per_epoch if self.rollbacks else None) or self.step
+            self.writer.update(steps_per_epoch=spe)
         self._steps_in_epoch = 0
         if self.cadence.after_epoch(self.epoch):
             self.probe_event()
@@ -212,6 +227,99 @@ class Monitor:
     def reset_co(self) -> None:
         """Re-arm the detector (after a roll-back to weights from before the collapse)."""
         self.alarm.reset()
+
+    # -- saving the run: the best checkpoint and the guard -----------------------------------
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best full probe event so far (step, epoch, pgd_acc, fgsm_acc, clean_acc); ``keep_best``."""
+        return None if self.best_keeper is None or self.best_keeper.info is None else dict(self.best_keeper.info)
+
+    def restore_best(self) -> dict[str, Any]:
+        """Load the best event's weights into the model (``keep_best``); returns :attr:`best`."""
+        if self.best_keeper is None:
+            raise UsageError("monitor: restore_best() needs keep_best=True")
+        return self.best_keeper.restore(self.network)
+
+    @property
+    def collapsed(self) -> bool:
+        """True once the guard has used up ``max_rollbacks`` and an alarm stood (stop, keep the best)."""
+        return self.co_guard is not None and self.co_guard.status == "collapsed"
+
+    @property
+    def rollbacks(self) -> list[dict[str, Any]]:
+        """The guard's roll-backs so far (restored step and epoch, the alarm, the mitigation)."""
+        return [] if self.co_guard is None else [dict(r) for r in self.co_guard.rollbacks]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best checkpoint's and the guard's state (weights-only data), for a resumable checkpoint of
+        the loop's: with :meth:`load_state_dict` after ``resume=True``, a run that rolled back resumes
+        to the uninterrupted result."""
+        return {"best": None if self.best_keeper is None else self.best_keeper.state_dict(),
+                "guard": None if self.co_guard is None else self.co_guard.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.best_keeper is not None and state.get("best") is not None:
+            self.best_keeper.load_state_dict(state["best"])
+        if self.co_guard is not None and state.get("guard") is not None:
+            self.co_guard.load_state_dict(state["guard"])
+
+    def switch_attack(self, attack: Callable | None, method: Any = None) -> None:
+        """The loop now trains with ``attack`` (and ``method``): the probes of the training
+        perturbation follow it (after a roll-back's mitigation)."""
+        self._attack_fn = attack
+        self._attack = wrap_attack(attack, self.network, self.device, self.normalization, self.guard)
+        if method is not None:
+            self.method = method
+
+    def _on_alarm(self, alarm: dict[str, Any]) -> None:
+        """The guard's answer to the alarm: roll back (event ``rollback``, detector re-armed) or, past
+        ``max_rollbacks``, record ``collapsed``; then ``on_co(info)``, or a warning without one."""
+        info = self.co_guard.act(self.network, self.optimizer, alarm)
+        if info is None:
+            if self.options.on_co is not None:
+                self.options.on_co(alarm)
+            return
+        if info["action"] == "rollback":
+            self._rolled_back = True
+            self.event("rollback", **{k: info[k] for k in ("restored_step", "restored_epoch", "alarm_step",
+                                                           "alarm_rule", "mitigation", "rollbacks")})
+            self.reset_co()
+            message = (f"restored the state of step {info['restored_step']} (roll-back {info['rollbacks']} of "
+                       f"{info['max_rollbacks']}); switch the attack to {info['mitigation'] or 'a stronger one'}")
+        else:
+            self.event("collapsed", reason=info["reason"], rollbacks=info["rollbacks"])
+            message = f"the run collapsed again after {info['rollbacks']} roll-back(s); keep the best checkpoint"
+        self._record_rescue()
+        if self.options.on_co is not None:
+            self.options.on_co(info)
+        else:
+            warnings.warn(f"codiag.monitor guard: CO alarm at step {alarm.get('step')}: {message}", UserWarning,
+                          stacklevel=2)
+
+    def _after_full_event(self, values: Mapping[tuple[str, str], float]) -> None:
+        if self.best_keeper is not None and self.best_keeper.update(self.network, self.step, self.row_epoch, values):
+            self.writer.update(best=self.best)
+
+    def _resume_best(self, info: Mapping[str, Any] | None) -> None:
+        """On resume: the recorded best (best.pt) if it is from before the resumed step (a loop that
+        saves :meth:`state_dict` in its own checkpoint restores it exactly instead)."""
+        keeper = self.best_keeper
+        if keeper is None or not info or int(info.get("step", -1)) > self.step or not keeper.path.exists():
+            return
+        try:
+            keeper.load_state_dict({"info": dict(info), "state": checkpoint.load(keeper.path)})
+        except Exception as exc:   # never silent: the run keeps going without its old best
+            warnings.warn(f"codiag.monitor: cannot read {keeper.path} ({str(exc).splitlines()[0]}); "
+                          "the best checkpoint starts again", UserWarning, stacklevel=3)
+
+    def _record_rescue(self) -> None:
+        """run.json's ``best`` and ``guard`` (and best.pt, if it was never written)."""
+        if self.best_keeper is not None:
+            if not self.best_keeper.path.exists():
+                self.best_keeper.write()
+            self.writer.update(best=self.best)
+        if self.co_guard is not None:
+            self.writer.update(guard=self.co_guard.summary())
 
     def _check_open(self) -> None:
         if not self._open:
@@ -256,9 +364,15 @@ class Monitor:
             if self.step > 0:
                 self.cadence.full_events_after_start += 1
         self.n_events += 1
+        if not light:
+            self._after_full_event(values)   # before the alarm: a roll-back must not be taken as the best
+        self._rolled_back = False
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
             values = {**values, **self._confirm()}
+        if not light and self.co_guard is not None:
+            self.co_guard.observe(self.network, self.optimizer, self.step, self.row_epoch,
+                                  healthy=not self._rolled_back and self.alarm.alarm is None and not self.alarm.suspect)
         self.probe_time_s += time.perf_counter() - t0
         if self.options.on_event is not None:
             self.options.on_event({"step": ctx.step, "epoch": ctx.epoch, "light": light,

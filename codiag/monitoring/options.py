@@ -75,6 +75,13 @@ class MonitorOptions:
     measurement's included; ``co_alarm`` is the alarm dict once it fired, else
     None; the integrations forward metrics to Lightning, Trainer and Ray Tune with it).
 
+    Saving the run: ``keep_best`` (False): keep the state of the full probe event
+    with the highest PGD accuracy, on the CPU, as ``mon.best`` / ``mon.restore_best()``
+    and ``checkpoints/best.pt`` (:mod:`.best`; no effect on training); ``guard``
+    (None): on the alarm, restore the last healthy state and let the loop mitigate
+    (:mod:`.guard`; the one option that changes training; implies ``keep_best``):
+    True, a mitigation name, a dict of :class:`~.guard.Guard`'s fields, or a Guard.
+
     Run directory: ``config`` (recorded in run.json; method, eps, dataset and
     model are filled in from the monitor's arguments where it does not give
     them), ``resume``, ``overwrite``, ``tensorboard`` (None: when installed;
@@ -102,6 +109,8 @@ class MonitorOptions:
     detector: Any = True
     on_co: Callable[[dict[str, Any]], Any] | None = None
     on_event: Callable[[dict[str, Any]], Any] | None = None
+    keep_best: bool = False
+    guard: Any = None
     config: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False

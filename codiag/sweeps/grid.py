@@ -7,6 +7,10 @@ method, eps and seed, and except where it runs: ``out``, ``device``, ``data_root
 ``download``, ``progress``), plus the ``-m`` overrides. Runs of one sweep directory
 share one protocol, which makes its cells comparable (GradAlign Fig. 1 and 8: the
 methods differ, the evaluation does not).
+
+A method of the grid may be a guarded variant, ``METHOD+guard`` (``codiag train --guard``,
+the default policy) or ``METHOD+guard-POLICY`` (``fgsm+guard-n_fgsm``): its cells train
+METHOD with the guard, beside METHOD's own cells under the same protocol.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from ..errors import UsageError
 from ..methods import METHODS
 from ..parsing import parse_eps
 from ..trainer import TrainConfig
+from ..trainer_guard import canonical_policy
 
 #: TrainConfig fields that say where and how visibly a run runs, not what it computes.
 LOCAL_FIELDS = ("out", "device", "data_root", "download", "progress")
@@ -67,11 +72,34 @@ def parse_list(text: str | Sequence[Any], what: str) -> list[str]:
     return items
 
 
+GUARD_TAG = "+guard"
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``fgsm+guard-n_fgsm`` -> (``fgsm``, ``n_fgsm``); ``fgsm+guard`` -> (``fgsm``, ``auto``); ``fgsm`` ->
+    (``fgsm``, None)."""
+    base, tag, policy = name.partition(GUARD_TAG)
+    if not tag:
+        return name, None
+    if policy and not policy.startswith("-"):
+        raise UsageError(f"method {name!r}: write a guarded variant as METHOD+guard or METHOD+guard-POLICY")
+    return base, canonical_policy(policy[1:] or "auto")
+
+
+def method_name(name: str) -> str:
+    """A grid method's canonical name (lower case, ``_`` in the method, a guard variant's policy checked)."""
+    base, policy = split_variant(name.strip().lower())
+    base = base.replace("-", "_")
+    if policy is None:
+        return base
+    return base + GUARD_TAG + ("" if policy == "auto" else f"-{policy}")
+
+
 def make_cells(methods: str | Sequence[str], eps: str | Sequence[Any],
                seeds: str | Sequence[Any]) -> list[Cell]:
     """The cells of methods x eps x seeds, in that order; names and values checked."""
-    names = [m.lower().replace("-", "_") for m in parse_list(methods, "methods")]
-    unknown = [m for m in names if m not in METHODS]
+    names = [method_name(m) for m in parse_list(methods, "methods")]
+    unknown = [m for m in names if split_variant(m)[0] not in METHODS]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(METHODS))}")
     radii = [parse_eps(e) for e in parse_list([str(e) for e in eps] if not isinstance(eps, str) else eps, "eps")]
@@ -102,15 +130,19 @@ def split_method_args(method_args: Mapping[str, Any] | Iterable[tuple[str, Any]]
     for key, value in items:
         if "." in key:
             method, hp = key.split(".", 1)
-            method = method.lower().replace("-", "_")
-            if method not in per:
+            method = method_name(method)
+            # a method's overrides apply to its guarded variants too (they train the same method)
+            targets = [m for m in per if m == method or split_variant(m)[0] == method]
+            if not targets:
                 raise UsageError(f"-m {key}: {method!r} is not a method of this sweep")
-            if hp not in METHODS[method]._all_defaults():
+            base = METHODS[split_variant(method)[0]]
+            if hp not in base._all_defaults():
                 raise UsageError(f"-m {key}: {method} has no hyper-parameter {hp!r}; it has "
-                                 f"{', '.join(sorted(METHODS[method]._all_defaults())) or 'none'}")
-            per[method][hp] = value
+                                 f"{', '.join(sorted(base._all_defaults())) or 'none'}")
+            for m in targets:
+                per[m][hp] = value
             continue
-        takers = [m for m in methods if key in METHODS[m]._all_defaults()]
+        takers = [m for m in methods if key in METHODS[split_variant(m)[0]]._all_defaults()]
         if not takers:
             raise UsageError(f"-m {key}: no method of this sweep has a hyper-parameter {key!r}")
         for m in takers:
@@ -187,7 +219,10 @@ def cell_config(cell: Cell, protocol: Mapping[str, Any], out: str, device: str =
     eps) is applied by TrainConfig; the sweep's ``-m`` overrides of this method go on top.
     ``local`` holds where the data is (``data_root``, ``download``)."""
     cfg = {k: v for k, v in protocol.items() if k != "method_args"}
-    cfg.update(method=cell.method, eps=cell.eps, seed=cell.seed,
+    method, guard = split_variant(cell.method)
+    if guard is not None:
+        cfg["guard"] = guard
+    cfg.update(method=method, eps=cell.eps, seed=cell.seed,
                method_args=dict(protocol.get("method_args", {}).get(cell.method, {})),
                out=out, device=device, progress=False, **dict(local or {}))
     return cfg

@@ -1,0 +1,123 @@
+"""``codiag train --guard POLICY``: the trainer's side of the CO guard (:mod:`codiag.monitoring.guard`).
+
+The guard changes training on purpose (the only codiag feature that does). On the
+online alarm the monitor restores the model and optimizer of the last healthy probe
+event; this module gives it the rest of the trainer's state at that event (the method's
+state and the schedule position, in epochs) and, at the roll-back, switches the run to the
+policy's method for the rest of training:
+
+* ``n_fgsm`` / ``gradalign``: that method, with its validated hyper-parameters for the
+  dataset (``codiag.methods.settings.nearest_hparams``);
+* ``halve-step``: the run's own method with half its step and, for methods with a random
+  start, half its noise;
+* ``auto`` (``--guard`` alone): the validated mitigation for the dataset and eps
+  (``codiag.methods.settings.guard_mitigation``).
+
+The schedule restarts at the start of the restored event's epoch (at an epoch's end: the next
+epoch). The guard's state (which method runs, its snapshot, its roll-backs) goes into the
+resumable checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .errors import UsageError
+from .methods import METHODS, Method, get_method
+from .methods.settings import guard_mitigation, nearest_hparams
+from .monitoring.guard import Guard
+
+POLICIES = ("auto", "n_fgsm", "gradalign", "halve-step")
+
+
+def canonical_policy(name: str) -> str:
+    """``halve_step`` -> ``halve-step``; UsageError for an unknown policy."""
+    key = str(name).strip().lower().replace("_", "-")
+    key = {"n-fgsm": "n_fgsm"}.get(key, key)
+    if key not in POLICIES:
+        raise UsageError(f"unknown guard policy {name!r}; choose from {', '.join(POLICIES)}")
+    return key
+
+
+def check_policy(policy: str | None, method: str, detector: str) -> str | None:
+    """The canonical policy for a run of ``method`` (None: no guard); UsageError where it cannot act."""
+    if policy is None:
+        return None
+    policy = canonical_policy(policy)
+    if detector == "none":
+        raise UsageError("--guard acts on the online CO alarm: it needs a detector (not --detector none)")
+    if method == "zerograd_rollback":
+        raise UsageError("--guard: zerograd_rollback rolls back on the alarm itself; use one of the two")
+    if policy == "halve-step" and "step" not in METHODS[method]._all_defaults():
+        raise UsageError(f"--guard halve-step: method {method!r} has no step to halve")
+    return policy
+
+
+class TrainerGuard:
+    """The trainer's guard: the policy for the monitor, the pending roll-back, the switched method.
+    Without ``cfg.guard`` it is inert (no policy, never pending)."""
+
+    def __init__(self, cfg: Any, num_samples: int, method: Method) -> None:
+        self.cfg, self.num_samples = cfg, num_samples
+        self.enabled = cfg.guard is not None
+        self.policy_name = canonical_policy(cfg.guard) if self.enabled else None
+        self.mitigation = (guard_mitigation(cfg.dataset, cfg.eps) if self.policy_name == "auto"
+                           else self.policy_name)
+        self.method = method
+        self.mitigated = False
+        self.position = 0          # the schedule epoch a snapshot taken now returns to
+        self.pending: dict[str, Any] | None = None
+
+    def policy(self) -> Guard | None:
+        """The monitor's ``guard=`` (None without ``--guard``)."""
+        if not self.enabled:
+            return None
+        return Guard(mitigation=self.mitigation, max_rollbacks=3, extra_state=self.extra_state)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
+
+    def callback(self) -> Any:
+        """The monitor's ``on_co`` (None without ``--guard``)."""
+        return self.on_co if self.enabled else None
+
+    def on_co(self, info: Mapping[str, Any]) -> None:
+        """The monitor's ``on_co``: a roll-back is applied by the loop after the current step."""
+        if info.get("action") == "rollback":
+            self.pending = dict(info)
+
+    def mitigated_method(self) -> Method:
+        """The method the run switches to (its own generator, seeded by the run's seed)."""
+        cfg = self.cfg
+        common = {"seed": cfg.seed, "num_samples": self.num_samples, "epochs": cfg.epochs}
+        if self.mitigation == "halve-step":
+            args = dict(cfg.method_args)
+            cls = METHODS[cfg.method]
+            defaults = cls._all_defaults()
+            args["step"] = 0.5 * float(args.get("step", defaults["step"]))
+            noise = cls.start_radius if isinstance(cls.start_radius, str) else None
+            if noise is not None and args.get(noise, defaults.get(noise)) is not None:
+                args[noise] = 0.5 * float(args.get(noise, defaults[noise]))
+            return get_method(cfg.method, cfg.eps, **{**common, **args})
+        return get_method(self.mitigation, cfg.eps,
+                          **{**common, **nearest_hparams(self.mitigation, cfg.dataset, cfg.eps)})
+
+    def switch(self) -> tuple[Method, int]:
+        """Apply the pending roll-back: (the method to train with, the schedule epoch to resume at)."""
+        info, self.pending = self.pending or {}, None
+        extra = info.get("extra") or {}
+        method = self.mitigated_method()
+        if extra.get("mitigated"):   # the restored state was already the mitigation's: its state too
+            method.load_state_dict(extra["method"])
+        self.method, self.mitigated = method, True
+        return method, int(extra.get("position", 0))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return {"mitigated": self.mitigated} if self.enabled else None
+
+    def resumed_method(self, state: Mapping[str, Any] | None, method: Method) -> Method:
+        """On resume: the method the checkpoint's state belongs to (the mitigation after a roll-back)."""
+        if state and state.get("mitigated"):
+            self.method, self.mitigated = self.mitigated_method(), True
+        else:
+            self.method = method
+        return self.method
