@@ -389,11 +389,12 @@ def test_pgd_matches_reference():
 
 
 def test_pgd_random_start_matches_reference():
-    # Wong et al.'s PGD-7 training (train_pgd.py defaults): random start, step 2/255 = eps/4
+    # the default ``pgd``: PGD-10 of 2/255 = eps/4 from a random start (Rice et al. 2020; the FastAT
+    # Benchmark's PGD-AT, torchattacks PGD(alpha=2/255, steps=10)): Wong et al.'s loop with 10 steps
     x, y = make_batch()
     ref, ref_opt, ours, our_opt = twins()
-    method = get_method("pgd", EPS, steps=7, alpha=0.25)
-    expected = ref_wong_pgd(ref, ref_opt, x, y, EPS, 2 / 255, 7, generator_copy(method))
+    method = get_method("pgd", EPS)
+    expected = ref_wong_pgd(ref, ref_opt, x, y, EPS, 2 / 255, 10, generator_copy(method))
     assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
 
 
