@@ -154,9 +154,10 @@ class TrainConfig:
             raise UsageError(f"val split must be a non-negative number of images, got {self.val_split}")
         if self.val_split and self.train_limit is not None and self.val_split >= self.train_limit:
             raise UsageError(f"val split {self.val_split} leaves no training image of the {self.train_limit}")
-        if self.select == "best" and not self.val_split and "robust_acc" not in [p.name for p in probes]:
-            raise UsageError("--select best needs --val-split N or the robust_acc probe (its PGD accuracy "
-                             "at epoch events chooses the checkpoint)")
+        if self.select == "best" and not self.val_split and ("robust_acc" not in [p.name for p in probes]
+                                                             or self.every != "epoch"):
+            raise UsageError("--select best needs --val-split N, or the robust_acc probe with --every epoch "
+                             "(its PGD accuracy at each epoch's event chooses the checkpoint)")
         if self.lr_schedule == "onecycle" and self.epochs < 2:
             raise UsageError(f"the onecycle schedule needs at least 2 epochs, got {self.epochs}")
 
