@@ -25,7 +25,20 @@ with GradAlign's own He initialisation it fell below chance (clean 0.06 at epoch
 statistics stayed within 0.03 of the eval-mode one from epoch 2 on (PGD-10 0.007 at the end).
 
 ``gradalign_he_init`` repeats GradAlign with the weights initialised as GradAlign's own code
-does. Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the
+does.
+
+The three-way check of GradAlign's 16/255 collapse (lambda 2: the parameter gradient spikes
+10-70x near the learning-rate peak in fp32 and the network falls to a constant classifier):
+
+    python benchmarks/gpu_case7.py --data-root ... --methods gradalign gradalign_skip --fp16
+
+runs GradAlign in fp32, in fp16 with ``torch.amp.GradScaler`` (the paper trained with apex's
+dynamic loss scaling, which skips the steps whose gradients overflow; ``skipped`` counts them)
+and in fp32 with ``-m skip_spikes=5`` (``gradalign_skip``: the step whose gradient norm is above
+5x the median of the last 50 is skipped). Three runs of 20 epochs: about 8 minutes on one H200
+(estimated from the six-run figure below; not run: no GPU was lent).
+
+Prints one line per epoch and writes every number to ``--out`` (JSON). Not part of the
 test suite. It needs a GPU: all six runs in fp32 take an estimated 15 minutes on one H200;
 ``--methods gradalign gradalign_he_init`` about half.
 """
@@ -57,6 +70,8 @@ RUNS = {  # label -> (registry name, hparams)
     # the same with the weights initialised as GradAlign's train.py does: the initialisation
     # decided GradAlign's outcome on the CPU (module docstring)
     "gradalign_he_init": ("gradalign", {}),
+    # fp32 with the fp16 loss scaler's step skipping as a rule on the gradient norm
+    "gradalign_skip": ("gradalign", {"skip_spikes": 5.0}),
 }
 
 
@@ -89,7 +104,19 @@ def gradalign_probe(method, model, x, y) -> dict[str, float]:
     return {"excluded": float(1 - valid.float().mean()), "cos": float(cos[valid].mean()) if valid.any() else math.nan}
 
 
-def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, data) -> list[dict]:
+def fp16_step(method, model, opt, scaler, x, y, meta) -> torch.Tensor:
+    """GradAlign's ``train_step`` (perturb, loss, backward, step) under fp16 autocast with a
+    dynamic loss scaler: a step whose scaled gradients overflow is skipped and the scale halved."""
+    with torch.autocast(x.device.type, dtype=torch.float16):
+        loss = method.loss(model, x, y, method.perturb(model, x, y, meta))
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
+def run(label: str, name: str, hp: dict, args: argparse.Namespace, precision: str, data) -> list[dict]:
     train_set, test_x, test_y = data
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -100,9 +127,12 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
     loader = make_loader(train_set, 128, shuffle=True, augment=True, with_index=True, seed=0, device=device)
     method = get_method(name, EPS, seed=0, num_samples=len(train_set), epochs=args.epochs, **hp)
     lr_at = make_schedule("cyclic", 0.2, args.epochs, 0.4)
+    amp = precision == "bf16"
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    skipped = 0
     rows = []
-    out_dir = Path(args.run_root) / f"{label}{'-bf16' if amp else ''}"
+    out_dir = Path(args.run_root) / f"{label}{'' if precision == 'fp32' else '-' + precision}"
     with monitor(model, opt, out_dir, eps=EPS, probe_data=(test_x[:256], test_y[:256]),
                  attack=method.perturb, method=method, probes=["robust_acc", "grad_align"],
                  overwrite=True) as mon:
@@ -114,8 +144,13 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
             for i, (x, y, meta) in enumerate(loader):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(epoch + (i + 1) / len(loader))
-                with ctx():
-                    loss = method.train_step(model, opt, x, y, meta)
+                if scaler is not None:
+                    scale = scaler.get_scale()
+                    loss = fp16_step(method, model, opt, scaler, x, y, meta)
+                    skipped += int(scaler.get_scale() < scale)
+                else:
+                    with ctx():
+                        loss = method.train_step(model, opt, x, y, meta)
                 if name == "gradalign" and i % 20 == 0:
                     gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters()
                                         if p.grad is not None))
@@ -133,7 +168,7 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
             model.load_state_dict(saved, strict=False)
             model.eval()
             res = attacks.evaluate(model, (test_x, test_y), EPS, n=len(test_y), pgd_steps=10, restarts=1, seed=0)
-            row = {"label": label, "amp": amp, "epoch": epoch + 1, "clean": res["clean_acc"],
+            row = {"label": label, "precision": precision, "epoch": epoch + 1, "clean": res["clean_acc"],
                    "clean_batch_stats": batch_stats_acc,
                    "pgd10": res["pgd_acc"], "co_alarm": bool(mon.co_detected),
                    "seconds": time.perf_counter() - t0}
@@ -141,7 +176,8 @@ def run(label: str, name: str, hp: dict, args: argparse.Namespace, amp: bool, da
                 row.update(nonfinite_checks=bad, grad_norm_max=grad_max,
                            train_cos=float(method.state()["train_cos"]),
                            excluded=sum(d["excluded"] for d in diag) / max(len(diag), 1),
-                           probe_cos=sum(d["cos"] for d in diag) / max(len(diag), 1))
+                           probe_cos=sum(d["cos"] for d in diag) / max(len(diag), 1),
+                           skipped=skipped if scaler is not None else method.state().get("skipped_steps", 0))
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -153,6 +189,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--amp", action="store_true", help="also run each method under bf16 autocast")
+    p.add_argument("--fp16", action="store_true", help="also run GradAlign (without the skip) in fp16 "
+                   "with a dynamic loss scaler, as the paper trained")
     p.add_argument("--fp32", action="store_true", help="run in fp32 (default when --amp is not given)")
     p.add_argument("--run-root", default="runs/gpu_case7")
     p.add_argument("--device", default="cuda")
@@ -166,9 +204,12 @@ def main() -> None:
     train_set = load_dataset("cifar10", root=args.data_root, train=True, limit=args.train_limit)
     test = load_dataset("cifar10", root=args.data_root, train=False, limit=args.eval_n)
     data = (train_set, test.images.float().div(255).to(args.device), test.labels.to(args.device))
-    precisions = ([False] if args.fp32 or not args.amp else []) + ([True] if args.amp else [])
-    results = [row for label in args.methods for amp in precisions
-               for row in run(label, *RUNS[label], args, amp, data)]
+    precisions = (["fp32"] if args.fp32 or not args.amp else []) + (["bf16"] if args.amp else [])
+    runs = [(label, p) for label in args.methods for p in precisions]
+    if args.fp16:
+        runs += [(label, "fp16") for label in args.methods
+                 if RUNS[label][0] == "gradalign" and label != "gradalign_skip"]
+    results = [row for label, precision in runs for row in run(label, *RUNS[label], args, precision, data)]
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
 

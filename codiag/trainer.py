@@ -9,6 +9,7 @@ cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -20,10 +21,10 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from . import attacks, checkpoint
+from . import attacks, checkpoint, protocol
 from .checkpoint import rng_state, set_rng_state
 from .cost import PassCounter
-from .data import DATASETS, load_dataset, make_loader
+from .data import DATASETS, load_dataset, make_loader, train_val_split
 from .detector import DETECTORS
 from .errors import UsageError
 from .methods import METHODS, Method, check_method, get_method
@@ -34,7 +35,7 @@ from .parsing import parse_eps, parse_fraction
 from .probes import resolve_probes
 from .rundir import RunLock, check_run_dir, read_meta, rewind
 from .runs import to_jsonable
-from .schedules import SCHEDULES, make_schedule
+from .schedules import SCHEDULES, make_schedule, momentum_schedule
 from .trainer_guard import TrainerGuard, check_policy
 
 
@@ -77,6 +78,11 @@ class TrainConfig:
     guard: str | None = None             # on the alarm: roll back and switch (codiag.trainer_guard.POLICIES)
     checkpoint: bool = True
     progress: bool = True
+    # the FastAT Benchmark's protocol (codiag.protocol); the defaults change nothing
+    label_smoothing: float = 0.0         # smoothing of every cross entropy of the training step
+    weight_averaging: float | None = None  # tau of an EMA of the whole state, updated every step
+    val_split: int = 0                   # training images held out, never trained on
+    select: str = "last"                 # best: also keep the epoch-end model with the best PGD-10
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -94,7 +100,8 @@ class TrainConfig:
         self.lr = parse_fraction(self.lr, "lr")
         for name, value, choices in (("dataset", self.dataset, DATASETS), ("model", self.model, MODELS),
                                      ("method", self.method, METHODS),
-                                     ("lr schedule", self.lr_schedule, (*SCHEDULES, "onecycle")),
+                                     ("lr schedule", self.lr_schedule, SCHEDULES),
+                                     ("select", self.select, ("last", "best")),
                                      ("optimizer", self.optimizer, ("sgd", "adam")),
                                      ("detector", self.detector, (*DETECTORS, "none"))):
             if value not in choices:
@@ -133,9 +140,30 @@ class TrainConfig:
             raise UsageError("the run directory (--out) is empty; name a directory")
         check_method(self.method, self.method_args)
         self.guard = check_policy(self.guard, self.method, self.detector)
-        resolve_probes(self.probes)
+        probes = resolve_probes(self.probes)
+        self._validate_protocol(probes)
         if self.autoattack:
             attacks.require_autoattack()     # at the start, not after the training
+
+    def _validate_protocol(self, probes: Any) -> None:
+        self.label_smoothing = parse_fraction(self.label_smoothing, "label smoothing")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.weight_averaging is not None:
+            self.weight_averaging = parse_fraction(self.weight_averaging, "weight averaging")
+            if not 0.0 < self.weight_averaging < 1.0:
+                raise UsageError(f"weight averaging takes the EMA decay tau in (0, 1), e.g. 0.9995, "
+                                 f"got {self.weight_averaging}")
+        if isinstance(self.val_split, bool) or not isinstance(self.val_split, int) or self.val_split < 0:
+            raise UsageError(f"val split must be a non-negative number of images, got {self.val_split}")
+        if self.val_split and self.train_limit is not None and self.val_split >= self.train_limit:
+            raise UsageError(f"val split {self.val_split} leaves no training image of the {self.train_limit}")
+        if self.select == "best" and not self.val_split and ("robust_acc" not in [p.name for p in probes]
+                                                             or self.every != "epoch"):
+            raise UsageError("--select best needs --val-split N, or the robust_acc probe with --every epoch "
+                             "(its PGD accuracy at each epoch's event chooses the checkpoint)")
+        if self.lr_schedule == "onecycle" and self.epochs < 2:
+            raise UsageError(f"the onecycle schedule needs at least 2 epochs, got {self.epochs}")
 
 
 def build_method(cfg: TrainConfig, num_samples: int) -> Method:
@@ -193,6 +221,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
 
     train_set = load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
                              download=cfg.download)
+    train_set, val_data = _hold_out(cfg, train_set, device)
     test_set = load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download)
     augment = cfg.augment if cfg.augment is not None else cfg.dataset in ("cifar10", "cifar100", "svhn")
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=augment,
@@ -203,6 +232,8 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     optimizer = _optimizer(cfg, model)
     method = build_method(cfg, len(train_set))
     lr_at = make_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, cfg.lr_peak_at, cfg.lr_milestones)
+    momentum_at = momentum_schedule(cfg.lr_schedule, cfg.epochs)
+    extras = protocol.Extras(model, cfg.weight_averaging, cfg.select == "best")
     steps_per_epoch = len(train_loader)
     use_amp = cfg.amp and device.type == "cuda"
     first_epoch, stopped, time_before = 0, False, 0.0
@@ -213,6 +244,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
         method = rescue.resumed_method(state.get("guard"), method)
         method.load_state_dict(state["method"])
         train_loader.set_epoch(state["loader_epoch"])
+        extras.load_state_dict(state)
         first_epoch, stopped, time_before = state["epoch"], state["stopped"], state["train_time_s"]
 
     record = dataclasses.asdict(cfg) | {"device_resolved": str(device), "train_size": len(train_set),
@@ -240,10 +272,11 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             rescue.position = epoch            # a snapshot taken inside the epoch returns to its start
             for i, (x, y, meta) in enumerate(train_loader):
                 lr = lr_at(epoch + (i + 1) / steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                _set_lr(optimizer, lr, momentum_at and momentum_at(epoch + (i + 1) / steps_per_epoch))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), \
+                        protocol.label_smoothing(cfg.label_smoothing):
                     loss = method.train_step(model, optimizer, x, y, meta)
+                extras.after_step(model)
                 passes.steps += 1
                 loss_sum += loss.detach().float()
                 if rescue.pending:
@@ -251,7 +284,10 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             if not rescue.pending:
                 mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
                 rescue.position = epoch + 1
+                events = mon.n_events
                 mon.epoch_end()
+                if not rescue.pending:
+                    _protocol_epoch_end(cfg, mon, model, extras, val_data, epoch, mon.n_events > events)
             method, next_epoch, stopped = _after_epoch(cfg, mon, method, rescue, epoch, model, optimizer)
             if cfg.checkpoint:
                 ckpt.mkdir(exist_ok=True)
@@ -261,6 +297,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                     "guard": rescue.state_dict(),
                     "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "method": method.state_dict(), "rng": rng_state(), "loader_epoch": train_loader.epoch,
+                    **extras.state_dict(),
                     "train_time_s": time_before + time.perf_counter() - start,
                 }, ckpt / checkpoint.RESUME_FILE, inside=out)
             epoch = next_epoch
@@ -279,9 +316,12 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 x, y = _first_points(test_loader, min(cfg.eval_n, 1000))
                 result["aa_acc"] = attacks.autoattack(model, x, y, cfg.eps, seed=cfg.seed)["aa_acc"]
             mon.log("eval", {k: v for k, v in result.items() if isinstance(v, (int, float))})
+            result.update(_final_protocol(cfg, mon, model, extras, test_loader))
         if cfg.checkpoint:
             ckpt.mkdir(exist_ok=True)
             checkpoint.save(model.state_dict(), ckpt / "final.pt", inside=out)
+            for stem, weights in extras.final_states().items():    # averaged.pt, selected.pt
+                checkpoint.save(weights, ckpt / f"{stem}.pt", inside=out)
         mon.update(train_time_s=train_time, final=result,
                    **({"cost": passes.per_step()} if passes.steps else {}))
     (ckpt / checkpoint.RESUME_FILE).unlink(missing_ok=True)  # finished: final.pt is what stays
@@ -341,6 +381,83 @@ def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str
     finally:
         lock.release()
     return state
+
+
+def _hold_out(cfg: TrainConfig, train_set: Any, device: torch.device) -> tuple[Any, Any]:
+    """(training set, loader of the ``val_split`` held-out images or None): a seeded random
+    choice, taken before anything sees the data (the benchmark: 1,000 of CIFAR-10's 50,000)."""
+    if not cfg.val_split:
+        return train_set, None
+    train_set, val_set = train_val_split(train_set, cfg.val_split, seed=cfg.seed)
+    return train_set, make_loader(val_set, 500, shuffle=False, device=device)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
+    """The learning rate, and where the schedule cycles it, SGD's momentum or Adam's beta1
+    (as torch's OneCycleLR does)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, *group["betas"][1:])
+        else:
+            group["momentum"] = momentum
+
+
+def _protocol_epoch_end(cfg: TrainConfig, mon: Any, model: torch.nn.Module, extras: protocol.Extras,
+                        val_data: Any, epoch: int, event: bool) -> None:
+    """The averaged model's accuracy on the probe set (rows ``averaged``) and the best-checkpoint
+    choice; every attack here draws from its own seeded generator, so training is unchanged."""
+    averaged, best = extras.averaged, extras.best
+    if averaged is None and best is None:
+        return
+    probe_scores: dict[str, Any] = {}
+    if averaged is not None and event and mon.probe_set is not None:
+        probe_scores = protocol.scores(averaged.module, (mon.probe_set.x, mon.probe_set.y), cfg.eps, cfg.seed)
+        mon.log("averaged", {k: v for k, v in probe_scores.items() if k != "n"})
+    if best is None:
+        mon.flush()      # the rows above, before the epoch's checkpoint (resume rewinds to it)
+        return
+    models = {"raw": model, **({} if averaged is None else {"averaged": averaged.module})}
+    if val_data is not None:     # the benchmark: PGD-10 on the held-out images, each epoch
+        candidates = {}
+        for name, m in models.items():
+            result = protocol.scores(m, val_data, cfg.eps, cfg.seed)
+            mon.log(f"val_{name}", {k: v for k, v in result.items() if k != "n"})
+            candidates[name] = (result, m)
+    else:                        # no held-out images: the probe set's PGD accuracy of this event
+        values = mon.last_values
+        pgd, clean = values.get(("robust_acc", "pgd_acc")), values.get(("robust_acc", "clean_acc"))
+        candidates = {}
+        if event and pgd is not None and clean is not None and math.isfinite(pgd):
+            candidates["raw"] = ({"pgd_acc": pgd, "clean_acc": clean}, model)
+            if probe_scores:
+                candidates["averaged"] = (probe_scores, averaged.module)
+    if candidates and best.consider(epoch + 1, candidates):
+        mon.event("best_checkpoint", **best.summary())
+    mon.flush()
+
+
+def _final_protocol(cfg: TrainConfig, mon: Any, model: torch.nn.Module, extras: protocol.Extras,
+                    test_loader: Any) -> dict[str, Any]:
+    """The final evaluation of the averaged and the best model, as ``run.json``'s ``final.averaged``
+    and ``final.best`` (the benchmark reports the model it selected; we report all three)."""
+    averaged, best = extras.averaged, extras.best
+    out: dict[str, Any] = {}
+    others = {"averaged": None if averaged is None else averaged.module}
+    if best is not None and best.state is not None:
+        chosen = copy.deepcopy(model)
+        chosen.load_state_dict(best.state)
+        others["best"] = chosen
+    for name, m in others.items():
+        if m is None:
+            continue
+        result = attacks.evaluate(m, test_loader, cfg.eps, n=cfg.eval_n, pgd_steps=cfg.eval_steps,
+                                  restarts=cfg.eval_restarts, seed=cfg.seed)
+        mon.log(f"eval_{name}", {k: v for k, v in result.items() if isinstance(v, (int, float))})
+        out[name] = {**result, **(best.summary() if name == "best" else {})}
+    return out
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,8 @@ _MODULES = (
     "method_state",
     "local_linearity",
     "abnormal_examples",
+    "pert_align",
+    "grad_concentration",
 )
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")

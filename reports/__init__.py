@@ -25,6 +25,8 @@ linear_approx              GradAlign Fig. 10
 sign_agreement             ZeroGrad Table 10
 local_linearity            ELLE Fig. 2c
 abnormal_examples          AAER Fig. 1
+pert_align                 SORA (ICML 2026) PertAlign
+grad_concentration         lp-FGSM (Mehouachi & Jabari 2025)
 =========================  =============================================
 
 Across runs (``MULTI_BUILDERS``): overlay_curves, overlay_diagnostics (two or

@@ -13,11 +13,13 @@ from .co_rate import co_rate
 from .curves import overlay_curves, overlay_diagnostics, training_curves
 from .feature_maps import feature_maps
 from .filters import filter_evolution, filter_norms
+from .grad_concentration import grad_concentration
 from .grad_norm import grad_norm_hist, grad_norm_subsets
 from .linear_approx import linear_approx
 from .local_linearity import local_linearity
 from .loss_surface import loss_surface
 from .method_state import method_state
+from .pert_align import pert_align
 from .perturbation_delta import perturbation_delta
 from .perturbation_norm import l1_table, perturbation_norm_hist
 from .robust_vs_eps import robust_vs_eps
@@ -43,6 +45,8 @@ RUN_BUILDERS: dict[str, Callable[..., Figure]] = {
     "sign_agreement": sign_agreement,
     "local_linearity": local_linearity,
     "abnormal_examples": abnormal_examples,
+    "pert_align": pert_align,
+    "grad_concentration": grad_concentration,
 }
 
 #: key -> (builder, fewest runs it is drawn for)

@@ -61,7 +61,7 @@ def test_registry_holds_every_probe_of_the_design_table():
     table = {"grad_align", "fgsm_pgd_cos", "robust_acc", "weight_update", "perturbation_delta",
              "strength_gap", "instance_grad_norm", "linear_approx", "sign_agreement",
              "perturbation_norm", "loss_surface", "filters", "method_state", "local_linearity",
-             "abnormal_examples"}
+             "abnormal_examples", "pert_align", "grad_concentration"}
     assert set(PROBES) == table
     assert "loss_surface" not in DEFAULT_PROBES and "robust_acc" in DEFAULT_PROBES
     assert [p.name for p in resolve_probes("all")] == list(PROBES)
@@ -320,3 +320,39 @@ def test_shared_results_are_computed_once_per_event(monkeypatch):
         for probe in resolve_probes("all"):
             probe.run(ctx)
     assert calls["pgd"] == 1
+
+
+def test_pert_align_matches_its_definition_and_is_one_for_a_linear_model():
+    model, ps = tiny_cnn(), data()
+    s, _, ctx = run_probe("pert_align", model, ps)
+    u = torch.rand(ps.x.shape, generator=ctx.generator("pert_align.eta"))
+    eta = (ps.x + (2 * u - 1) * EPS).clamp(0, 1) - ps.x
+    g_start = per_sample_grads(model, ps.x + eta, ps.y)
+    delta = ((ps.x + (eta + 1.25 * EPS * g_start.sign()).clamp(-EPS, EPS)).clamp(0, 1)) - ps.x
+    g_adv = per_sample_grads(model, ps.x + delta, ps.y)
+    expected = F.cosine_similarity(g_start.flatten(1), g_adv.flatten(1), dim=1).mean()
+    assert s["mean"] == pytest.approx(float(expected), abs=1e-5)
+    assert s["mean"] < 0.9999 and s["n_zero_grad"] == 0
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    assert run_probe("pert_align", linear, data(classes=2))[0]["mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_grad_concentration_of_a_linear_model_is_that_of_its_weight_difference():
+    # two classes, linear: grad_x CE = (p1 - [y=1]) (w1 - w0), so the measures are those of w1 - w0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    w = (model[1].weight[1] - model[1].weight[0]).detach().abs().numpy().astype(np.float64)
+    s, _, _ = run_probe("grad_concentration", model, data(classes=2))
+    d = w.size
+    p = w / w.sum()
+    assert s["participation"] == pytest.approx((w.sum() / np.sqrt((w ** 2).sum())) ** 2 / d, rel=1e-4)
+    assert s["entropy_gap"] == pytest.approx(math.log(d) + float((p * np.log(p)).sum()), abs=1e-4)
+    # all of the gradient in one coordinate: PR = 1 (1/d after normalising), gap log d
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1, 7] = 3.0
+    s, _, _ = run_probe("grad_concentration", model, data(classes=2))
+    assert s["participation"] == pytest.approx(1 / d, rel=1e-5)
+    assert s["entropy_gap"] == pytest.approx(math.log(d), abs=1e-5)
+    assert s["n_zero_grad"] == 0

@@ -62,7 +62,8 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
     p.add_argument("--lr", type=_number, default=d.lr, help="peak learning rate")
     p.add_argument("--lr-schedule", choices=("cyclic", "onecycle", "piecewise", "constant"),
-                   default=d.lr_schedule)
+                   default=d.lr_schedule, help="onecycle: torch's OneCycleLR stepped per epoch, momentum "
+                   "cycling 0.95-0.85 (the FastAT Benchmark's); cyclic: linear up to --lr-peak and down")
     p.add_argument("--lr-peak", type=_number, default=d.lr_peak_at, metavar="FRACTION",
                    help="where the cyclic schedule peaks, as a fraction of training (default: the "
                    "method's paper value, 2/5 for GradAlign's code, 1/2 for Wong et al., ZeroGrad, "
@@ -100,6 +101,16 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted or killed run in --out from its last epoch checkpoint "
                    "(same options; the final weights equal an uninterrupted run's)")
+    p.add_argument("--label-smoothing", type=_number, default=d.label_smoothing, metavar="S",
+                   help="label smoothing of every cross entropy of the training step (FastAT Benchmark: 0.4)")
+    p.add_argument("--weight-averaging", type=_number, default=d.weight_averaging, metavar="TAU",
+                   help="also keep an EMA of the whole state (BatchNorm buffers too), updated each step "
+                   "(FastAT Benchmark: 0.9995); probes and the final evaluation report it beside the raw model")
+    p.add_argument("--val-split", type=_positive_int, default=d.val_split, metavar="N",
+                   help="hold out N training images, never trained on (FastAT Benchmark: 1000)")
+    p.add_argument("--select", choices=("last", "best"), default=d.select,
+                   help="best: also keep the epoch-end model (raw or averaged) with the best PGD-10 accuracy "
+                   "on --val-split (else the robust_acc probe's), saved as checkpoints/selected.pt and evaluated")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -126,7 +137,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device, probes=probes, every=every, eval_n=args.eval_n,
         eval_steps=args.eval_steps, eval_restarts=args.eval_restarts, autoattack=args.autoattack,
         stop_after_co=args.stop_after_co, detector=args.detector, guard=args.guard,
-        progress=not args.quiet)
+        label_smoothing=args.label_smoothing, weight_averaging=args.weight_averaging, val_split=args.val_split,
+        select=args.select, progress=not args.quiet)
     cfg.validate()
     return cfg
 

@@ -22,9 +22,19 @@ The rule was fitted on CIFAR-10 only; pass ``lam`` for other data (SVHN: 2.5 at
 8/255). On Fashion-MNIST at eps 0.2 lambda 2.0 alone collapses in one seed of three;
 lambda 2.0 with the FGSM step lowered to ``step=0.6`` holds in all three
 (examples/methods_vs_co.py, HPARAMS).
+
+``skip_spikes`` (0: off): skip the optimizer step whose parameter-gradient norm exceeds
+``skip_spikes`` times the median of the last 50 steps' norms (or is not finite). The paper
+trained in fp16 with apex's dynamic loss scaling, which skips every step whose gradients
+overflow; in fp32 nothing is skipped, and at 16/255 (lambda 2) the double-backpropagation
+gradient can spike 10-70x near the learning-rate peak and throw the network to a constant
+classifier. ``skip_spikes=5`` is that behaviour without fp16: a skipped step leaves every
+parameter and the optimizer's state unchanged (the gradients are dropped, so the optimizer
+passes over them; the step is still counted). ``skipped_steps`` in ``method_state`` counts them.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -71,8 +81,11 @@ class GradAlign(Method):
     """FGSM (step ``step`` eps, from zero) + ``lam`` * (1 - cos(grad at x, grad at x + eta))."""
 
     name = "gradalign"
-    defaults: dict[str, Any] = {"lam": None, "step": 1.0, "batched": "auto"}
-    checks = {"lam": Optional(NON_NEGATIVE), "step": POSITIVE, "batched": OneOf("auto", True, False)}
+    defaults: dict[str, Any] = {"lam": None, "step": 1.0, "batched": "auto", "skip_spikes": 0.0}
+    checks = {"lam": Optional(NON_NEGATIVE), "step": POSITIVE, "batched": OneOf("auto", True, False),
+              "skip_spikes": NON_NEGATIVE}
+    #: steps of gradient norms the spike rule compares with, and how many it needs first
+    SPIKE_WINDOW, SPIKE_MIN = 50, 10
 
     def __init__(self, eps: float, **hparams: Any) -> None:
         super().__init__(eps, **hparams)
@@ -81,6 +94,8 @@ class GradAlign(Method):
         self.lam = float(self.lam)
         self._cache: tuple[Tensor, Tensor, Tensor | None] | None = None
         self._last_cos = float("nan")
+        self.grad_norms: list[float] = []     # the last SPIKE_WINDOW parameter-gradient norms
+        self.skipped_steps = 0
 
     def _batches(self, model: nn.Module, x: Tensor) -> bool:
         """Whether this training step takes both input gradients in one 2B forward/backward."""
@@ -132,5 +147,34 @@ class GradAlign(Method):
             return ce
         return ce + self.regulariser(model, x, y)
 
+    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                   index: Any = None) -> Tensor:
+        if not self.skip_spikes:
+            return super().train_step(model, optimizer, x, y, index)
+        delta = self.perturb(model, x, y, index)
+        loss = self.loss(model, x, y, delta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_step(model, optimizer)
+        if self._spike(optimizer):
+            optimizer.zero_grad(set_to_none=True)   # parameters without a gradient are passed over
+            self.skipped_steps += 1
+        optimizer.step()
+        return loss.detach()
+
+    def _spike(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether this step's gradient norm is not finite or above ``skip_spikes`` x the recent median."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        history = self.grad_norms
+        spike = not torch.isfinite(torch.tensor(norm)) or (
+            len(history) >= self.SPIKE_MIN and norm > float(self.skip_spikes) * statistics.median(history))
+        if torch.isfinite(torch.tensor(norm)):
+            self.grad_norms = [*history, norm][-self.SPIKE_WINDOW:]
+        return spike
+
     def state(self) -> dict[str, StateValue]:
-        return {"lam": self.lam, "train_cos": float(self._last_cos)}
+        out: dict[str, StateValue] = {"lam": self.lam, "train_cos": float(self._last_cos)}
+        if self.skip_spikes:
+            out["skipped_steps"] = float(self.skipped_steps)
+        return out

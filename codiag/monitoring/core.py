@@ -77,6 +77,7 @@ class Monitor:
         self.step = self.epoch = self._steps_in_epoch = self.n_events = 0
         self.probe_time_s = 0.0
         self._last_event_step: int | None = None
+        self.last_values: dict[tuple[str, str], float] = {}
         self._probe_state: dict[str, dict[str, Any]] = {}
         self._prev_params: list[Tensor] | None = None
         self._hooks: list[Any] = []
@@ -359,6 +360,7 @@ class Monitor:
         rows.append((ctx.step, ctx.epoch, "event", "probe_n", len(ctx.probe_set)))
         values = self.recorder.flush(rows, [(ctx.step, name, arr) for name, arr in ctx.rows.arrays],
                                      self.row_epoch)
+        self.last_values = values   # (probe, key) -> value of the latest event (the trainer's --select best)
         if not light:
             self._last_event_step = self.step
             if self.step > 0:
