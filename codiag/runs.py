@@ -430,13 +430,14 @@ def read_metrics(file: Path) -> pd.DataFrame:
     bad: list[int] = []
     if lines and lines[0].strip() != ",".join(METRIC_COLUMNS):
         raise UsageError(f"{file}: not a codiag metrics file (header {lines[0][:60]!r})")
-    for number, row in enumerate(csv.reader(lines[1:]), start=2):
-        try:
-            step, epoch, probe, key, value = row
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:   # one line at a time: an unclosed quote must not swallow the lines after it
+            (step, epoch, probe, key, value), = csv.reader([line], strict=True)
             rows.append((int(step), int(epoch), probe, key, float(value)))
-        except ValueError:
-            if row:
-                bad.append(number)
+        except (ValueError, csv.Error):
+            bad.append(number)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         warnings.warn(f"{file}: skipped {len(bad)} malformed row(s) at line(s) {shown}", RuntimeWarning,

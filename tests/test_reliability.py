@@ -458,3 +458,14 @@ def test_truncated_gz_is_one_line(tmp_path, monkeypatch, capsys):
     assert rc == 2
     assert_one_line(err, "cannot decompress", "train-images")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
+
+
+def test_a_malformed_line_with_an_unclosed_quote_hides_no_other_line(tmp_path):
+    with RunWriter(tmp_path / "r", {}) as w:
+        w.log(0, 0, "p", "k", 1.0)
+    with open(tmp_path / "r" / "metrics.csv", "a") as f:
+        f.write('1,0,"p,k,2.0\n2,0,p,k,3.0\n3,0,p,"k"x,4.0\n4,0,p,k,5.0,extra\n5,0,"p,q",k,6.0\n')
+    with pytest.warns(RuntimeWarning, match=r"skipped 3 malformed row\(s\) at line\(s\) 3, 5, 6$"):
+        m = load_run(tmp_path / "r").metrics
+    assert m["step"].tolist() == [0, 2, 5] and m["value"].tolist() == [1.0, 3.0, 6.0]
+    assert m["probe"].tolist() == ["p", "p", "p,q"]
