@@ -219,8 +219,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                  config=record, resume=resume, overwrite=overwrite,
                  detector=None if cfg.detector == "none" else cfg.detector) as mon:
         if state is not None:
-            set_rng_state(state["rng"])
-            mon.step, mon.epoch = state["step"], state["epoch"]
+            _continue(mon, state)
         epochs = tqdm(range(first_epoch, 0 if stopped else cfg.epochs), desc=f"{cfg.method} {cfg.dataset}",
                       unit="epoch", disable=not cfg.progress, initial=first_epoch, total=cfg.epochs)
         for epoch in epochs:
@@ -251,7 +250,8 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 checkpoint.save({
                     "version": checkpoint.CHECKPOINT_VERSION, "epoch": epoch + 1, "step": mon.step,
                     "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "method": method.state_dict(), "rng": rng_state(), "loader_epoch": train_loader.epoch,
+                    "method": method.state_dict(), "monitor": mon.state_dict(), "rng": rng_state(),
+                    "loader_epoch": train_loader.epoch,
                     "train_time_s": time_before + time.perf_counter() - start,
                 }, ckpt / checkpoint.RESUME_FILE, inside=out)
             if stopped:
@@ -305,6 +305,14 @@ def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str
     finally:
         lock.release()
     return state
+
+
+def _continue(mon: Any, state: Mapping[str, Any]) -> None:
+    """Give a resumed run its RNGs, its step and epoch counts and its probes' values at the last event."""
+    set_rng_state(state["rng"])
+    mon.step, mon.epoch = state["step"], state["epoch"]
+    if "monitor" in state:   # written since the change-since-the-last-event probes keep their state
+        mon.load_state_dict(state["monitor"])
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

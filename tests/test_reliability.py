@@ -149,7 +149,7 @@ def test_method_state_survives_a_weights_only_checkpoint(name):
 
 # ------------------------------------------------------------------------- resume after SIGKILL
 TRAIN = ("--model", "cnn4", "--method", "fgsm", "--train-limit", "512", "--batch-size", "64", "--epochs", "3",
-         "--probes", "robust_acc", "--eval-n", "0",
+         "--probes", "robust_acc,weight_update,perturbation_delta", "--eval-n", "0",
          "--seed", "1", "--quiet")
 
 
@@ -192,8 +192,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_bit_for_bit(tmp_path, c
         assert torch.equal(resumed[k], whole[k]), k
     a, b = load_run(killed), load_run(tmp_path / "whole")
     assert a.status == "finished" and [e["kind"] for e in a.events].count("resume") == 1
-    # each probe event recorded once, with the uninterrupted run's values
-    pd.testing.assert_frame_equal(a.scalar("robust_acc", "pgd_acc"), b.scalar("robust_acc", "pgd_acc"))
+    # each probe event recorded once, with the uninterrupted run's values: every row, the
+    # change-since-the-last-event probes' first rows after the resume included
+    assert a.scalar("weight_update", "l2_all")["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
     assert not ckpt.exists() and not list(killed.rglob("*.tmp")) and not (killed / "run.lock").exists()
 
 

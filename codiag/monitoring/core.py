@@ -146,6 +146,31 @@ class Monitor:
                                          "probe_time_s": self.probe_time_s, "steps": self.step,
                                          "epochs": self.epoch})
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor carries from one probe event to the next, for a resumable checkpoint.
+
+        The probes that measure change since the previous event (``weight_update``,
+        ``perturbation_delta``, ``abnormal_examples``' tally, ``loss_surface``'s running sum)
+        keep their last values here; saved with the training state and given back by
+        :meth:`load_state_dict` after ``start()``, a resumed run records every row the
+        uninterrupted run records. Plain tensors, numbers, tuples and dicts only
+        (``torch.load(..., weights_only=True)`` reads them).
+        """
+        return {"probes": {name: _copy_state(state) for name, state in self._probe_state.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values (call it after ``start()``, before the next event).
+
+        Only the state of the probes this monitor runs is taken; it is data (tensors,
+        numbers), never code.
+        """
+        probes = state.get("probes") if isinstance(state, Mapping) else None
+        if not isinstance(probes, Mapping):
+            raise UsageError("monitor.load_state_dict: not a monitor state (no 'probes' mapping)")
+        names = {p.name for p in self.probes}
+        self._probe_state = {name: _copy_state(dict(s)) for name, s in probes.items()
+                             if name in names and isinstance(s, Mapping)}
+
     def _remove_hooks(self) -> None:
         for h in self._hooks:
             h.remove()
@@ -311,6 +336,20 @@ class Monitor:
                                      self.row_epoch)
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
+
+
+def _copy_state(value: Any) -> Any:
+    """A copy of a probe's state: tensors cloned (detached), containers rebuilt, numbers and strings kept."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {k: _copy_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_state(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a probe's state between events must hold tensors, numbers, strings, tuples, lists "
+                    f"and dicts, not {type(value).__name__}")
 
 
 def _batches(loader: Any) -> int | None:
