@@ -24,7 +24,7 @@ from .events import Cadence, parse_every, run_probes
 from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
-from .recording import Recorder, open_tensorboard, run_config
+from .recording import Recorder, open_tensorboard, refuse_other_run, run_config
 
 
 class Monitor:
@@ -102,7 +102,10 @@ class Monitor:
         ps, k = self.probe_set, o.light_n
         self.light_set = ProbeSet(ps.x[:k], ps.y[:k], None if ps.index is None else ps.index[:k], ps.source)
         resuming = bool(o.resume) and (self.run_dir / "run.json").exists()
-        writer = RunWriter(self.run_dir, run_config(self), resume=o.resume, overwrite=o.overwrite)
+        config = run_config(self)
+        if resuming:   # before anything is written: a resumed run continues its own measurement
+            refuse_other_run(self.run_dir, config)
+        writer = RunWriter(self.run_dir, config, resume=o.resume, overwrite=o.overwrite)
         try:
             if resuming:
                 previous = load_run(self.run_dir)

