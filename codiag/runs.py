@@ -139,7 +139,7 @@ class RunWriter:
                 raise refuse_foreign(self.path)
             if kind == "run" and not (resume or overwrite):
                 raise UsageError(f"{self.path} already holds a run: choose another directory, "
-                                 "or --resume or --overwrite")
+                                 "or resume=True or overwrite=True")
             if overwrite and kind == "run":
                 clear_run(self.path)
             (self.path / "arrays").mkdir(exist_ok=True)

@@ -287,7 +287,7 @@ def _check_same_config(out: Path, recorded: Mapping[str, Any], cfg: TrainConfig)
     for key, value in now.items():
         if key not in _RESUME_FREE and key in recorded and recorded[key] != value:
             raise UsageError(f"{out} was trained with {key}={recorded[key]!r}, not {value!r}: "
-                             "--resume continues a run with its own options")
+                             "resume=True continues a run with its own options")
 
 
 def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:

@@ -54,3 +54,33 @@ def test_resume_with_other_eps_probes_or_config_is_refused_naming_the_difference
     with monitor(model, opt, tmp_path / "r", **base, resume=True) as mon:   # its own settings: resumed
         assert mon.step == 1
     assert load_run(tmp_path / "r").status == "finished"
+
+
+# -- arguments that mean nothing: one line naming the argument ---------------------------------------
+def test_eps_as_a_fraction_string_is_read_and_none_or_a_bad_run_dir_are_one_line(tmp_path):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = monitor(model, opt, tmp_path / "r", eps="8/255", probe_data=(x, y), probes=["robust_acc"], probe_n=8)
+    assert mon.eps == 8 / 255
+    for kwargs, named in (({"eps": None}, "eps"), ({"eps": "abc"}, "eps"), ({"eps": 0}, "eps"),
+                          ({"eps": True}, "eps"), ({"run_dir": None}, "run_dir"), ({"run_dir": ""}, "run_dir")):
+        args = {"run_dir": tmp_path / "x", "eps": EPS, **kwargs}
+        with pytest.raises(UsageError) as err:
+            monitor(model, opt, probe_data=(x, y), **args)
+        assert one_line(err).startswith(f"monitor: {named}")
+    assert not (tmp_path / "x").exists()
+
+
+def test_library_errors_name_the_library_arguments_and_the_cli_its_flags(tmp_path, capsys):
+    from codiag.cli import main
+
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"], probe_n=8).start().close()
+    with pytest.raises(UsageError) as err:
+        monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"], probe_n=8).start()
+    assert "resume=True or overwrite=True" in one_line(err) and "--" not in str(err.value)
+    assert main(["train", "--out", str(tmp_path / "r"), "--dataset", "cifar10", "--data-root", str(tmp_path)]) == 2
+    assert "--resume or --overwrite" in capsys.readouterr().err

@@ -267,7 +267,7 @@ def test_second_writer_refused_across_processes_then_dead_writer_named(tmp_path)
     finally:
         proc.kill()
         proc.wait()
-    with pytest.raises(UsageError, match=f"the writer, pid {proc.pid}, is gone: --resume or --overwrite"):
+    with pytest.raises(UsageError, match=f"the writer, pid {proc.pid}, is gone: resume=True or overwrite=True"):
         RunWriter(run, {})
     with RunWriter(run, {}, resume=True):
         pass

@@ -6,6 +6,8 @@ and probe running :mod:`.events`, run writing :mod:`.recording`, the alarm
 """
 from __future__ import annotations
 
+import numbers
+import os
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from ..detector import CONFIRM
 from ..errors import UsageError
+from ..parsing import parse_fraction
 from ..probes import resolve_probes
 from ..probes.base import ProbeContext, ProbeSet
 from ..runs import RunWriter, exit_status, load_run
@@ -44,9 +47,9 @@ class Monitor:
             raise UsageError("monitor: model must be a torch.nn.Module")
         if not hasattr(optimizer, "register_step_post_hook"):
             raise UsageError("monitor: optimizer must be a torch.optim.Optimizer")
-        eps = float(eps)
-        if not (0.0 < eps <= 1.0):
-            raise UsageError(f"monitor: eps must lie in (0, 1] (pixel units), got {eps}")
+        eps = _eps(eps)
+        if run_dir is None or not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+            raise UsageError(f"monitor: run_dir must name a directory (a str or Path), got {run_dir!r}")
         if probe_data is None and train_data is None:
             raise UsageError("monitor: give probe_data (and ideally train_data) to draw the probe sets from")
         self.options = o = MonitorOptions.from_kwargs(options)
@@ -339,6 +342,19 @@ class Monitor:
                                      self.row_epoch)
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
+
+
+def _eps(eps: Any) -> float:
+    """``eps`` as a float in (0, 1]: a number, a one-element tensor or a fraction such as ``"8/255"``."""
+    if isinstance(eps, Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if eps is None or isinstance(eps, bool) or not isinstance(eps, (str, numbers.Real)):
+        raise UsageError(f"monitor: eps must be the L-inf radius in pixel units (e.g. 8/255 or \"8/255\"), "
+                         f"got {eps!r}")
+    value = parse_fraction(eps, "monitor: eps")
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"monitor: eps must lie in (0, 1] (pixel units, e.g. 8/255), got {eps!r}")
+    return value
 
 
 def _copy_state(value: Any) -> Any:
