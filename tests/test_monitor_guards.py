@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from codiag.errors import UsageError
@@ -84,3 +85,20 @@ def test_library_errors_name_the_library_arguments_and_the_cli_its_flags(tmp_pat
     assert "resume=True or overwrite=True" in one_line(err) and "--" not in str(err.value)
     assert main(["train", "--out", str(tmp_path / "r"), "--dataset", "cifar10", "--data-root", str(tmp_path)]) == 2
     assert "--resume or --overwrite" in capsys.readouterr().err
+
+
+# -- a loss_fn that reduces ----------------------------------------------------------------------------
+def test_a_scalar_loss_fn_is_refused_at_step_0(tmp_path):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UsageError) as err:
+        with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probe_n=8,
+                     loss_fn=lambda logits, y: F.cross_entropy(logits, y)):
+            pass
+    assert "loss_fn returned ()" in one_line(err) and "reduction='none'" in str(err.value)
+    assert load_run(tmp_path / "r").status == "failed"
+    with monitor(model, opt, tmp_path / "ok", eps=EPS, probe_data=(x, y), probe_n=8,
+                 loss_fn=lambda logits, y: F.cross_entropy(logits, y, reduction="none")):
+        pass
+    assert load_run(tmp_path / "ok").events_of("probe_error") == []

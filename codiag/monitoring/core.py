@@ -24,7 +24,15 @@ from ..probes.base import ProbeContext, ProbeSet
 from ..runs import RunWriter, exit_status, load_run
 from .alarm import Alarm
 from .events import Cadence, parse_every, run_probes
-from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
+from .isolation import (
+    Normalization,
+    ProbeModel,
+    UserCallGuard,
+    model_device,
+    per_sample_loss,
+    unwrap_compiled,
+    wrap_attack,
+)
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
 from .recording import Recorder, open_tensorboard, refuse_other_run, run_config
@@ -66,6 +74,7 @@ class Monitor:
         self.alarm = Alarm(o.detector, o.on_co)
         self.method, self.reference_model, self.strict = o.method, o.reference_model, o.strict
         self._attack_fn, self._data = attack, (probe_data, train_data)
+        self._loss_fn = per_sample_loss(o.loss_fn)
         #: where the probe set (and the confirming measurement's points) are drawn from, and its name
         self._probe_source = (probe_data, "probe_data") if probe_data is not None else (train_data, "train_data")
         self._attack = wrap_attack(attack, self.network, self.device, self.normalization, self.guard)
@@ -298,7 +307,7 @@ class Monitor:
         ctx = ProbeContext(self.view, self.eps, self.step, self.row_epoch, points, self.train_set,
                            attack=self._attack, method=self.method, reference_model=self.reference_model,
                            state=self._probe_state, seed=o.seed, pgd_steps=o.pgd_steps,
-                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=o.loss_fn)
+                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=self._loss_fn)
         run_probes(ctx, probes, self.view, [self.network, self.reference_model], self.device, first, self.strict,
                    lambda probe, exc: self.recorder.probe_error(ctx.step, ctx.epoch, name or probe, exc))
         return ctx

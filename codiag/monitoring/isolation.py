@@ -127,6 +127,28 @@ def default_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def per_sample_loss(loss_fn: Callable[[Tensor, Tensor], Tensor] | None) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The user's ``loss_fn``, refusing a result that is not one loss per sample.
+
+    A reduced (scalar) loss would pass every probe with wrong values: per-instance
+    gradient norms 1/N of the right ones. A UsageError at the step-0 event instead
+    (a shape check: no host synchronisation).
+    """
+    if loss_fn is None:
+        return None
+
+    def checked(logits: Tensor, y: Tensor) -> Tensor:
+        out = loss_fn(logits, y)
+        if not isinstance(out, Tensor) or out.ndim != 1 or out.shape[0] != logits.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise UsageError(f"loss_fn returned {shape}, not one loss per sample ({logits.shape[0]},): it must "
+                             "not reduce, e.g. loss_fn=lambda logits, y: F.cross_entropy(logits, y, "
+                             "reduction='none')")
+        return out
+
+    return checked
+
+
 class ProbeModel(nn.Module):
     """The module probes see: pixel inputs in [0, 1] -> logits, of the user's (uncompiled) network.
 
