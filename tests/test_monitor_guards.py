@@ -102,3 +102,27 @@ def test_a_scalar_loss_fn_is_refused_at_step_0(tmp_path):
                  loss_fn=lambda logits, y: F.cross_entropy(logits, y, reduction="none")):
         pass
     assert load_run(tmp_path / "ok").events_of("probe_error") == []
+
+
+# -- the output_fn hint is written for the model's output ----------------------------------------------
+class DictNet(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.net = kind, tiny()
+
+    def forward(self, x):
+        logits = self.net(x)
+        if self.kind == "dict":
+            return {"features": x.flatten(1), "logits": logits}
+        return logits, x
+
+
+@pytest.mark.parametrize("kind,hint", [("dict", "output_fn=lambda out: out['logits']"),
+                                       ("tuple", "output_fn=lambda out: out[0]")])
+def test_the_output_fn_hint_matches_the_output(tmp_path, kind, hint):
+    x, y = tensors()
+    model = DictNet(kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UsageError) as err:
+        monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probe_n=8).start()
+    assert hint in one_line(err)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,8 +180,21 @@ class ProbeModel(nn.Module):
             out = self.output_fn(out)
         if not isinstance(out, Tensor):
             raise UsageError(f"the model returned {type(out).__name__}, not a tensor of logits: pass "
-                             "output_fn= (model output -> logits), e.g. output_fn=lambda out: out[0]")
+                             f"output_fn= (model output -> logits), e.g. output_fn={_output_hint(out)}")
         return out
+
+
+def _output_hint(out: Any) -> str:
+    """The ``output_fn`` that picks the logits out of ``out``, written for its kind (dict, tuple, object)."""
+    if isinstance(out, Mapping):
+        keys = [k for k, v in out.items() if isinstance(v, Tensor)]
+        key = next((k for k in keys if "logit" in str(k).lower()), keys[0] if keys else "logits")
+        return f"lambda out: out[{key!r}]" + (f" (its keys: {', '.join(map(repr, out))})" if len(out) > 1 else "")
+    if isinstance(out, (tuple, list)):
+        return "lambda out: out[0]"
+    if isinstance(getattr(out, "logits", None), Tensor):
+        return "lambda out: out.logits"
+    return "a function returning the logits tensor"
 
 
 def _names(fn: Callable, name: str) -> bool:
