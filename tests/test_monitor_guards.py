@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from codiag.errors import UsageError
 from codiag.monitoring import monitor
@@ -126,3 +127,42 @@ def test_the_output_fn_hint_matches_the_output(tmp_path, kind, hint):
     with pytest.raises(UsageError) as err:
         monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probe_n=8).start()
     assert hint in one_line(err)
+
+
+# -- datasets that yield dicts -------------------------------------------------------------------------
+class DictDataset(torch.utils.data.Dataset):
+    """Items as Hugging Face ``datasets`` give them: {"image": x, "label": y}."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def test_a_dict_dataset_is_probed_through_batch_fn(tmp_path):
+    x, y = tensors()
+
+    def run(name, data, **kw):
+        model = tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(data, batch_size=16)
+        with monitor(model, opt, tmp_path / name, eps=EPS, probe_data=loader, train_data=loader,
+                     probes=["robust_acc", "grad_align"], probe_n=16, **kw) as mon:
+            for batch in loader:
+                bx, by = kw["batch_fn"](batch) if kw else batch
+                opt.zero_grad()
+                F.cross_entropy(model(bx), by).backward()
+                opt.step()
+            mon.epoch_end()
+        return load_run(tmp_path / name).metrics
+
+    with pytest.raises(UsageError) as err:
+        run("refused", DictDataset(x, y))
+    assert "batch_fn=lambda b: (b['image'], b['label'])" in one_line(err) and "'image', 'label'" in str(err.value)
+    dicts = run("dicts", DictDataset(x, y), batch_fn=lambda b: (b["image"], b["label"]))
+    tuples = run("tuples", TensorDataset(x, y))
+    assert len(dicts) > 0 and dicts.equals(tuples)

@@ -107,9 +107,9 @@ class Monitor:
             return self
         o, (probe_data, train_data), (data, source) = self.options, self._data, self._probe_source
         self.probe_set = extract_probe_set(data, o.probe_n, self.device, source, o.probe_select, self.normalization,
-                                           num_classes(self.view, self.device, probe_data, train_data))
+                                           num_classes(self.view, self.device, probe_data, train_data), o.batch_fn)
         self.train_set = (extract_probe_set(train_data, o.train_probe_n, self.device, "train_data",
-                                            o.probe_select, self.normalization)
+                                            o.probe_select, self.normalization, batch_fn=o.batch_fn)
                           if train_data is not None else None)
         ps, k = self.probe_set, o.light_n
         self.light_set = ProbeSet(ps.x[:k], ps.y[:k], None if ps.index is None else ps.index[:k], ps.source)
@@ -324,7 +324,7 @@ class Monitor:
                 with warnings.catch_warnings():   # the probe set has warned about its classes already
                     warnings.simplefilter("ignore", UserWarning)
                     points = extract_probe_set(data, o.confirm_n, torch.device("cpu"), source, o.probe_select,
-                                               self.normalization)
+                                               self.normalization, batch_fn=o.batch_fn)
             except Exception as exc:
                 if self.strict:
                     raise

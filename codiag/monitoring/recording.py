@@ -166,6 +166,7 @@ def run_config(mon: Any) -> dict[str, Any]:
         "reference_model": o.reference_model is not None, "probe_select": o.probe_select,
         "light_n": len(mon.light_set) if o.early_events else None,
         "output_fn": _describe(o.output_fn), "loss_fn": _describe(o.loss_fn) or "cross_entropy",
+        "batch_fn": _describe(o.batch_fn),
         "normalization": mon.normalization.describe(), "compiled": mon.network is not mon.model,
         "probe_set": {"source": ps.source, "n": len(ps), "indices": ps.index.tolist()},
         "confirm_n": o.confirm_n,
