@@ -7,6 +7,8 @@ Tiny models on seeded tensors: each test takes a fraction of a second.
 """
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,3 +168,29 @@ def test_a_dict_dataset_is_probed_through_batch_fn(tmp_path):
     dicts = run("dicts", DictDataset(x, y), batch_fn=lambda b: (b["image"], b["label"]))
     tuples = run("tuples", TensorDataset(x, y))
     assert len(dicts) > 0 and dicts.equals(tuples)
+
+
+# -- standardized training inputs beside [0, 1] probe data --------------------------------------------
+@pytest.mark.parametrize("standardized", [True, False])
+def test_standardized_training_inputs_with_pixel_probe_data_warn_once_naming_normalization(tmp_path, standardized):
+    x, y = tensors()
+    mean, std = 0.5, 0.25
+    train_x = (x - mean) / std if standardized else x
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(train_x, y), batch_size=16)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"],
+                     probe_n=16) as mon:
+            for _ in range(2):
+                for bx, by in loader:
+                    opt.zero_grad()
+                    F.cross_entropy(model(bx), by).backward()
+                    opt.step()
+                mon.epoch_end()
+            assert not model._forward_pre_hooks   # looked once, then removed
+    said = [str(w.message) for w in record if "normalization=" in str(w.message)]
+    assert len(said) == (1 if standardized else 0), said
+    if standardized:
+        assert "\n" not in said[0] and "training inputs span [-2" in said[0]

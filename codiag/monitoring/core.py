@@ -84,6 +84,8 @@ class Monitor:
         self._probe_state: dict[str, dict[str, Any]] = {}
         self._prev_params: list[Tensor] | None = None
         self._hooks: list[Any] = []
+        self._input_hook: Any = None   # the one-time look at the model's training inputs
+        self._in_event = False
         self.recorder: Recorder | None = None
         self.probe_set = self.train_set = self.light_set = None
         self._confirm_set: ProbeSet | None | bool = None   # read at the first confirmation; False: none
@@ -134,6 +136,8 @@ class Monitor:
             self._open = True
             if not resuming:
                 self.probe_event()  # every curve gets its point at initialisation
+            if self.normalization.spec is None:   # after the step-0 event: the next forward is the user's
+                self._input_hook = self.model.register_forward_pre_hook(self._check_inputs)
         except BaseException as e:
             self._open = False
             self._remove_hooks()
@@ -190,6 +194,31 @@ class Monitor:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+    def _check_inputs(self, module: nn.Module, args: Any) -> None:
+        """One look at the model's real inputs (the first forward after the start), then removed.
+
+        A model trained on standardized inputs but monitored with probe data in [0, 1]
+        and no ``normalization=`` is probed on inputs it never saw: every value would be
+        wrong without a word. One host read of the batch's range, once.
+        """
+        if self._in_event:
+            return
+        self._input_hook.remove()
+        self._input_hook = None
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
+            return
+        with torch.no_grad():
+            lo, hi = (float(v) for v in torch.stack([x.detach().min(), x.detach().max()]).float().cpu())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            warnings.warn(f"codiag.monitor: the model's training inputs span [{lo:.3g}, {hi:.3g}] while the "
+                          "probe data lie in [0, 1]; if your loader standardizes the inputs, pass "
+                          "normalization=(mean, std) and give probe_data in the same space, or every probe "
+                          "measures a model on inputs it never saw", UserWarning, stacklevel=2)
 
     # -- the user's side -------------------------------------------------------------------
     @property
@@ -285,6 +314,14 @@ class Monitor:
         """Run the probes now (``light``: the alarm's probes on the light slice), write, run the alarm."""
         self._check_open()
         t0 = time.perf_counter()
+        self._in_event = True
+        try:
+            self._event(light)
+        finally:
+            self._in_event = False
+        self.probe_time_s += time.perf_counter() - t0
+
+    def _event(self, light: bool) -> None:
         ctx = self._measure(self.light_set if light else self.probe_set,
                             self.light_probes if light else self.probes, first=self.n_events == 0 and self.step == 0)
         rows = [(ctx.step, ctx.epoch, p, k, v) for p, k, v in ctx.rows.scalars]
@@ -299,7 +336,6 @@ class Monitor:
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
             self._confirm()
-        self.probe_time_s += time.perf_counter() - t0
 
     def _measure(self, points: ProbeSet, probes: list, first: bool = False, name: str | None = None) -> ProbeContext:
         """Run ``probes`` on ``points`` now, isolated; failures are counted under the probe's name (or ``name``)."""
