@@ -7,6 +7,7 @@ Tiny models on seeded tensors: each test takes a fraction of a second.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -194,3 +195,54 @@ def test_standardized_training_inputs_with_pixel_probe_data_warn_once_naming_nor
     assert len(said) == (1 if standardized else 0), said
     if standardized:
         assert "\n" not in said[0] and "training inputs span [-2" in said[0]
+
+
+# -- a monitor dropped without close(), a forked child --------------------------------------------------
+def test_a_monitor_dropped_without_close_releases_its_hooks_and_its_run(tmp_path):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x[:8]), y[:8]).backward()
+        opt.step()
+
+    args = {"eps": EPS, "probe_data": (x, y), "probes": ["robust_acc"], "probe_n": 8}
+    mon = monitor(model, opt, tmp_path / "r", **args).start()     # a notebook cell, never closed
+    step()
+    assert len(opt._optimizer_step_post_hooks) == 1 and (tmp_path / "r" / "run.lock").exists()
+    mon = monitor(model, opt, tmp_path / "r", **args, resume=True)   # the cell run again: the first is dropped
+    assert len(opt._optimizer_step_post_hooks) == 0 and not model._forward_pre_hooks
+    assert not (tmp_path / "r" / "run.lock").exists() and load_run(tmp_path / "r").status == "interrupted"
+    mon.start()
+    step()
+    assert mon.step == 1 and len(opt._optimizer_step_post_hooks) == 1   # resumed from the rows on disk
+    mon.epoch_end()
+    mon.close()
+    run = load_run(tmp_path / "r")
+    assert run.status == "finished" and run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 1]
+
+
+def test_a_forked_child_cannot_use_the_parents_monitor(tmp_path):
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"], probe_n=8) as mon:
+        pid = os.fork()
+        if pid == 0:   # the child: each use refused in one line, its exit leaves the parent's run alone
+            code = 0
+            for use in (opt.step, mon.epoch_end, lambda: mon.log("train", {"loss": 1.0})):
+                try:
+                    use()
+                    code = 1
+                except UsageError as e:
+                    code |= 0 if "forked child" in str(e) and "\n" not in str(e) else 2
+            mon.__exit__(None, None, None)
+            os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert (tmp_path / "r" / "run.lock").exists() and load_run(tmp_path / "r").status == "running"
+        opt.step()
+        mon.epoch_end()
+    run = load_run(tmp_path / "r")
+    assert run.status == "finished" and run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 1]

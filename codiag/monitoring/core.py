@@ -6,10 +6,12 @@ and probe running :mod:`.events`, run writing :mod:`.recording`, the alarm
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -85,6 +87,8 @@ class Monitor:
         self._prev_params: list[Tensor] | None = None
         self._hooks: list[Any] = []
         self._input_hook: Any = None   # the one-time look at the model's training inputs
+        self._finalizer: weakref.finalize | None = None
+        self._pid = os.getpid()
         self._in_event = False
         self.recorder: Recorder | None = None
         self.probe_set = self.train_set = self.light_set = None
@@ -130,25 +134,39 @@ class Monitor:
                 self.cadence.full_events_after_start = 1
                 self.alarm.replay(previous.metrics, previous.events)
             self.recorder = Recorder(writer, open_tensorboard(o.tensorboard, self.run_dir))
-            self._hooks.append(self.optimizer.register_step_post_hook(self._post_step))
+            self._pid = os.getpid()
+            # the hooks hold the monitor weakly: a monitor dropped without close() can be collected
+            self._hooks.append(self.optimizer.register_step_post_hook(_weak(self._post_step)))
             if o.step_update_norms:
-                self._hooks.append(self.optimizer.register_step_pre_hook(self._pre_step))
+                self._hooks.append(self.optimizer.register_step_pre_hook(_weak(self._pre_step)))
             self._open = True
             if not resuming:
                 self.probe_event()  # every curve gets its point at initialisation
             if self.normalization.spec is None:   # after the step-0 event: the next forward is the user's
-                self._input_hook = self.model.register_forward_pre_hook(self._check_inputs)
+                self._input_hook = self.model.register_forward_pre_hook(_weak(self._check_inputs))
+                self._hooks.append(self._input_hook)
         except BaseException as e:
             self._open = False
             self._remove_hooks()
             writer.close(exit_status(type(e), e))
             raise
+        # collected, or its notebook cell re-run, without close(): hooks off, the run "interrupted", lock released
+        self._finalizer = weakref.finalize(self, _release, self._hooks, self.recorder, self._pid)
         return self
 
     def close(self, status: str = "finished") -> None:
-        """Final event (if steps were taken since the last one), flush, release hooks and the run lock."""
-        if not self._open:
+        """Final event (if steps were taken since the last one), flush, release hooks and the run lock.
+
+        In a notebook, ``mon = codiag.monitor(...).start()`` in one cell and ``mon.close()``
+        in another work as the ``with`` block does; a monitor that is dropped without
+        ``close()`` (collected, or its cell re-run) removes its hooks, ends its run
+        "interrupted" and releases the run directory by itself. In a forked child the
+        monitor is the parent's: closing it there does nothing.
+        """
+        if not self._open or self._pid != os.getpid():
             return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         try:
             if status == "finished" and self.epoch == 0 and self.step > 0:
                 warnings.warn("codiag.monitor: mon.epoch_end() was never called, so every row is stamped "
@@ -285,6 +303,13 @@ class Monitor:
     def _check_open(self) -> None:
         if not self._open:
             raise RuntimeError("the monitor is not running (use it as `with codiag.monitor(...) as mon:`)")
+        self._check_owner()
+
+    def _check_owner(self) -> None:
+        if self._pid != os.getpid():
+            raise UsageError(f"monitor: this monitor belongs to process {self._pid}, not to this forked child "
+                             f"(pid {os.getpid()}); the child must not write the parent's run: train in the "
+                             "parent, or start a monitor with its own run_dir in the child")
 
     # -- optimizer hooks (cheap: no host synchronisation) ---------------------------------
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -296,6 +321,7 @@ class Monitor:
                 torch._foreach_copy_(self._prev_params, [p.detach() for p in params])
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_owner()
         self.step += 1
         self._steps_in_epoch += 1
         if self.options.step_update_norms and self._prev_params is not None:
@@ -387,6 +413,31 @@ class Monitor:
                                      self.row_epoch)
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
+
+
+def _weak(method: Callable) -> Callable:
+    """``method`` through a weak reference: a hook that does not keep its monitor alive (a no-op once it is gone)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = ref()
+        return None if bound is None else bound(*args, **kwargs)
+
+    return call
+
+
+def _release(hooks: list, recorder: Recorder, pid: int) -> None:
+    """A dropped monitor's finalizer: its hooks removed, its run ended "interrupted", its lock released.
+
+    Only in the process that opened the run (a forked child's copy must not end the parent's run).
+    """
+    if os.getpid() != pid:
+        return
+    for h in hooks:
+        h.remove()
+    hooks.clear()
+    with contextlib.suppress(Exception):
+        recorder.close("interrupted", {})
 
 
 def _eps(eps: Any) -> float:
