@@ -287,15 +287,25 @@ def _monitored(run_dir: Path, body) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum):
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        _monitored(tmp_path / "r", lambda: os.kill(os.getpid(), signum) or time.sleep(5))
+@pytest.mark.parametrize("inherited", ["as found", "ignored"])
+def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum, inherited):
+    """Whatever disposition the process inherited: a suite run as a background job has SIGINT
+    ignored, and the run must still end "interrupted", with the disposition put back after."""
+    found = signal.getsignal(signum)
+    if inherited == "ignored":
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        before = signal.getsignal(signum)
+        with pytest.raises(KeyboardInterrupt):
+            _monitored(tmp_path / "r", lambda: os.kill(os.getpid(), signum) or time.sleep(5))
+        after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, found)
     run = load_run(tmp_path / "r")
     assert run.status == "interrupted" and run.events[-1] == {**run.events[-1], "kind": "run_end",
                                                               "status": "interrupted"}
     assert not (tmp_path / "r" / "run.lock").exists()
-    assert signal.getsignal(signal.SIGTERM) is before      # the handler is the user's again
+    assert after is before      # the handler is the user's (or the inherited one) again
 
 
 def test_signal_just_after_run_json_lands_leaves_no_running_run(tmp_path, monkeypatch):
