@@ -77,7 +77,9 @@ class MonitorOptions:
 
     Run directory: ``config`` (recorded in run.json; method, eps, dataset and
     model are filled in from the monitor's arguments where it does not give
-    them), ``resume``, ``overwrite``, ``tensorboard`` (None: when installed;
+    them), ``resume`` (continues a run with its own eps, probes, options and
+    config, else refused naming what differs; give the probes' state back with
+    ``mon.load_state_dict``), ``overwrite``, ``tensorboard`` (None: when installed;
     False; True; or a SummaryWriter-like object), ``strict`` (re-raise every
     probe error instead of counting it).
     """
