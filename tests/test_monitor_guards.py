@@ -3,7 +3,7 @@
 A resume onto a run written with other settings, a scalar ``loss_fn``, standardized model
 inputs beside [0, 1] probe data, a monitor dropped without ``close()``, a forked child,
 ``eps`` and ``run_dir`` that mean nothing; and the datasets that yield dicts (``batch_fn``).
-Tiny models on seeded tensors: each test takes a fraction of a second.
+Tiny models on seeded tensors, a few optimizer steps each.
 """
 from __future__ import annotations
 
