@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Sequence
 
@@ -43,13 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_words(message: str) -> str:
+    """A library error in the CLI's words: ``resume=True`` is the flag ``--resume`` here."""
+    return re.sub(r"\b(resume|overwrite)=True\b", r"--\1", message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
-        print(f"codiag {args.command}: {e}", file=sys.stderr)
+        print(f"codiag {args.command}: {flag_words(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only target: the run is closed "failed" by now
         where = f": {e.filename}" if e.filename else ""

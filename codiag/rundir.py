@@ -107,9 +107,9 @@ def check_run_dir(path: str | os.PathLike, resume: bool = False, overwrite: bool
             raise UsageError(f"{path} is being written by {who}; one writer per run directory")
         if not (resume or overwrite):
             if meta.get("status") == "running" and pid:
-                raise UsageError(f"{path}: the writer, pid {pid}, is gone: --resume or --overwrite")
+                raise UsageError(f"{path}: the writer, pid {pid}, is gone: resume=True or overwrite=True")
             raise UsageError(f"{path} already holds a run (status {meta.get('status')!r}): choose another "
-                             "directory, or --resume or --overwrite")
+                             "directory, or resume=True or overwrite=True")
         return kind
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ class RunWriter:
                 raise refuse_foreign(self.path)
             if kind == "run" and not (resume or overwrite):
                 raise UsageError(f"{self.path} already holds a run: choose another directory, "
-                                 "or --resume or --overwrite")
+                                 "or resume=True or overwrite=True")
             if overwrite and kind == "run":
                 clear_run(self.path)
             (self.path / "arrays").mkdir(exist_ok=True)
@@ -292,28 +292,42 @@ def exit_status(exc_type: type[BaseException] | None, exc: BaseException | None)
 
 
 _sigterm_users = 0
-_sigterm_previous: Any = None
+_previous_handlers: dict[int, Any] = {}
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+def _ours(signum: int) -> Any:
+    return _raise_terminated if signum == signal.SIGTERM else signal.default_int_handler
+
+
 def _sigterm_raises(on: bool) -> None:
-    """While any writer is open, SIGTERM raises Terminated (if nobody else handles SIGTERM)."""
-    global _sigterm_users, _sigterm_previous
+    """While any writer is open, SIGTERM raises Terminated and SIGINT KeyboardInterrupt.
+
+    Only where nobody else handles them: a handler of the user's is left alone. SIGINT
+    gets Python's own handler also where the process inherited it ignored (a test suite
+    or a training started as a background job), so Ctrl-C or ``kill -INT`` ends the run
+    "interrupted" whatever the shell did; both dispositions are put back at the last close.
+    """
+    global _sigterm_users
     if threading.current_thread() is not threading.main_thread():
         return
     if on:
         _sigterm_users += 1
-        if _sigterm_users == 1 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            _sigterm_previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        if _sigterm_users == 1:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                current = signal.getsignal(signum)
+                if current in (signal.SIG_DFL, signal.SIG_IGN, None):
+                    _previous_handlers[signum] = signal.signal(signum, _ours(signum))
     elif _sigterm_users > 0:
         _sigterm_users -= 1
-        if _sigterm_users == 0 and _sigterm_previous is not None:
-            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
-                signal.signal(signal.SIGTERM, _sigterm_previous)
-            _sigterm_previous = None
+        if _sigterm_users == 0:
+            for signum, previous in list(_previous_handlers.items()):
+                if signal.getsignal(signum) is _ours(signum) and previous is not None:
+                    signal.signal(signum, previous)
+            _previous_handlers.clear()
 
 
 def host_values(values: list[Any]) -> list[float]:
@@ -430,13 +444,14 @@ def read_metrics(file: Path) -> pd.DataFrame:
     bad: list[int] = []
     if lines and lines[0].strip() != ",".join(METRIC_COLUMNS):
         raise UsageError(f"{file}: not a codiag metrics file (header {lines[0][:60]!r})")
-    for number, row in enumerate(csv.reader(lines[1:]), start=2):
-        try:
-            step, epoch, probe, key, value = row
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:   # one line at a time: an unclosed quote must not swallow the lines after it
+            (step, epoch, probe, key, value), = csv.reader([line], strict=True)
             rows.append((int(step), int(epoch), probe, key, float(value)))
-        except ValueError:
-            if row:
-                bad.append(number)
+        except (ValueError, csv.Error):
+            bad.append(number)
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         warnings.warn(f"{file}: skipped {len(bad)} malformed row(s) at line(s) {shown}", RuntimeWarning,

@@ -259,9 +259,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                  detector=None if cfg.detector == "none" else cfg.detector, keep_best=cfg.checkpoint,
                  guard=rescue.policy(), on_co=rescue.callback()) as mon:
         if state is not None:
-            set_rng_state(state["rng"])
-            mon.step, mon.epoch = state["step"], state.get("monitor_epoch", state["epoch"])
-            mon.load_state_dict(state.get("monitor") or {})
+            _continue(mon, state)
         epochs = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset}", unit="epoch",
                       disable=not cfg.progress, initial=first_epoch)
         epoch = first_epoch
@@ -363,7 +361,7 @@ def _check_same_config(out: Path, recorded: Mapping[str, Any], cfg: TrainConfig)
     for key, value in now.items():
         if key not in _RESUME_FREE and key in recorded and recorded[key] != value:
             raise UsageError(f"{out} was trained with {key}={recorded[key]!r}, not {value!r}: "
-                             "--resume continues a run with its own options")
+                             "resume=True continues a run with its own options")
 
 
 def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
@@ -458,6 +456,15 @@ def _final_protocol(cfg: TrainConfig, mon: Any, model: torch.nn.Module, extras: 
         mon.log(f"eval_{name}", {k: v for k, v in result.items() if isinstance(v, (int, float))})
         out[name] = {**result, **(best.summary() if name == "best" else {})}
     return out
+
+
+def _continue(mon: Any, state: Mapping[str, Any]) -> None:
+    """Give a resumed run its RNGs, its step and epoch counts, its probes' values at the last
+    event, its best checkpoint and its guard."""
+    set_rng_state(state["rng"])
+    mon.step, mon.epoch = state["step"], state.get("monitor_epoch", state["epoch"])
+    if "monitor" in state:
+        mon.load_state_dict(state["monitor"])
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

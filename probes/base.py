@@ -59,7 +59,9 @@ class Probe:
     reproduce), declare what they write as :class:`Key` and :class:`Array`
     class attributes (``probes/outputs.py``) and implement :meth:`run`. Options come in as keyword
     arguments (``probe_options={"loss_surface": {"grid": 11}}`` on the monitor).
-    A probe may keep values between events in ``ctx.state`` (its own dict).
+    A probe may keep values between events in ``ctx.state`` (its own dict): tensors, numbers,
+    strings, tuples, lists and dicts only, because the monitor saves them in a resumable
+    checkpoint (``Monitor.state_dict``) so that a resumed run records every row.
     """
 
     name: ClassVar[str] = ""

@@ -149,7 +149,7 @@ def test_method_state_survives_a_weights_only_checkpoint(name):
 
 # ------------------------------------------------------------------------- resume after SIGKILL
 TRAIN = ("--model", "cnn4", "--method", "fgsm", "--train-limit", "512", "--batch-size", "64", "--epochs", "3",
-         "--probes", "robust_acc", "--eval-n", "0",
+         "--probes", "robust_acc,weight_update,perturbation_delta", "--eval-n", "0",
          "--seed", "1", "--quiet")
 
 
@@ -192,8 +192,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_bit_for_bit(tmp_path, c
         assert torch.equal(resumed[k], whole[k]), k
     a, b = load_run(killed), load_run(tmp_path / "whole")
     assert a.status == "finished" and [e["kind"] for e in a.events].count("resume") == 1
-    # each probe event recorded once, with the uninterrupted run's values
-    pd.testing.assert_frame_equal(a.scalar("robust_acc", "pgd_acc"), b.scalar("robust_acc", "pgd_acc"))
+    # each probe event recorded once, with the uninterrupted run's values: every row, the
+    # change-since-the-last-event probes' first rows after the resume included
+    assert a.scalar("weight_update", "l2_all")["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
     assert not ckpt.exists() and not list(killed.rglob("*.tmp")) and not (killed / "run.lock").exists()
 
 
@@ -265,7 +267,7 @@ def test_second_writer_refused_across_processes_then_dead_writer_named(tmp_path)
     finally:
         proc.kill()
         proc.wait()
-    with pytest.raises(UsageError, match=f"the writer, pid {proc.pid}, is gone: --resume or --overwrite"):
+    with pytest.raises(UsageError, match=f"the writer, pid {proc.pid}, is gone: resume=True or overwrite=True"):
         RunWriter(run, {})
     with RunWriter(run, {}, resume=True):
         pass
@@ -285,15 +287,25 @@ def _monitored(run_dir: Path, body) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum):
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        _monitored(tmp_path / "r", lambda: os.kill(os.getpid(), signum) or time.sleep(5))
+@pytest.mark.parametrize("inherited", ["as found", "ignored"])
+def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum, inherited):
+    """Whatever disposition the process inherited: a suite run as a background job has SIGINT
+    ignored, and the run must still end "interrupted", with the disposition put back after."""
+    found = signal.getsignal(signum)
+    if inherited == "ignored":
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        before = signal.getsignal(signum)
+        with pytest.raises(KeyboardInterrupt):
+            _monitored(tmp_path / "r", lambda: os.kill(os.getpid(), signum) or time.sleep(5))
+        after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, found)
     run = load_run(tmp_path / "r")
     assert run.status == "interrupted" and run.events[-1] == {**run.events[-1], "kind": "run_end",
                                                               "status": "interrupted"}
     assert not (tmp_path / "r" / "run.lock").exists()
-    assert signal.getsignal(signal.SIGTERM) is before      # the handler is the user's again
+    assert after is before      # the handler is the user's (or the inherited one) again
 
 
 def test_signal_just_after_run_json_lands_leaves_no_running_run(tmp_path, monkeypatch):
@@ -458,3 +470,14 @@ def test_truncated_gz_is_one_line(tmp_path, monkeypatch, capsys):
     assert rc == 2
     assert_one_line(err, "cannot decompress", "train-images")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
+
+
+def test_a_malformed_line_with_an_unclosed_quote_hides_no_other_line(tmp_path):
+    with RunWriter(tmp_path / "r", {}) as w:
+        w.log(0, 0, "p", "k", 1.0)
+    with open(tmp_path / "r" / "metrics.csv", "a") as f:
+        f.write('1,0,"p,k,2.0\n2,0,p,k,3.0\n3,0,p,"k"x,4.0\n4,0,p,k,5.0,extra\n5,0,"p,q",k,6.0\n')
+    with pytest.warns(RuntimeWarning, match=r"skipped 3 malformed row\(s\) at line\(s\) 3, 5, 6$"):
+        m = load_run(tmp_path / "r").metrics
+    assert m["step"].tolist() == [0, 2, 5] and m["value"].tolist() == [1.0, 3.0, 6.0]
+    assert m["probe"].tolist() == ["p", "p", "p,q"]

@@ -93,6 +93,37 @@ def test_killed_ray_worker_run_resumes_once(local_ray, tmp_path):
     assert kinds.count("run_start") == 1 and kinds.count("resume") == (retried["status"] == "resumed")
 
 
+def test_a_ray_run_killed_after_its_checkpoint_resumes_to_the_uninterrupted_rows(local_ray, tmp_path):
+    """SIGKILL a Ray worker just after its run's first epoch checkpoint: the retried task resumes
+    the run, and its metrics.csv equals an uninterrupted run's row for row, values included."""
+    opts = {**TINY, "epochs": 3, "eval_n": 0, "probes": "robust_acc,weight_update,perturbation_delta"}
+    out, run_dir, killed = tmp_path / "s", tmp_path / "s" / "fgsm-eps0.1-seed0", []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not killed:
+            try:
+                ready = (run_dir / "checkpoints" / "resume.pt").exists()
+                pid = int((run_dir / "run.lock").read_text().strip() or 0) if ready else 0
+            except (OSError, ValueError):
+                pid = 0
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    result = codiag.sweep("fgsm", "0.1", "0", out=out, executor="ray", echo=False, **opts)
+    t.join(timeout=5)
+    assert killed and [r["status"] for r in result.results] == ["resumed"], result.results
+    whole = codiag.sweep("fgsm", "0.1", "0", out=tmp_path / "whole", jobs=1, echo=False, **opts)
+    assert whole.done == 1
+    a, b = codiag.load_run(run_dir), codiag.load_run(tmp_path / "whole" / run_dir.name)
+    assert a.scalar("weight_update", "l2_all")["epoch"].tolist() == [1, 2, 3]
+    assert a.metrics.equals(b.metrics)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

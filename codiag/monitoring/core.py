@@ -6,8 +6,12 @@ and probe running :mod:`.events`, run writing :mod:`.recording`, the alarm
 """
 from __future__ import annotations
 
+import contextlib
+import numbers
+import os
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -17,6 +21,7 @@ from torch import Tensor, nn
 from .. import checkpoint
 from ..detector import CONFIRM
 from ..errors import UsageError
+from ..parsing import parse_fraction
 from ..probes import resolve_probes
 from ..probes.base import ProbeContext, ProbeSet
 from ..runs import RunWriter, exit_status, load_run
@@ -24,10 +29,18 @@ from .alarm import Alarm
 from .best import BestKeeper
 from .events import Cadence, parse_every, run_probes
 from .guard import Guard, GuardState
-from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
+from .isolation import (
+    Normalization,
+    ProbeModel,
+    UserCallGuard,
+    model_device,
+    per_sample_loss,
+    unwrap_compiled,
+    wrap_attack,
+)
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
-from .recording import Recorder, open_tensorboard, run_config
+from .recording import Recorder, open_tensorboard, refuse_other_run, run_config
 
 
 class Monitor:
@@ -47,9 +60,9 @@ class Monitor:
             raise UsageError("monitor: model must be a torch.nn.Module")
         if not hasattr(optimizer, "register_step_post_hook"):
             raise UsageError("monitor: optimizer must be a torch.optim.Optimizer")
-        eps = float(eps)
-        if not (0.0 < eps <= 1.0):
-            raise UsageError(f"monitor: eps must lie in (0, 1] (pixel units), got {eps}")
+        eps = _eps(eps)
+        if run_dir is None or not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+            raise UsageError(f"monitor: run_dir must name a directory (a str or Path), got {run_dir!r}")
         if probe_data is None and train_data is None:
             raise UsageError("monitor: give probe_data (and ideally train_data) to draw the probe sets from")
         self.options = o = MonitorOptions.from_kwargs(options)
@@ -71,6 +84,7 @@ class Monitor:
             raise UsageError("monitor: guard= acts on the CO alarm; it needs a detector (detector=False is set)")
         self.method, self.reference_model, self.strict = o.method, o.reference_model, o.strict
         self._attack_fn, self._data = attack, (probe_data, train_data)
+        self._loss_fn = per_sample_loss(o.loss_fn)
         #: where the probe set (and the confirming measurement's points) are drawn from, and its name
         self._probe_source = (probe_data, "probe_data") if probe_data is not None else (train_data, "train_data")
         self._attack = wrap_attack(attack, self.network, self.device, self.normalization, self.guard)
@@ -81,6 +95,10 @@ class Monitor:
         self._probe_state: dict[str, dict[str, Any]] = {}
         self._prev_params: list[Tensor] | None = None
         self._hooks: list[Any] = []
+        self._input_hook: Any = None   # the one-time look at the model's training inputs
+        self._finalizer: weakref.finalize | None = None
+        self._pid = os.getpid()
+        self._in_event = False
         self.recorder: Recorder | None = None
         self.probe_set = self.train_set = self.light_set = None
         self._confirm_set: ProbeSet | None | bool = None   # read at the first confirmation; False: none
@@ -105,14 +123,17 @@ class Monitor:
             return self
         o, (probe_data, train_data), (data, source) = self.options, self._data, self._probe_source
         self.probe_set = extract_probe_set(data, o.probe_n, self.device, source, o.probe_select, self.normalization,
-                                           num_classes(self.view, self.device, probe_data, train_data))
+                                           num_classes(self.view, self.device, probe_data, train_data), o.batch_fn)
         self.train_set = (extract_probe_set(train_data, o.train_probe_n, self.device, "train_data",
-                                            o.probe_select, self.normalization)
+                                            o.probe_select, self.normalization, batch_fn=o.batch_fn)
                           if train_data is not None else None)
         ps, k = self.probe_set, o.light_n
         self.light_set = ProbeSet(ps.x[:k], ps.y[:k], None if ps.index is None else ps.index[:k], ps.source)
         resuming = bool(o.resume) and (self.run_dir / "run.json").exists()
-        writer = RunWriter(self.run_dir, run_config(self), resume=o.resume, overwrite=o.overwrite)
+        config = run_config(self)
+        if resuming:   # before anything is written: a resumed run continues its own measurement
+            refuse_other_run(self.run_dir, config)
+        writer = RunWriter(self.run_dir, config, resume=o.resume, overwrite=o.overwrite)
         try:
             if resuming:
                 previous = load_run(self.run_dir)
@@ -124,25 +145,41 @@ class Monitor:
                 self.alarm.replay(previous.metrics, previous.events)
                 self._resume_best(previous.meta.get("best"))
             self.recorder = Recorder(writer, open_tensorboard(o.tensorboard, self.run_dir))
-            self._hooks.append(self.optimizer.register_step_post_hook(self._post_step))
+            self._pid = os.getpid()
+            # the hooks hold the monitor weakly: a monitor dropped without close() can be collected
+            self._hooks.append(self.optimizer.register_step_post_hook(_weak(self._post_step)))
             if o.step_update_norms:
-                self._hooks.append(self.optimizer.register_step_pre_hook(self._pre_step))
+                self._hooks.append(self.optimizer.register_step_pre_hook(_weak(self._pre_step)))
             self._open = True
             if self.co_guard is not None:
                 self.writer.update(guard=self.co_guard.summary())
             if not resuming:
                 self.probe_event()  # every curve gets its point at initialisation
+            if self.normalization.spec is None:   # after the step-0 event: the next forward is the user's
+                self._input_hook = self.model.register_forward_pre_hook(_weak(self._check_inputs))
+                self._hooks.append(self._input_hook)
         except BaseException as e:
             self._open = False
             self._remove_hooks()
             writer.close(exit_status(type(e), e))
             raise
+        # collected, or its notebook cell re-run, without close(): hooks off, the run "interrupted", lock released
+        self._finalizer = weakref.finalize(self, _release, self._hooks, self.recorder, self._pid)
         return self
 
     def close(self, status: str = "finished") -> None:
-        """Final event (if steps were taken since the last one), flush, release hooks and the run lock."""
-        if not self._open:
+        """Final event (if steps were taken since the last one), flush, release hooks and the run lock.
+
+        In a notebook, ``mon = codiag.monitor(...).start()`` in one cell and ``mon.close()``
+        in another work as the ``with`` block does; a monitor that is dropped without
+        ``close()`` (collected, or its cell re-run) removes its hooks, ends its run
+        "interrupted" and releases the run directory by itself. In a forked child the
+        monitor is the parent's: closing it there does nothing.
+        """
+        if not self._open or self._pid != os.getpid():
             return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         try:
             if status == "finished" and self.epoch == 0 and self.step > 0:
                 warnings.warn("codiag.monitor: mon.epoch_end() was never called, so every row is stamped "
@@ -160,10 +197,67 @@ class Monitor:
                                          "probe_time_s": self.probe_time_s, "steps": self.step,
                                          "epochs": self.epoch})
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor carries from one probe event to the next, for a resumable checkpoint.
+
+        The probes that measure change since the previous event (``weight_update``,
+        ``perturbation_delta``, ``abnormal_examples``' tally, ``loss_surface``'s running sum)
+        keep their last values here, with the best checkpoint's and the guard's state; saved
+        with the training state and given back by :meth:`load_state_dict` after ``start()``
+        (``resume=True``), a resumed run records every row the uninterrupted run records, and a
+        run that rolled back resumes to the uninterrupted result. Plain tensors, numbers,
+        strings, tuples and dicts only (``torch.load(..., weights_only=True)`` reads them).
+        """
+        return {"probes": {name: _copy_state(state) for name, state in self._probe_state.items()},
+                "best": None if self.best_keeper is None else self.best_keeper.state_dict(),
+                "guard": None if self.co_guard is None else self.co_guard.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values (call it after ``start()``, before the next event).
+
+        Only the state of the probes this monitor runs is taken; it is data (tensors,
+        numbers), never code.
+        """
+        probes = state.get("probes", {}) if isinstance(state, Mapping) else None
+        if not isinstance(probes, Mapping):
+            raise UsageError("monitor.load_state_dict: not a monitor state (no 'probes' mapping)")
+        names = {p.name for p in self.probes}
+        self._probe_state = {name: _copy_state(dict(s)) for name, s in probes.items()
+                             if name in names and isinstance(s, Mapping)}
+        if self.best_keeper is not None and state.get("best") is not None:
+            self.best_keeper.load_state_dict(state["best"])
+        if self.co_guard is not None and state.get("guard") is not None:
+            self.co_guard.load_state_dict(state["guard"])
+
     def _remove_hooks(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+
+    def _check_inputs(self, module: nn.Module, args: Any) -> None:
+        """One look at the model's real inputs (the first forward after the start), then removed.
+
+        A model trained on standardized inputs but monitored with probe data in [0, 1]
+        and no ``normalization=`` is probed on inputs it never saw: every value would be
+        wrong without a word. One host read of the batch's range, once.
+        """
+        if self._in_event:
+            return
+        self._input_hook.remove()
+        self._input_hook = None
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
+            return
+        with torch.no_grad():
+            lo, hi = (float(v) for v in torch.stack([x.detach().min(), x.detach().max()]).float().cpu())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            warnings.warn(f"codiag.monitor: the model's training inputs span [{lo:.3g}, {hi:.3g}] while the "
+                          "probe data lie in [0, 1]; if your loader standardizes the inputs, pass "
+                          "normalization=(mean, std) and give probe_data in the same space, or every probe "
+                          "measures a model on inputs it never saw", UserWarning, stacklevel=2)
 
     # -- the user's side -------------------------------------------------------------------
     @property
@@ -251,19 +345,6 @@ class Monitor:
         """The guard's roll-backs so far (restored step and epoch, the alarm, the mitigation)."""
         return [] if self.co_guard is None else [dict(r) for r in self.co_guard.rollbacks]
 
-    def state_dict(self) -> dict[str, Any]:
-        """The best checkpoint's and the guard's state (weights-only data), for a resumable checkpoint of
-        the loop's: with :meth:`load_state_dict` after ``resume=True``, a run that rolled back resumes
-        to the uninterrupted result."""
-        return {"best": None if self.best_keeper is None else self.best_keeper.state_dict(),
-                "guard": None if self.co_guard is None else self.co_guard.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self.best_keeper is not None and state.get("best") is not None:
-            self.best_keeper.load_state_dict(state["best"])
-        if self.co_guard is not None and state.get("guard") is not None:
-            self.co_guard.load_state_dict(state["guard"])
-
     def switch_attack(self, attack: Callable | None, method: Any = None) -> None:
         """The loop now trains with ``attack`` (and ``method``): the probes of the training
         perturbation follow it (after a roll-back's mitigation)."""
@@ -325,6 +406,13 @@ class Monitor:
     def _check_open(self) -> None:
         if not self._open:
             raise RuntimeError("the monitor is not running (use it as `with codiag.monitor(...) as mon:`)")
+        self._check_owner()
+
+    def _check_owner(self) -> None:
+        if self._pid != os.getpid():
+            raise UsageError(f"monitor: this monitor belongs to process {self._pid}, not to this forked child "
+                             f"(pid {os.getpid()}); the child must not write the parent's run: train in the "
+                             "parent, or start a monitor with its own run_dir in the child")
 
     # -- optimizer hooks (cheap: no host synchronisation) ---------------------------------
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -336,6 +424,7 @@ class Monitor:
                 torch._foreach_copy_(self._prev_params, [p.detach() for p in params])
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_owner()
         self.step += 1
         self._steps_in_epoch += 1
         if self.options.step_update_norms and self._prev_params is not None:
@@ -354,6 +443,14 @@ class Monitor:
         """Run the probes now (``light``: the alarm's probes on the light slice), write, run the alarm."""
         self._check_open()
         t0 = time.perf_counter()
+        self._in_event = True
+        try:
+            self._event(light)
+        finally:
+            self._in_event = False
+        self.probe_time_s += time.perf_counter() - t0
+
+    def _event(self, light: bool) -> None:
         ctx = self._measure(self.light_set if light else self.probe_set,
                             self.light_probes if light else self.probes, first=self.n_events == 0 and self.step == 0)
         rows = [(ctx.step, ctx.epoch, p, k, v) for p, k, v in ctx.rows.scalars]
@@ -375,7 +472,6 @@ class Monitor:
         if not light and self.co_guard is not None:
             self.co_guard.observe(self.network, self.optimizer, self.step, self.row_epoch,
                                   healthy=not self._rolled_back and self.alarm.alarm is None and not self.alarm.suspect)
-        self.probe_time_s += time.perf_counter() - t0
         if self.options.on_event is not None:
             self.options.on_event({"step": ctx.step, "epoch": ctx.epoch, "light": light,
                                    "values": {f"{p}/{k}": v for (p, k), v in values.items()},
@@ -387,7 +483,7 @@ class Monitor:
         ctx = ProbeContext(self.view, self.eps, self.step, self.row_epoch, points, self.train_set,
                            attack=self._attack, method=self.method, reference_model=self.reference_model,
                            state=self._probe_state, seed=o.seed, pgd_steps=o.pgd_steps,
-                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=o.loss_fn)
+                           pgd_alpha=o.pgd_alpha, pgd_random_start=o.pgd_random_start, loss_fn=self._loss_fn)
         run_probes(ctx, probes, self.view, [self.network, self.reference_model], self.device, first, self.strict,
                    lambda probe, exc: self.recorder.probe_error(ctx.step, ctx.epoch, name or probe, exc))
         return ctx
@@ -404,7 +500,7 @@ class Monitor:
                 with warnings.catch_warnings():   # the probe set has warned about its classes already
                     warnings.simplefilter("ignore", UserWarning)
                     points = extract_probe_set(data, o.confirm_n, torch.device("cpu"), source, o.probe_select,
-                                               self.normalization)
+                                               self.normalization, batch_fn=o.batch_fn)
             except Exception as exc:
                 if self.strict:
                     raise
@@ -432,6 +528,58 @@ class Monitor:
         self.n_confirmations += 1
         self.alarm.on_event(self.writer, ctx.step, ctx.epoch, values)
         return values
+
+
+def _weak(method: Callable) -> Callable:
+    """``method`` through a weak reference: a hook that does not keep its monitor alive (a no-op once it is gone)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = ref()
+        return None if bound is None else bound(*args, **kwargs)
+
+    return call
+
+
+def _release(hooks: list, recorder: Recorder, pid: int) -> None:
+    """A dropped monitor's finalizer: its hooks removed, its run ended "interrupted", its lock released.
+
+    Only in the process that opened the run (a forked child's copy must not end the parent's run).
+    """
+    if os.getpid() != pid:
+        return
+    for h in hooks:
+        h.remove()
+    hooks.clear()
+    with contextlib.suppress(Exception):
+        recorder.close("interrupted", {})
+
+
+def _eps(eps: Any) -> float:
+    """``eps`` as a float in (0, 1]: a number, a one-element tensor or a fraction such as ``"8/255"``."""
+    if isinstance(eps, Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if eps is None or isinstance(eps, bool) or not isinstance(eps, (str, numbers.Real)):
+        raise UsageError(f"monitor: eps must be the L-inf radius in pixel units (e.g. 8/255 or \"8/255\"), "
+                         f"got {eps!r}")
+    value = parse_fraction(eps, "monitor: eps")
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"monitor: eps must lie in (0, 1] (pixel units, e.g. 8/255), got {eps!r}")
+    return value
+
+
+def _copy_state(value: Any) -> Any:
+    """A copy of a probe's state: tensors cloned (detached), containers rebuilt, numbers and strings kept."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {k: _copy_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_state(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a probe's state between events must hold tensors, numbers, strings, tuples, lists "
+                    f"and dicts, not {type(value).__name__}")
 
 
 def _batches(loader: Any) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +127,28 @@ def default_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def per_sample_loss(loss_fn: Callable[[Tensor, Tensor], Tensor] | None) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The user's ``loss_fn``, refusing a result that is not one loss per sample.
+
+    A reduced (scalar) loss would pass every probe with wrong values: per-instance
+    gradient norms 1/N of the right ones. A UsageError at the step-0 event instead
+    (a shape check: no host synchronisation).
+    """
+    if loss_fn is None:
+        return None
+
+    def checked(logits: Tensor, y: Tensor) -> Tensor:
+        out = loss_fn(logits, y)
+        if not isinstance(out, Tensor) or out.ndim != 1 or out.shape[0] != logits.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise UsageError(f"loss_fn returned {shape}, not one loss per sample ({logits.shape[0]},): it must "
+                             "not reduce, e.g. loss_fn=lambda logits, y: F.cross_entropy(logits, y, "
+                             "reduction='none')")
+        return out
+
+    return checked
+
+
 class ProbeModel(nn.Module):
     """The module probes see: pixel inputs in [0, 1] -> logits, of the user's (uncompiled) network.
 
@@ -158,8 +180,21 @@ class ProbeModel(nn.Module):
             out = self.output_fn(out)
         if not isinstance(out, Tensor):
             raise UsageError(f"the model returned {type(out).__name__}, not a tensor of logits: pass "
-                             "output_fn= (model output -> logits), e.g. output_fn=lambda out: out[0]")
+                             f"output_fn= (model output -> logits), e.g. output_fn={_output_hint(out)}")
         return out
+
+
+def _output_hint(out: Any) -> str:
+    """The ``output_fn`` that picks the logits out of ``out``, written for its kind (dict, tuple, object)."""
+    if isinstance(out, Mapping):
+        keys = [k for k, v in out.items() if isinstance(v, Tensor)]
+        key = next((k for k in keys if "logit" in str(k).lower()), keys[0] if keys else "logits")
+        return f"lambda out: out[{key!r}]" + (f" (its keys: {', '.join(map(repr, out))})" if len(out) > 1 else "")
+    if isinstance(out, (tuple, list)):
+        return "lambda out: out[0]"
+    if isinstance(getattr(out, "logits", None), Tensor):
+        return "lambda out: out.logits"
+    return "a function returning the logits tensor"
 
 
 def _names(fn: Callable, name: str) -> bool:

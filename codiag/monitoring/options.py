@@ -30,6 +30,10 @@ class MonitorOptions:
       user's ``attack`` keeps receiving standardized inputs (its delta is mapped
       back to pixels), and ``eps`` stays in pixel units.
 
+    * ``batch_fn``: a dataset item -> ``(x, y)`` for datasets whose items are not
+      ``(x, y)`` tuples, e.g. dicts: ``batch_fn=lambda b: (b["image"], b["label"])``
+      (Hugging Face ``datasets``). The probe sets are read through it.
+
     Probe sets (read once at the start, by index, with whatever transform the
     dataset applies, then frozen):
 
@@ -84,7 +88,9 @@ class MonitorOptions:
 
     Run directory: ``config`` (recorded in run.json; method, eps, dataset and
     model are filled in from the monitor's arguments where it does not give
-    them), ``resume``, ``overwrite``, ``tensorboard`` (None: when installed;
+    them), ``resume`` (continues a run with its own eps, probes, options and
+    config, else refused naming what differs; give the probes' state back with
+    ``mon.load_state_dict``), ``overwrite``, ``tensorboard`` (None: when installed;
     False; True; or a SummaryWriter-like object), ``strict`` (re-raise every
     probe error instead of counting it).
     """
@@ -92,6 +98,7 @@ class MonitorOptions:
     output_fn: Callable[[Any], Tensor] | None = None
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     normalization: tuple[Any, Any] | None = None
+    batch_fn: Callable[[Any], Any] | None = None
     probe_n: int = 256
     train_probe_n: int = 512
     confirm_n: int = 1024
@@ -125,7 +132,7 @@ class MonitorOptions:
             raise UsageError(f"monitor: confirm_n must be 0 (off) or a number of points, got {self.confirm_n}")
         if self.probe_select not in ("first", "balanced"):
             raise UsageError(f"monitor: probe_select must be 'first' or 'balanced', got {self.probe_select!r}")
-        for name in ("output_fn", "loss_fn", "on_co", "on_event"):
+        for name in ("output_fn", "loss_fn", "batch_fn", "on_co", "on_event"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise UsageError(f"monitor: {name} must be callable")
         if self.normalization is not None and (not isinstance(self.normalization, Sequence)

@@ -64,13 +64,32 @@ def balanced_indices(labels: Tensor, n: int) -> list[int]:
     return sorted(out)
 
 
+def _item_reader(dataset: Any, source: str, batch_fn: Any) -> Any:
+    """``i -> (x, y, ...)``: item ``i`` of ``dataset`` through ``batch_fn`` (when given), checked."""
+    def read(i: int) -> Any:
+        item = dataset[i]
+        if batch_fn is not None:
+            item = batch_fn(item)
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            if isinstance(item, dict):
+                keys = ", ".join(map(repr, item))
+                raise UsageError(f"{source}: dataset items are dicts (keys {keys}); pass batch_fn= "
+                                 "(item -> (x, y)), e.g. batch_fn=lambda b: (b['image'], b['label'])")
+            raise UsageError(f"{source}: dataset items must be (x, y) or (x, y, index)"
+                             + ("" if batch_fn is None else ", after batch_fn="))
+        return item
+    return read
+
+
 def extract_probe_set(data: Any, n: int, device: torch.device, source: str, select: str = "first",
-                      normalization: Normalization | None = None, num_classes: int | None = None):
+                      normalization: Normalization | None = None, num_classes: int | None = None,
+                      batch_fn: Any = None):
     """``n`` points of ``data`` as a fixed :class:`codiag.probes.base.ProbeSet` on ``device``, in pixels.
 
     With ``normalization`` the points are mapped back from the user's
     standardized space to pixels. ``num_classes`` (the model's) is the class
-    count of the warning when the dataset does not expose its labels. The pixels must lie in [0, 1] (eps is in pixel
+    count of the warning when the dataset does not expose its labels. ``batch_fn`` maps each
+    dataset item to ``(x, y)`` (datasets that yield dicts). The pixels must lie in [0, 1] (eps is in pixel
     units): otherwise a one-line UsageError names ``normalization=``.
     """
     if data is None:
@@ -92,17 +111,16 @@ def extract_probe_set(data: Any, n: int, device: torch.device, source: str, sele
                 raise UsageError(f"{source}: give a DataLoader, a map-style dataset or (x, y) tensors, "
                                  f"not {type(data).__name__} (its points are read by index)")
             all_labels = _labels(dataset)
+            read = _item_reader(dataset, source, batch_fn)
             if select == "balanced":
                 if all_labels is None:   # no label attribute: read the labels item by item, once
-                    all_labels = torch.as_tensor([int(_as_tensor(dataset[i][1])) for i in range(len(dataset))])
+                    all_labels = torch.as_tensor([int(_as_tensor(read(i)[1])) for i in range(len(dataset))])
                 idx = balanced_indices(all_labels, n)
             else:
                 idx = list(range(min(int(n), len(dataset))))
             xs, ys = [], []
             for i in idx:
-                item = dataset[i]
-                if not isinstance(item, (tuple, list)) or len(item) < 2:
-                    raise UsageError(f"{source}: dataset items must be (x, y) or (x, y, index)")
+                item = read(i)
                 xs.append(_as_tensor(item[0]))
                 ys.append(_as_tensor(item[1]))
             if not xs:

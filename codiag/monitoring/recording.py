@@ -12,6 +12,7 @@ page shows both.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import traceback
 import warnings
@@ -21,7 +22,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..runs import RunWriter, host_values
+from ..errors import UsageError
+from ..rundir import read_meta
+from ..runs import RunWriter, host_values, to_jsonable
 
 Row = tuple[int, int, str, str, Any]
 
@@ -163,6 +166,7 @@ def run_config(mon: Any) -> dict[str, Any]:
         "reference_model": o.reference_model is not None, "probe_select": o.probe_select,
         "light_n": len(mon.light_set) if o.early_events else None,
         "output_fn": _describe(o.output_fn), "loss_fn": _describe(o.loss_fn) or "cross_entropy",
+        "batch_fn": _describe(o.batch_fn),
         "normalization": mon.normalization.describe(), "compiled": mon.network is not mon.model,
         "probe_set": {"source": ps.source, "n": len(ps), "indices": ps.index.tolist()},
         "confirm_n": o.confirm_n,
@@ -173,3 +177,35 @@ def run_config(mon: Any) -> dict[str, Any]:
         "step_update_norms": o.step_update_norms, "detector": mon.alarm.describe(),
     }
     return {**filled, **o.config, "monitor": settings}
+
+
+#: what may differ when a run is resumed: where it runs and what it shows, not what it computes
+RESUME_FREE = frozenset({"out", "device", "device_resolved", "data_root", "download", "progress"})
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def refuse_other_run(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """UsageError (one line) unless ``config`` is the one ``run_dir``'s run.json recorded.
+
+    Compared: eps, method, model, dataset and every key of the user's ``config=``, and every
+    monitor setting (probes, cadence, probe PGD, probe sets, ...); keys the recorded run does
+    not have (an older codiag) and :data:`RESUME_FREE` are left out.
+    """
+    recorded = read_meta(run_dir).get("config") or {}
+    now = json.loads(json.dumps(to_jsonable(config)))
+    pairs = [(k, recorded[k], v) for k, v in now.items() if k != "monitor" and k in recorded]
+    mine, theirs = now.get("monitor") or {}, recorded.get("monitor") or {}
+    pairs += [(k, theirs[k], v) for k, v in mine.items() if isinstance(theirs, dict) and k in theirs]
+    seen, diff = set(), []
+    for key, old, new in pairs:
+        if key not in RESUME_FREE and old != new and key not in seen:
+            seen.add(key)
+            diff.append(f"{key}={_short(old)} there, {_short(new)} here")
+    if diff:
+        raise UsageError(f"monitor: {run_dir} was written with other settings ({'; '.join(diff[:3])}"
+                         f"{f' and {len(diff) - 3} more' if len(diff) > 3 else ''}): resume=True continues "
+                         "a run with its own eps, probes and config")
