@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -142,6 +143,9 @@ class RunWriter:
                                  "or --resume or --overwrite")
             if overwrite and kind == "run":
                 clear_run(self.path)
+            if kind == "run":   # under the lock: what a killed writer left half-written goes
+                for folder in (self.path, self.path / "checkpoints", self.path / "arrays"):
+                    atomic.remove_stale_temps(folder)
             (self.path / "arrays").mkdir(exist_ok=True)
             resuming = resume and kind == "run"
             if resuming:
@@ -153,6 +157,7 @@ class RunWriter:
             else:
                 self.meta = {
                     "format_version": FORMAT_VERSION,
+                    "run_id": uuid.uuid4().hex,   # a resume.pt names the run it belongs to
                     "config": to_jsonable(dict(config or {})),
                     "env": environment_info(),
                     "status": "running",

@@ -1,0 +1,280 @@
+"""A run or sweep directory received from someone else is inert data.
+
+Each test builds the hostile file as an attacker would (a crafted resume.pt, a crafted
+sweep.json, a planted symbolic link) in a copy of a real, interrupted ``codiag train`` run,
+runs the real command on it, and checks that nothing outside the directory is created,
+changed or deleted, and that the refusal is one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+import pytest
+import torch
+
+import codiag
+from codiag import checkpoint
+from codiag.cli import main
+from codiag.errors import UsageError
+from codiag.runs import load_run
+
+#: a short zerograd_rollback run (its method state holds roll-back checkpoints)
+TRAIN = ("--model", "cnn4", "--method", "zerograd_rollback", "--train-limit", "256", "--batch-size", "128",
+         "--epochs", "3", "--probes", "none", "--eval-n", "0", "--detector", "none", "--seed", "1", "--quiet")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], (f, err)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` with a hash of its content: equal snapshots, nothing touched."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A real run ended by SIGTERM just after its first epoch's checkpoint: status
+    "interrupted", checkpoints/resume.pt in place."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    ckpt = run / "checkpoints" / checkpoint.RESUME_FILE
+
+    def stop_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)   # the monitor turns it into an "interrupted" end
+
+    watcher = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+    watcher.start()
+    # enough epochs that the signal always lands before the end
+    cfg = _config(run, epochs=200)
+    with pytest.raises(KeyboardInterrupt):
+        codiag.train(cfg)
+    watcher.join()
+    assert load_run(run).status == "interrupted" and ckpt.exists()
+    return run
+
+
+def _config(out: Path, epochs: int = 200) -> dict:
+    return {"out": str(out), "model": "cnn4", "method": "zerograd_rollback", "train_limit": 256, "batch_size": 128,
+            "epochs": epochs, "probes": "none", "eval_n": 0, "detector": "none", "seed": 1, "progress": False}
+
+
+@pytest.fixture()
+def victim(tmp_path, interrupted) -> tuple[Path, Path]:
+    """(a copy of the interrupted run, an outside folder holding a file someone cares about)."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("not codiag's")
+    return run, outside
+
+
+def _resume_cli(capsys, run: Path) -> tuple[int, str]:
+    cfg = _config(run)
+    args = ["train", "--out", str(run), "--resume", "--model", "cnn4", "--method", "zerograd_rollback",
+            "--train-limit", "256", "--batch-size", "128", "--epochs", str(cfg["epochs"]), "--probes", "none",
+            "--eval-n", "0", "--detector", "none", "--seed", "1", "--quiet"]
+    return run_cli(capsys, *args)
+
+
+def _edit_resume(run: Path, edit) -> None:
+    file = run / "checkpoints" / checkpoint.RESUME_FILE
+    state = torch.load(file, weights_only=True)
+    edit(state)
+    torch.save(state, file)
+
+
+# ------------------------------------------------------------------------- checkpoints are data
+def test_resume_pt_naming_torch_save_as_optimizer_class_writes_nothing(victim, capsys):
+    run, outside = victim
+    target = outside / "written-by-checkpoint"
+    before = snapshot(outside)
+    _edit_resume(run, lambda s: s["method"].update(planted={
+        "__optimizer__": "torch.optim.sgd:torch.save", "params": [],
+        "defaults": {"__dict__": [["f", str(target)]]}, "state": {}}))
+    rc, err = _resume_cli(capsys, run)
+    assert not target.exists() and snapshot(outside) == before
+    assert rc == 2
+    assert_one_line(err, "resume.pt", "torch.optim.sgd:torch.save", "does not rebuild")
+
+
+@pytest.mark.parametrize("record", [
+    {"__object__": "codiag.methods.sample_store:torch.save", "vars": {"__dict__": []}},
+    {"__object__": "codiag.checkpoint:torch.save", "vars": {"__dict__": []}},
+    {"__optimizer__": "torch.optim:SGD.__init__.__globals__", "params": [], "defaults": {"__dict__": []},
+     "state": {}},
+    {"__optimizer__": "torch.optim.sgd:SGD", "params": ["__class__"], "defaults": {"__dict__": []}, "state": {}},
+])
+def test_checkpoint_classes_come_from_an_allow_list_by_exact_name(record):
+    class Owner:
+        pass
+
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.decode(record, Owner())
+
+
+def test_registered_objects_and_torch_optimizers_still_round_trip():
+    from codiag.methods.step_tally import StepTally
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.w = torch.zeros(3, requires_grad=True)
+    owner.opt = torch.optim.Adam([owner.w], lr=0.1)
+    owner.tally = StepTally()
+    state = checkpoint.encode_attributes(owner)
+    fresh = Owner()
+    checkpoint.decode_attributes(fresh, state)
+    assert isinstance(fresh.opt, torch.optim.Adam) and fresh.opt.param_groups[0]["params"][0] is fresh.w
+    assert isinstance(fresh.tally, StepTally)
+
+    class Unregistered:
+        pass
+
+    Unregistered.__module__ = "codiag.elsewhere"
+    owner.other = Unregistered()
+    with pytest.raises(TypeError, match="cannot checkpoint"):
+        checkpoint.encode_attributes(owner)
+
+
+def test_zerograd_rollback_state_naming_an_outside_file_deletes_and_writes_nothing(victim, capsys):
+    run, outside = victim
+    precious = outside / "precious.txt"
+    before = snapshot(outside)
+
+    def plant(state):
+        state["method"]["checkpoint_dir"] = str(outside)
+        state["method"]["_checkpoints"] = {"__deque__": [{"__tuple__": [e, str(precious)]} for e in range(3)],
+                                           "maxlen": 3}
+    _edit_resume(run, plant)
+    rc, err = _resume_cli(capsys, run)
+    assert precious.exists() and snapshot(outside) == before
+    assert rc == 2
+    assert_one_line(err, "resume.pt", "checkpoint_dir")
+
+
+def test_zerograd_rollback_checkpoint_dir_lives_in_the_run_directory(tmp_path):
+    with pytest.raises(UsageError, match="leads outside"):
+        codiag.train({**_config(tmp_path / "r", epochs=1), "method_args": {"checkpoint_dir": "../elsewhere"}})
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# ------------------------------------------------------------------------- a resume belongs to its run
+def test_resume_pt_of_another_run_is_refused(victim, capsys):
+    run, _ = victim
+    other = run.parent / "other"
+    shutil.copytree(run, other)                 # the same options, but another run:
+    meta = json.loads((other / "run.json").read_text())
+    meta["run_id"] = uuid.uuid4().hex           # ... with its own identity
+    (other / "run.json").write_text(json.dumps(meta))
+    rows = (other / "metrics.csv").read_text()
+    rc, err = _resume_cli(capsys, other)
+    assert rc == 2
+    assert_one_line(err, "resume.pt", "another run")
+    assert (other / "metrics.csv").read_text() == rows
+
+
+def test_resume_pt_written_with_other_options_is_refused(victim, capsys):
+    run, _ = victim
+    _edit_resume(run, lambda s: s.update(config_hash="0" * 64))
+    rc, err = _resume_cli(capsys, run)
+    assert rc == 2
+    assert_one_line(err, "resume.pt", "other training options")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "missing_key"])
+def test_damaged_resume_pt_is_one_line_naming_it(victim, capsys, damage):
+    run, _ = victim
+    file = run / "checkpoints" / checkpoint.RESUME_FILE
+    if damage == "random":
+        file.write_bytes(os.urandom(4096))
+    elif damage == "truncated":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    else:
+        _edit_resume(run, lambda s: s.pop("loader_epoch"))
+    rc, err = _resume_cli(capsys, run)
+    assert rc == 2
+    assert_one_line(err, str(file), *(["'loader_epoch'"] if damage == "missing_key" else []))
+    assert "weights_only" not in err and "Traceback" not in err
+
+
+def test_resume_and_overwrite_together_are_refused_before_anything_is_deleted(victim):
+    run, _ = victim
+    before = snapshot(run)
+    with pytest.raises(UsageError, match="resume=True .* overwrite=True"):
+        codiag.train(_config(run), resume=True, overwrite=True)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UsageError, match="resume=True .* overwrite=True"):
+        codiag.monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), str(run), eps=0.1,
+                       probe_data=(torch.rand(4, 2), torch.zeros(4, dtype=torch.long)), probes="none",
+                       resume=True, overwrite=True)
+    assert snapshot(run) == before
+
+
+def test_clean_copy_resumes_and_a_killed_writers_temporary_checkpoint_is_removed(victim):
+    run, _ = victim
+    planted = run / "checkpoints" / ".resume.pt.k1ll3d_x.tmp"   # atomic.py's name for a write a kill cut
+    planted.write_bytes(b"half a checkpoint")
+    stray = run / "checkpoints" / "notes.txt"                   # not codiag's: stays
+    stray.write_text("mine")
+    cfg = _config(run)
+    before = json.loads((run / "run.json").read_text())["run_id"]
+    # the same run, shortened to its next epoch: options must match, so edit the record as a user cannot;
+    # instead resume with the run's own options and stop it again right after the next checkpoint
+    ckpt = run / "checkpoints" / checkpoint.RESUME_FILE
+    mtime = ckpt.stat().st_mtime_ns
+
+    def stop_after_next_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while (not ckpt.exists() or ckpt.stat().st_mtime_ns == mtime) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=stop_after_next_checkpoint, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        codiag.train(cfg, resume=True)
+    watcher.join()
+    assert not planted.exists() and stray.read_text() == "mine"
+    run_rec = load_run(run)
+    assert run_rec.status == "interrupted" and run_rec.meta["run_id"] == before
+    assert [e["kind"] for e in run_rec.events].count("resume") == 1
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+
+
+def test_checkpoint_bytes_are_weights_only():
+    buf = io.BytesIO()
+    torch.save({"d": deque([1, 2])}, buf)
+    buf.seek(0)
+    with pytest.raises(Exception):  # noqa: B017 (torch's error type differs across versions)
+        torch.load(buf, weights_only=True)   # a deque is not weights-only: encode() must tag it
+    assert checkpoint.decode(checkpoint.encode(deque([1, 2], maxlen=3))) == deque([1, 2], maxlen=3)
