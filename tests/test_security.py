@@ -280,3 +280,94 @@ def test_checkpoint_bytes_are_weights_only():
     with pytest.raises(Exception):  # noqa: B017 (torch's error type differs across versions)
         torch.load(buf, weights_only=True)   # a deque is not weights-only: encode() must tag it
     assert checkpoint.decode(checkpoint.encode(deque([1, 2], maxlen=3))) == deque([1, 2], maxlen=3)
+
+
+# ------------------------------------------------------------------------- a sweep stays inside its directory
+SWEEP_TINY = dict(train_limit=256, epochs=1, eval_n=32, eval_steps=3, eval_restarts=1, probes="none")
+
+
+@pytest.fixture()
+def sweep_area(tmp_path) -> tuple[Path, Path]:
+    """(an area holding an existing sweep directory and a folder someone cares about, the sweep)."""
+    from codiag.sweeps.grid import protocol_of
+    from codiag.sweeps.index import open_index
+
+    root = tmp_path / "area" / "sweep"
+    open_index(root, protocol_of(SWEEP_TINY, {}), [])
+    (tmp_path / "area" / "outside").mkdir()
+    (tmp_path / "area" / "outside" / "precious.txt").write_text("not codiag's")
+    return tmp_path / "area", root
+
+
+def _edit_index(root: Path, edit) -> None:
+    index = json.loads((root / "sweep.json").read_text())
+    edit(index)
+    (root / "sweep.json").write_text(json.dumps(index))
+
+
+def _outside_of(area: Path) -> dict[str, str]:
+    return {k: v for k, v in snapshot(area).items() if not k.startswith("sweep")}
+
+
+@pytest.mark.parametrize("cell,fragment", [
+    ({"name": "x", "method": "x/../../../escaped/fgsm", "eps": 0.1, "seed": 0}, "not a codiag method"),
+    ({"name": "../escaped-eps0.1-seed0", "method": "fgsm", "eps": 0.1, "seed": 0}, "as codiag names it"),
+    ({"method": "fgsm", "eps": 7, "seed": 0}, "eps must be"),
+    ({"method": "fgsm", "eps": 0.1, "seed": -3}, "seed must be"),
+])
+def test_crafted_sweep_cell_is_refused_before_any_path_is_built(sweep_area, cell, fragment):
+    area, root = sweep_area
+    before = _outside_of(area)
+    _edit_index(root, lambda ix: ix["cells"].append(cell))
+    with pytest.raises(UsageError, match=fragment) as err:
+        codiag.sweep("fgsm", "0.1", "0", out=root, jobs=1, echo=False, **SWEEP_TINY)
+    assert "\n" not in str(err.value) and "sweep.json" in str(err.value)
+    assert _outside_of(area) == before and not (root / "fgsm-eps0.1-seed0").exists()
+
+
+@pytest.mark.parametrize("link", [".claims", ".claims/fgsm-eps0.1-seed0.lock", "fgsm-eps0.1-seed0"])
+def test_sweep_refuses_symbolic_links_for_claims_and_runs(sweep_area, link):
+    area, root = sweep_area
+    target = area / "outside" / ("precious.txt" if link.endswith(".lock") else "")
+    (root / link).parent.mkdir(exist_ok=True)
+    (root / link).symlink_to(target)
+    before = _outside_of(area)
+    with pytest.raises(UsageError, match="symbolic link") as err:
+        codiag.sweep("fgsm", "0.1", "0", out=root, jobs=1, echo=False, **SWEEP_TINY)
+    assert "\n" not in str(err.value)
+    assert _outside_of(area) == before
+
+
+def test_claims_inside_the_sweep_are_refused_as_links_and_created_with_explicit_modes(sweep_area):
+    from codiag.sweeps.index import Claim
+
+    _, root = sweep_area
+    (root / "elsewhere").mkdir()
+    (root / ".claims").symlink_to(root / "elsewhere")       # inside the sweep, still not its claims folder
+    with pytest.raises(UsageError, match="symbolic link"):
+        Claim(root, "fgsm-eps0.1-seed0").acquire()
+    (root / ".claims").unlink()
+    old = os.umask(0o077)                                   # a strict umask must not hide who holds a claim
+    try:
+        with Claim(root, "fgsm-eps0.1-seed0") as claim:
+            assert claim.acquire()
+            assert (claim.path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda ix: ix.update(cells={"fgsm": 1}), "cells is dict"),
+    (lambda ix: ix.update(format_version="1"), "format_version"),
+    (lambda ix: ix.update(protocol=["epochs", 1]), "protocol is list"),
+    (lambda ix: ix["cells"].append({"method": "fgsm", "eps": 0.1, "seed": [1]}), "seed must be"),
+    (lambda ix: ix["cells"].append({"method": "fgsm", "eps": "0.1", "seed": 0}), "eps must be"),
+    (lambda ix: ix["cells"].append(["fgsm", 0.1, 0]), "not an object"),
+])
+def test_hand_edited_sweep_json_of_the_wrong_type_is_one_line(sweep_area, capsys, edit, fragment):
+    _, root = sweep_area
+    _edit_index(root, edit)
+    rc, err = run_cli(capsys, "sweep", "--methods", "fgsm", "--eps", "0.1", "--out", str(root), "--epochs", "1",
+                      "--train-limit", "256", "-q")
+    assert rc == 2
+    assert_one_line(err, "sweep.json", fragment)
