@@ -9,6 +9,7 @@ cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -184,7 +185,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    state = None
+    state, created = None, not out.exists() and not out.is_symlink()
     if check_run_dir(out, resume, overwrite) == "run" and resume:
         previous = read_meta(out)
         _check_same_config(out, previous.get("config", {}), cfg)
@@ -193,9 +194,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
         state = _resume_state(out, cfg, device, previous)
     torch.manual_seed(cfg.seed)
 
-    train_set = load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
-                             download=cfg.download)
-    test_set = load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download)
+    train_set, test_set = _load_data(cfg, out if created else None)
     augment = cfg.augment if cfg.augment is not None else cfg.dataset in ("cifar10", "cifar100", "svhn")
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=augment,
                                with_index=True, seed=cfg.seed, device=device)
@@ -359,6 +358,20 @@ def _resume_state(out: Path, cfg: TrainConfig, device: torch.device,
     finally:
         lock.release()
     return state
+
+
+def _load_data(cfg: TrainConfig, created: Path | None) -> tuple[Any, Any]:
+    """The training and test sets; on failure the run directory this call created (still
+    empty) is removed again, so a data error leaves nothing behind."""
+    try:
+        return (load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
+                             download=cfg.download),
+                load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download))
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):
+                created.rmdir()   # only if empty: never what another process put there since
+        raise
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

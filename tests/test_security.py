@@ -371,3 +371,28 @@ def test_hand_edited_sweep_json_of_the_wrong_type_is_one_line(sweep_area, capsys
                       "--train-limit", "256", "-q")
     assert rc == 2
     assert_one_line(err, "sweep.json", fragment)
+
+
+# ------------------------------------------------------------------------- one-line errors, nothing left behind
+def test_truncated_idx_file_is_reported_as_truncated_and_leaves_no_run_directory(tmp_path, capsys):
+    import gzip
+
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in Path("/usr/share/datasets/fashion-mnist").glob("*.gz"):
+        data = gzip.decompress(f.read_bytes())
+        (raw / f.name[:-3]).write_bytes(data[:100_000] if f.name.startswith("train-images") else data)
+    out = tmp_path / "r"
+    rc, err = run_cli(capsys, "train", "--data-root", str(tmp_path / "data"), "--epochs", "0", "--quiet",
+                      "--out", str(out))
+    assert rc == 2
+    assert_one_line(err, "train-images-idx3-ubyte", "truncated")
+    assert "not found" not in err and not out.exists()
+
+
+def test_the_same_run_named_twice_in_a_report_is_drawn_once(interrupted):
+    from codiag.reports.build import load_runs
+
+    warnings: list[str] = []
+    runs = load_runs([interrupted, f"{interrupted}/", interrupted / ".", interrupted.parent], warnings)
+    assert len(runs) == 1 and not warnings
