@@ -396,3 +396,33 @@ def test_the_same_run_named_twice_in_a_report_is_drawn_once(interrupted):
     warnings: list[str] = []
     runs = load_runs([interrupted, f"{interrupted}/", interrupted / ".", interrupted.parent], warnings)
     assert len(runs) == 1 and not warnings
+
+
+def test_zerograd_rollback_file_checkpoints_are_named_by_epoch_in_the_live_folder(tmp_path):
+    from codiag.methods import get_method
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 10, (8,))
+    ck = tmp_path / "run" / "ck"
+    m = get_method("zerograd_rollback", 0.1, checkpoint_dir=str(ck), keep=2)
+    for epoch in range(4):
+        m.train_step(model, opt, x, y)
+        m.on_epoch_end(epoch, model, opt, False)
+    assert sorted(p.name for p in ck.iterdir()) == ["zerograd-rollback-0002.pt", "zerograd-rollback-0003.pt"]
+    state = m.state_dict()
+    assert "checkpoint_dir" not in state and str(ck) not in repr(state)
+    fresh = get_method("zerograd_rollback", 0.1, checkpoint_dir=str(ck), keep=2)
+    fresh.load_state_dict(torch.load(io.BytesIO(_saved(state)), weights_only=True))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.apply(lambda mod: torch.nn.init.zeros_(mod.weight) if isinstance(mod, torch.nn.Linear) else None)
+    assert fresh.on_epoch_end(4, model, opt, True)          # rolls back to the end of epoch 3, from its file
+    assert fresh.last_rollback["restored_epoch"] == 3
+    assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
+
+
+def _saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
