@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    state, created = None, not out.exists() and not out.is_symlink()
+    state, created = None, not os.path.lexists(out)   # lexists: a too-long name is not an error here
     if check_run_dir(out, resume, overwrite) == "run" and resume:
         previous = read_meta(out)
         _check_same_config(out, previous.get("config", {}), cfg)
