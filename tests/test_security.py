@@ -426,3 +426,32 @@ def _saved(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def test_full_disk_at_the_first_array_write_leaves_run_json_failed(tmp_path):
+    """The disk fills after the run started: the first array (a 51 KB filter snapshot) no longer
+    fits, and neither does a new run.json; the run still ends "failed", not "running"."""
+    import resource
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 512, 5), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(512 * 4 * 4, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    out = tmp_path / "r"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with pytest.raises(OSError, match="File too large"):
+        try:
+            with codiag.monitor(model, opt, str(out), eps=0.1, probe_data=(x, y), probes="filters",
+                                every="epoch", tensorboard=False) as mon:
+                limit = (out / "run.json").stat().st_size + 24          # no room for a larger file
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                mon.epoch_end()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    run = load_run(out)
+    assert run.status == "failed" and not (out / "run.lock").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
