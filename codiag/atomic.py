@@ -12,11 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import UsageError
+
+#: the temporary names :func:`atomic_path` makes (``tempfile.mkstemp``: 8 random characters)
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write (SIGKILL, power loss) left in
+    ``folder``: only plain files named as :func:`atomic_path` names them. The caller must be the
+    folder's only writer (a run's lock), so none of them belongs to a write in progress."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def check_inside(path: Path, root: Path) -> None:

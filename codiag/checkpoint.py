@@ -16,7 +16,6 @@ the attribute holding each) and its state dict.
 """
 from __future__ import annotations
 
-import importlib
 import io
 import random
 from collections import deque
@@ -28,23 +27,43 @@ import torch
 
 from . import atomic
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 RESUME_FILE = "resume.pt"
 
 
-# ------------------------------------------------------------------------------------- the codec
+class CheckpointError(ValueError):
+    """A checkpoint that names something codiag does not rebuild, or is not shaped as codiag writes it."""
+
+
+# ------------------------------------------------------------------------------------- the allow-list
+def _name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _class_path(obj: Any) -> str:
-    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+    return _name(type(obj))
 
 
-def _load_class(path: str, allowed: tuple[str, ...]) -> type:
-    module, _, qualname = path.partition(":")
-    if not module.startswith(allowed):
-        raise ValueError(f"refusing to rebuild {path} from a checkpoint")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+#: the optimizer classes ``torch.optim`` exports, by exact name (``torch.optim.sgd:SGD``)
+_OPTIMIZERS: dict[str, type] = {
+    _name(c): c for c in vars(torch.optim).values()
+    if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+#: codiag classes whose instances a checkpoint may hold (see :func:`checkpointable`)
+_OBJECTS: dict[str, type] = {}
+
+
+def checkpointable(cls: type) -> type:
+    """Class decorator: instances of ``cls`` (plain attribute holders) may be stored in and
+    rebuilt from a checkpoint. Only registered classes are ever rebuilt."""
+    _OBJECTS[_name(cls)] = cls
+    return cls
+
+
+def _allowed(table: dict[str, type], name: Any, what: str) -> type:
+    cls = table.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise CheckpointError(f"it names {what} {str(name)[:80]!r}, which codiag does not rebuild")
+    return cls
 
 
 def encode(value: Any, params: dict[int, str] | None = None, where: str = "value") -> Any:
@@ -65,7 +84,7 @@ def encode(value: Any, params: dict[int, str] | None = None, where: str = "value
         return _encode_container(value, params, where)
     if isinstance(value, torch.optim.Optimizer):
         return _encode_optimizer(value, params, where)
-    if type(value).__module__.startswith("codiag.") and hasattr(value, "__dict__"):
+    if _OBJECTS.get(_class_path(value)) is type(value):
         return {"__object__": _class_path(value), "vars": encode(vars(value), params, where)}
     raise TypeError(f"cannot checkpoint {where} of type {type(value).__name__}")
 
@@ -85,6 +104,8 @@ def _encode_container(value: Any, params: dict[int, str] | None, where: str) -> 
 
 
 def _encode_optimizer(opt: torch.optim.Optimizer, params: dict[int, str] | None, where: str) -> dict[str, Any]:
+    if _OPTIMIZERS.get(_class_path(opt)) is not type(opt):
+        raise TypeError(f"cannot checkpoint {where}: {type(opt).__name__} is not an optimizer of torch.optim")
     names = []
     for group in opt.param_groups:
         for p in group["params"]:
@@ -119,16 +140,38 @@ def decode(value: Any, owner: Any = None) -> Any:
     if "__dict__" in value:
         return {decode(k, owner): decode(v, owner) for k, v in value["__dict__"]}
     if "__optimizer__" in value:
-        cls = _load_class(value["__optimizer__"], ("torch.optim",))
-        opt = cls([getattr(owner, n) for n in value["params"]], **decode(value["defaults"]))
-        opt.load_state_dict(value["state"])
-        return opt
+        return _decode_optimizer(value, owner)
     if "__object__" in value:
-        cls = _load_class(value["__object__"], ("codiag.",))
+        cls = _allowed(_OBJECTS, value["__object__"], "the class")
+        attrs = decode(value.get("vars"), owner)
+        if not isinstance(attrs, dict) or not all(_attribute_name(k) for k in attrs):
+            raise CheckpointError(f"its {cls.__name__} record is not a set of attributes")
         obj = cls.__new__(cls)
-        obj.__dict__.update(decode(value["vars"], owner))
+        obj.__dict__.update(attrs)
         return obj
-    raise ValueError(f"unknown record in a checkpoint: {sorted(value)}")
+    raise CheckpointError(f"unknown record in a checkpoint: {sorted(map(str, value))[:5]}")
+
+
+def _attribute_name(key: Any) -> bool:
+    return isinstance(key, str) and key.isidentifier() and not key.startswith("__")
+
+
+def _decode_optimizer(value: dict[str, Any], owner: Any) -> torch.optim.Optimizer:
+    cls = _allowed(_OPTIMIZERS, value["__optimizer__"], "the optimizer")
+    names, defaults = value.get("params"), decode(value.get("defaults"))
+    if not isinstance(names, list) or not all(
+            _attribute_name(n) and isinstance(vars(owner).get(n) if hasattr(owner, "__dict__") else None,
+                                              torch.Tensor) for n in names):
+        raise CheckpointError(f"its {cls.__name__} names parameters that are not tensors of their owner")
+    if not isinstance(defaults, dict) or not all(_attribute_name(k) for k in defaults):
+        raise CheckpointError(f"its {cls.__name__} settings are not a set of options")
+    try:
+        opt = cls([vars(owner)[n] for n in names], **defaults)
+        opt.load_state_dict(value["state"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"its {cls.__name__} does not rebuild: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+    return opt
 
 
 def _has_optimizer(value: Any) -> bool:
@@ -149,6 +192,9 @@ def encode_attributes(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def decode_attributes(obj: Any, state: dict[str, Any]) -> None:
     """Set ``obj``'s attributes from :func:`encode_attributes`' output (optimizers last)."""
+    bad = [k for k in state if not _attribute_name(k)]
+    if bad:
+        raise CheckpointError(f"it sets {str(bad[0])[:40]!r}, which is not an attribute name")
     for key in sorted(state, key=lambda k: _has_optimizer(state[k])):
         setattr(obj, key, decode(state[key], obj))
 

@@ -29,6 +29,7 @@ import hashlib
 import math
 import os
 import shutil
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -248,6 +249,25 @@ def _idx_root(name: str, root: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def _check_idx_sizes(tv_root: Path, cls_name: str) -> None:
+    """UsageError naming the file when an IDX file is shorter than its header announces (a cut
+    copy or download): torchvision would only say the data set is "not found or corrupted"."""
+    for name in _idx_names():
+        file = tv_root / cls_name / "raw" / name
+        try:
+            with open(file, "rb") as f:
+                head = f.read(4)
+                ndim = head[3] if len(head) == 4 else 0
+                dims = struct.unpack(f">{ndim}I", f.read(4 * ndim)) if ndim else ()
+            size = file.stat().st_size
+        except (OSError, struct.error):
+            continue   # absent or unreadable: torchvision's own error says so
+        expected = 4 + 4 * len(dims) + math.prod(dims)
+        if len(head) < 4 or len(dims) < ndim or size < expected:
+            raise UsageError(f"{file} is truncated: {size} bytes, its header announces {expected}; "
+                             "copy or download it again")
+
+
 def _missing(name: str, root: str | os.PathLike | None, download: bool, train: bool = True) -> UsageError:
     """The one-line error for missing files: the expected path and how to get them."""
     title = _TITLE[name]
@@ -280,6 +300,7 @@ def _read(name: str, root: str | os.PathLike | None, train: bool, download: bool
                 cls(tv_root, train=train, download=True)
             if tv_root is None:
                 raise _missing(name, root, download, train)
+            _check_idx_sizes(tv_root, _TV_CLASS[name])
             ds = cls(tv_root, train=train, download=False)
             return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
         if root is None and not download:

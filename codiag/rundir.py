@@ -93,6 +93,8 @@ def check_run_dir(path: str | os.PathLike, resume: bool = False, overwrite: bool
     Creates the directory (so a read-only mount or a too-long name fails here) and returns
     its kind: "empty" or "run". UsageError (one line) otherwise.
     """
+    if resume and overwrite:   # before anything is read, let alone deleted
+        raise UsageError("resume=True continues a run and overwrite=True deletes it: pass one of them")
     path = Path(path)
     if not str(path).strip() or str(path) in (".", ""):
         raise UsageError("the run directory is empty; name a directory (--out)")

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -142,6 +143,9 @@ class RunWriter:
                                  "or resume=True or overwrite=True")
             if overwrite and kind == "run":
                 clear_run(self.path)
+            if kind == "run":   # under the lock: what a killed writer left half-written goes
+                for folder in (self.path, self.path / "checkpoints", self.path / "arrays"):
+                    atomic.remove_stale_temps(folder)
             (self.path / "arrays").mkdir(exist_ok=True)
             resuming = resume and kind == "run"
             if resuming:
@@ -153,6 +157,7 @@ class RunWriter:
             else:
                 self.meta = {
                     "format_version": FORMAT_VERSION,
+                    "run_id": uuid.uuid4().hex,   # a resume.pt names the run it belongs to
                     "config": to_jsonable(dict(config or {})),
                     "env": environment_info(),
                     "status": "running",
@@ -192,6 +197,21 @@ class RunWriter:
     # -- writes -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
         atomic.write_text(self.path / "run.json", json.dumps(self.meta, indent=2, sort_keys=True))
+
+    def _patch_status(self, status: str) -> None:
+        """Last resort when run.json cannot be rewritten (a full disk has no room for the new file):
+        overwrite its status in place, padded to the same length, so that no run that ended stays
+        "running". Only a status no longer than "running" fits ("failed")."""
+        old, new = b'\n  "status": "running"', b'\n  "status": ' + json.dumps(status).encode()
+        if len(new) > len(old):
+            return
+        with contextlib.suppress(OSError), open(self.path / "run.json", "r+b") as f:
+            at = f.read().find(old)
+            if at >= 0:
+                f.seek(at)
+                f.write(new.ljust(len(old)))   # JSON allows the trailing spaces
+                f.flush()
+                os.fsync(f.fileno())
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into run.json (write to temp, then rename)."""
@@ -260,6 +280,7 @@ class RunWriter:
                 self._write_meta()
             except OSError as e:
                 error = error or e
+                self._patch_status(status)
         finally:
             for f in (self._csv, self._events):
                 with contextlib.suppress(OSError):

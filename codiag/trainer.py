@@ -9,19 +9,22 @@ cnn4 on Fashion-MNIST, eps 0.2, FGSM with step eps, Adam 3e-3 with a cyclic
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
-from . import attacks, checkpoint, protocol
+from . import atomic, attacks, checkpoint, protocol
 from .checkpoint import rng_state, set_rng_state
 from .cost import PassCounter
 from .data import DATASETS, load_dataset, make_loader, train_val_split
@@ -170,8 +173,13 @@ def build_method(cfg: TrainConfig, num_samples: int) -> Method:
     """The training method of ``cfg`` with its resolved hyper-parameters, the run's seed, the
     training-set size (per-sample state) and the number of epochs (ATTA/ATAS skip the re-draw
     of their stored perturbations in the last epoch, as their reference does)."""
+    args = dict(cfg.method_args)
+    if args.get("checkpoint_dir"):   # a method's own files live in the run directory
+        where = Path(cfg.out) / str(args["checkpoint_dir"])
+        atomic.check_inside(where / "x", Path(cfg.out))
+        args["checkpoint_dir"] = str(where)
     return get_method(cfg.method, cfg.eps, **{"seed": cfg.seed, "num_samples": num_samples,
-                                               "epochs": cfg.epochs, **cfg.method_args})
+                                               "epochs": cfg.epochs, **args})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,19 +218,17 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    state = None
+    state, created = None, not os.path.lexists(out)   # lexists: a too-long name is not an error here
     if check_run_dir(out, resume, overwrite) == "run" and resume:
         previous = read_meta(out)
         _check_same_config(out, previous.get("config", {}), cfg)
         if previous.get("status") == "finished":
             return out
-        state = _resume_state(out, cfg, device)
+        state = _resume_state(out, cfg, device, previous)
     torch.manual_seed(cfg.seed)
 
-    train_set = load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
-                             download=cfg.download)
+    train_set, test_set = _load_data(cfg, out if created else None)
     train_set, val_data = _hold_out(cfg, train_set, device)
-    test_set = load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download)
     augment = cfg.augment if cfg.augment is not None else cfg.dataset in ("cifar10", "cifar100", "svhn")
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=augment,
                                with_index=True, seed=cfg.seed, device=device)
@@ -239,12 +245,10 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     first_epoch, stopped, time_before = 0, False, 0.0
     rescue = TrainerGuard(cfg, len(train_set), method)   # inert without --guard
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        _restore(out, lambda: (model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])))
         method = rescue.resumed_method(state.get("guard"), method)
-        method.load_state_dict(state["method"])
+        _restore(out, lambda: (method.load_state_dict(state["method"]), extras.load_state_dict(state)))
         train_loader.set_epoch(state["loader_epoch"])
-        extras.load_state_dict(state)
         first_epoch, stopped, time_before = state["epoch"], state["stopped"], state["train_time_s"]
 
     record = dataclasses.asdict(cfg) | {"device_resolved": str(device), "train_size": len(train_set),
@@ -259,7 +263,8 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                  detector=None if cfg.detector == "none" else cfg.detector, keep_best=cfg.checkpoint,
                  guard=rescue.policy(), on_co=rescue.callback()) as mon:
         if state is not None:
-            _continue(mon, state)
+            _restore(out, lambda: _continue(mon, state))
+        identity = {"run_id": read_meta(out).get("run_id"), "config_hash": config_hash(cfg)}
         epochs = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset}", unit="epoch",
                       disable=not cfg.progress, initial=first_epoch)
         epoch = first_epoch
@@ -296,7 +301,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                     "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "method": method.state_dict(), "rng": rng_state(), "loader_epoch": train_loader.epoch,
                     **extras.state_dict(),
-                    "train_time_s": time_before + time.perf_counter() - start,
+                    "train_time_s": time_before + time.perf_counter() - start, **identity,
                 }, ckpt / checkpoint.RESUME_FILE, inside=out)
             epoch = next_epoch
             epochs.n = epoch
@@ -364,15 +369,63 @@ def _check_same_config(out: Path, recorded: Mapping[str, Any], cfg: TrainConfig)
                              "resume=True continues a run with its own options")
 
 
-def _resume_state(out: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+def _restore(out: Path, load: Callable[[], Any]) -> None:
+    """Run ``load`` (objects set from resume.pt); whatever the file holds, an error is one line naming it."""
+    try:
+        load()
+    except Exception as e:
+        raise UsageError(f"cannot resume from {out / 'checkpoints' / checkpoint.RESUME_FILE}: "
+                         f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """SHA-256 of the options that decide what a run computes (``_RESUME_FREE`` aside)."""
+    now = json.loads(json.dumps(to_jsonable(dataclasses.asdict(cfg))))
+    kept = {k: v for k, v in now.items() if k not in _RESUME_FREE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+#: what a resume.pt holds, each with the types it may have
+_RESUME_KEYS: dict[str, tuple[type, ...]] = {
+    "version": (int,), "epoch": (int,), "step": (int,), "stopped": (bool,), "model": (dict,),
+    "optimizer": (dict,), "method": (dict,), "rng": (dict,), "loader_epoch": (int,),
+    "train_time_s": (int, float), "run_id": (str,), "config_hash": (str,)}
+
+
+def _check_resume_state(file: Path, state: Any, meta: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """UsageError (one line naming ``file``) unless ``state`` is this run's own checkpoint."""
+    if not isinstance(state, dict):
+        raise UsageError(f"cannot resume from {file}: it is not a codiag checkpoint")
+    if state.get("version") != checkpoint.CHECKPOINT_VERSION and isinstance(state.get("version"), int):
+        raise UsageError(f"cannot resume from {file}: checkpoint format {state['version']}, this codiag "
+                         f"reads {checkpoint.CHECKPOINT_VERSION}; --overwrite starts the run again")
+    for key, types in _RESUME_KEYS.items():
+        if key not in state:
+            raise UsageError(f"cannot resume from {file}: it lacks {key!r} (damaged, or not written by "
+                             "this codiag); --overwrite starts the run again")
+        value = state[key]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)) \
+                or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
+            raise UsageError(f"cannot resume from {file}: its {key!r} is not what codiag writes")
+    if state["run_id"] != meta.get("run_id"):
+        raise UsageError(f"cannot resume from {file}: it belongs to another run (run id "
+                         f"{state['run_id'][:12]!r}, this run's is {str(meta.get('run_id'))[:12]!r})")
+    if state["config_hash"] != config_hash(cfg):
+        raise UsageError(f"cannot resume from {file}: it was written with other training options")
+
+
+def _resume_state(out: Path, cfg: TrainConfig, device: torch.device,
+                  meta: Mapping[str, Any]) -> dict[str, Any] | None:
     """The last checkpoint of ``out`` (None: start again), with the run rewound to its step."""
     file = out / "checkpoints" / checkpoint.RESUME_FILE
     state = None
     if cfg.checkpoint and file.exists():
         try:
             state = checkpoint.load(file, map_location=device)
-        except Exception as e:  # a checkpoint that does not load is an error, not a silent restart
-            raise UsageError(f"cannot read the checkpoint {file}: {str(e).splitlines()[0]}") from None
+        except Exception:  # a checkpoint that does not load is an error, not a silent restart
+            raise UsageError(f"cannot resume from {file}: it is not a readable codiag checkpoint (truncated "
+                             "or damaged); --overwrite starts the run again") from None
+        _check_resume_state(file, state, meta, cfg)
     lock = RunLock(out)
     try:
         rewind(out, state["step"] if state is not None else 0)
@@ -465,6 +518,20 @@ def _continue(mon: Any, state: Mapping[str, Any]) -> None:
     mon.step, mon.epoch = state["step"], state.get("monitor_epoch", state["epoch"])
     if "monitor" in state:
         mon.load_state_dict(state["monitor"])
+
+
+def _load_data(cfg: TrainConfig, created: Path | None) -> tuple[Any, Any]:
+    """The training and test sets; on failure the run directory this call created (still
+    empty) is removed again, so a data error leaves nothing behind."""
+    try:
+        return (load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
+                             download=cfg.download),
+                load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download))
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):
+                created.rmdir()   # only if empty: never what another process put there since
+        raise
 
 
 def _first_points(loader, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,11 +53,15 @@ def load_runs(paths: Iterable[str | os.PathLike], warnings: list[str]) -> list[R
     the others become warnings. UsageError (one line) when none loads."""
     runs: list[Run] = []
     errors: list[str] = []
+    seen: set[str] = set()   # one run named twice (``run run/``, a sweep and one of its runs) is drawn once
     for p in paths:
         p = Path(p)
         kids = sorted(q for q in p.iterdir() if (q / "run.json").exists()) \
             if p.is_dir() and not (p / "run.json").exists() else []
         for q in kids or [p]:
+            if os.path.realpath(q) in seen:
+                continue
+            seen.add(os.path.realpath(q))
             try:
                 run = load_run(q)
                 _ = run.metrics, run.events   # parse now, so a broken file is reported here

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import decode_attributes, encode_attributes
+from ..checkpoint import CheckpointError, decode_attributes, encode, encode_attributes
 from ..errors import UsageError
 from ..registry import registrar
 from ..tensors import clamp_to_image, input_grad
@@ -230,16 +230,29 @@ class Method:
 
     #: attributes that are references into the trainer's objects, set again at every step
     transient: ClassVar[tuple[str, ...]] = ()
+    #: options that only the live configuration sets (file locations): never saved in or
+    #: taken from a checkpoint, whose content is data from wherever the run directory came from
+    from_config: ClassVar[tuple[str, ...]] = ()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the method carries from step to step (its generators, per-sample stores,
         adapted step sizes, snapshots), for a resumable checkpoint; ``torch.load(...,
         weights_only=True)`` reads it back (``codiag.checkpoint``)."""
-        return encode_attributes(self, skip=self.transient)
+        state = encode_attributes(self, skip=self.transient + self.from_config)
+        if self.from_config and "hparams" in state:
+            state["hparams"] = encode({k: v for k, v in self.hparams.items() if k not in self.from_config})
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output into a method built with the same options."""
-        decode_attributes(self, dict(state))
+        """Restore :meth:`state_dict`'s output into a method built with the same options;
+        the ``from_config`` options keep their live values, whatever the state says."""
+        live = {k: getattr(self, k) for k in self.from_config}
+        decode_attributes(self, {k: v for k, v in state.items() if k not in self.from_config})
+        if not isinstance(self.hparams, dict):
+            raise CheckpointError("its method options are not a set of options")
+        for key, value in live.items():
+            setattr(self, key, value)
+            self.hparams[key] = value
 
     def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called between ``backward`` and ``optimizer.step()`` (gradient clipping acts here)."""

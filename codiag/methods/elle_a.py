@@ -22,11 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import checkpointable
 from .base import StateValue, register
 from .checks import NON_NEGATIVE, Real
 from .elle import ELLE
 
 
+@checkpointable
 class MeanStdRule:
     """Online outlier test of ELLE-A: ``v > mean + k * std`` of all earlier values (Welford, on the device).
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import checkpointable
 from ..data import as_meta, crop_like
 from ..data import uncrop_into as data_uncrop_into
 
@@ -60,6 +61,7 @@ def uncrop_into(frame: Tensor, aug: Any, image: Tensor) -> Tensor:
     return data_uncrop_into(aug, frame, image)
 
 
+@checkpointable
 class SampleStore:
     """Per-sample tensors in the padded frame, stored as int8 with a fixed ``scale``.
 

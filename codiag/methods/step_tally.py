@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checkpoint import checkpointable
 
+
+@checkpointable
 class StepTally:
     """Running totals over training steps: samples seen, abnormal samples, sum of loss drops.
 

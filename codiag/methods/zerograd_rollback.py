@@ -28,6 +28,7 @@ At most ``max_rollbacks`` (3) roll-backs are made.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from typing import Any
@@ -36,10 +37,14 @@ import torch
 from torch import nn
 
 from .. import checkpoint
+from ..checkpoint import CheckpointError
 from ..snapshot import cpu_copy, load_model_state
 from .base import StateValue, register
 from .checks import SHARE, Integer, Optional, Several, Text
 from .zerograd import ZeroGrad
+
+#: what the checkpoint list holds for a checkpoint kept as a file (the file is named by the epoch)
+ON_DISK = "on disk"
 
 
 @register
@@ -48,6 +53,7 @@ class ZeroGradRollback(ZeroGrad):
     before it and continues with the next q (0.45)."""
 
     name = "zerograd_rollback"
+    from_config = ("checkpoint_dir",)
     defaults: dict[str, Any] = {"qs": (0.25, 0.45), "q": None, "back": 1, "keep": 3,
                                 "max_rollbacks": 3, "checkpoint_dir": None}
     checks = {"qs": Several(SHARE), "q": Optional(SHARE), "back": Integer(1), "keep": Integer(1),
@@ -65,26 +71,36 @@ class ZeroGradRollback(ZeroGrad):
         self._acted_on: Any = None
 
     # ----------------------------------------------------------------- checkpoints
+    def _file(self, epoch: Any) -> str:
+        """The file of the checkpoint of ``epoch``: named from the live ``checkpoint_dir`` and an
+        integer, never from a path stored in a state (a resumed state is data, not a location)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise CheckpointError(f"a zerograd_rollback checkpoint epoch is {epoch!r}, not an integer")
+        return os.path.join(str(self.checkpoint_dir), f"zerograd-rollback-{epoch:04d}.pt")
+
     def _save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        payload = {"model": cpu_copy(model.state_dict()), "optimizer": cpu_copy(optimizer.state_dict()),
-                   "q": float(self.q), "epoch": epoch}
+        payload: Any = {"model": cpu_copy(model.state_dict()), "optimizer": cpu_copy(optimizer.state_dict()),
+                        "q": float(self.q), "epoch": epoch}
         if self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
-            path = os.path.join(self.checkpoint_dir, f"zerograd-rollback-{epoch:04d}.pt")
-            checkpoint.save(payload, path)   # temp-then-rename: never a half-written checkpoint
+            checkpoint.save(payload, self._file(epoch))   # temp-then-rename: never a half-written checkpoint
             if len(self._checkpoints) == self._checkpoints.maxlen:
-                old = self._checkpoints[0][1]
-                if isinstance(old, str) and os.path.exists(old):
-                    os.remove(old)
-            payload = path
+                old_epoch, old = self._checkpoints[0]
+                if not isinstance(old, dict):   # on disk: its file lies in our own checkpoint_dir
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self._file(old_epoch))
+            payload = ON_DISK
         self._checkpoints.append((epoch, payload))
 
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int | None:
         if len(self._checkpoints) < int(self.back):
             return None
         epoch, payload = self._checkpoints[-int(self.back)]
-        if isinstance(payload, str):
-            payload = checkpoint.load(payload)
+        if not isinstance(payload, dict):
+            if not self.checkpoint_dir:
+                raise CheckpointError("a zerograd_rollback state keeps checkpoints on disk, but this run "
+                                      "has no checkpoint_dir")
+            payload = checkpoint.load(self._file(epoch))
         load_model_state(model, payload["model"])
         # a copy: on the CPU the optimizer would keep (and train into) the tensors of the checkpoint
         optimizer.load_state_dict(cpu_copy(payload["optimizer"]))
@@ -92,6 +108,20 @@ class ZeroGradRollback(ZeroGrad):
         while self._checkpoints and self._checkpoints[-1][0] > epoch:
             self._checkpoints.pop()
         return epoch
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        entries = self._checkpoints if isinstance(self._checkpoints, deque) else None
+        if entries is None or not all(isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], int)
+                                      and not isinstance(e[0], bool) and isinstance(e[1], (dict, str))
+                                      for e in entries):
+            raise CheckpointError("its zerograd_rollback checkpoints are not what codiag writes")
+        if not self.checkpoint_dir and any(isinstance(e[1], str) for e in entries):
+            raise CheckpointError("its zerograd_rollback state keeps checkpoints as files, but this run has "
+                                  "no checkpoint_dir")
+        # a file checkpoint is named by its epoch in the live checkpoint_dir, whatever the state said
+        self._checkpoints = deque(((e, p if isinstance(p, dict) else ON_DISK) for e, p in entries),
+                                  maxlen=max(int(self.keep), int(self.back)))
 
     def _new_signal(self, co_detected: Any) -> bool:
         """A plain bool is taken as given; a monitor's ``co_detected`` only on a rising edge/new value."""

@@ -130,6 +130,8 @@ class MonitorOptions:
                 raise UsageError(f"monitor: {name} must be a positive integer, got {getattr(self, name)}")
         if int(self.confirm_n) < 0:
             raise UsageError(f"monitor: confirm_n must be 0 (off) or a number of points, got {self.confirm_n}")
+        if self.resume and self.overwrite:   # at construction: long before anything could be deleted
+            raise UsageError("monitor: resume=True continues a run and overwrite=True deletes it: pass one of them")
         if self.probe_select not in ("first", "balanced"):
             raise UsageError(f"monitor: probe_select must be 'first' or 'balanced', got {self.probe_select!r}")
         for name in ("output_fn", "loss_fn", "batch_fn", "on_co", "on_event"):

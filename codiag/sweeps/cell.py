@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .grid import Cell, cell_config
-from .index import Claim, cell_status
+from .index import Claim, cell_status, check_cell_paths
 
 
 def _resumable(run_dir: Path) -> bool:
@@ -36,6 +36,7 @@ def run_cell(sweep_dir: str, cell: Mapping[str, Any], protocol: Mapping[str, Any
         torch.set_num_threads(int(threads))
     root = Path(sweep_dir)
     c = Cell.from_dict(cell)
+    check_cell_paths(root, c)
     result: dict[str, Any] = {"name": c.name, "pid": os.getpid()}
     with Claim(root, c.name) as claim:
         if not claim.acquire():

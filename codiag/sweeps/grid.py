@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -30,6 +31,8 @@ from ..trainer_guard import canonical_policy
 LOCAL_FIELDS = ("out", "device", "data_root", "download", "progress")
 #: TrainConfig fields that a cell sets.
 CELL_FIELDS = ("method", "eps", "seed", "method_args")
+#: the characters of a cell name (its run directory): a method name, an eps tag, a seed
+SAFE_NAME = re.compile(r"[a-z0-9_]+-eps[0-9a-z_.+-]+-seed[0-9]+")
 
 
 def eps_tag(eps: float) -> str:
@@ -59,8 +62,22 @@ class Cell:
         return {"name": self.name, "method": self.method, "eps": self.eps, "seed": self.seed}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Cell":
-        return cls(str(d["method"]), float(d["eps"]), int(d["seed"]))
+    def from_dict(cls, d: Any) -> "Cell":
+        """The cell a sweep.json entry describes, every field checked before any path is built
+        from it (a sweep directory may come from anyone): UsageError (one line) otherwise."""
+        if not isinstance(d, Mapping):
+            raise UsageError(f"a cell is {type(d).__name__}, not an object with method, eps and seed")
+        method, eps, seed = d.get("method"), d.get("eps"), d.get("seed")
+        if not isinstance(method, str) or method not in METHODS:
+            raise UsageError(f"a cell names the method {str(method)[:60]!r}, which is not a codiag method")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
+            raise UsageError(f"cell {method}: eps must be a number in [0, 1] (pixel units), got {str(eps)[:40]!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise UsageError(f"cell {method}: seed must be an integer in [0, 2^63), got {str(seed)[:40]!r}")
+        cell = cls(method, float(eps), seed)
+        if not SAFE_NAME.fullmatch(cell.name) or d.get("name", cell.name) != cell.name:
+            raise UsageError(f"a cell is named {str(d.get('name'))[:60]!r}, not {cell.name!r} as codiag names it")
+        return cell
 
 
 def parse_list(text: str | Sequence[Any], what: str) -> list[str]:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .. import atomic
 from ..errors import UsageError
 from ..runs import load_run
 from ..version import __version__
@@ -32,9 +33,15 @@ def _now() -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True), inside=path.parent)
+
+
+def check_cell_paths(sweep_dir: Path, cell: Cell) -> None:
+    """UsageError (one line) unless the cell's run directory and claim resolve inside ``sweep_dir``."""
+    for path in (sweep_dir / cell.name / "run.json", sweep_dir / CLAIMS / f"{cell.name}.lock"):
+        base, where = os.path.realpath(sweep_dir), os.path.realpath(path)
+        if os.path.commonpath([base, where]) != base:
+            raise UsageError(f"refusing the cell {cell.name}: {path} leads outside {sweep_dir} (a symbolic link?)")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -54,13 +61,19 @@ class Claim:
     here): remove the file by hand if that node died."""
 
     def __init__(self, sweep_dir: Path, name: str) -> None:
+        self.root = sweep_dir
         self.path = sweep_dir / CLAIMS / f"{name}.lock"
         self.held = False
+
+    def _read(self) -> str:
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            return f.read(256)
 
     def holder(self) -> str | None:
         """Who holds the claim ("host pid"), or None when it is free or stale."""
         try:
-            host, pid = self.path.read_text().split()
+            host, pid = self._read().split()
             pid_n = int(pid)
         except (OSError, ValueError):
             return None
@@ -68,16 +81,28 @@ class Claim:
             return None
         return f"{host} {pid_n}"
 
+    def _check_folder(self) -> None:
+        folder = self.path.parent
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise UsageError(f"refusing {folder}: it is a symbolic link or a file, not the sweep's claims folder")
+
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_folder()
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._check_folder()
         for _ in range(3):
+            if self.path.is_symlink():
+                raise UsageError(f"refusing the claim {self.path}: it is a symbolic link")
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
             except FileExistsError:
+                if self.path.is_symlink():
+                    raise UsageError(f"refusing the claim {self.path}: it is a symbolic link") from None
                 if self.holder() is not None:
                     return False
                 self.path.unlink(missing_ok=True)   # stale: its process died
                 continue
+            os.fchmod(fd, 0o644)   # whatever the umask: other sweep commands read who holds it
             with os.fdopen(fd, "w") as f:
                 f.write(f"{socket.gethostname()} {os.getpid()}")
             self.held = True
@@ -107,7 +132,9 @@ class _IndexLock:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+                os.fchmod(fd, 0o600)
+                os.close(fd)
                 return self
             except FileExistsError:
                 try:
@@ -140,14 +167,9 @@ def open_index(sweep_dir: Path, protocol: Mapping[str, Any], cells: Sequence[Cel
     protocol = canonical(dict(protocol))
     with _IndexLock(sweep_dir):
         path = sweep_dir / INDEX
+        atomic.remove_stale_temps(sweep_dir)   # under the index lock: a killed command's half-written index
         if path.exists():
-            try:
-                index = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise UsageError(f"unreadable {path}: {e}") from None
-            if not isinstance(index, dict) or index.get("format_version", 0) > FORMAT_VERSION:
-                raise UsageError(f"{path} was written by a newer codiag (format "
-                                 f"{index.get('format_version') if isinstance(index, dict) else '?'})")
+            index = _checked_index(path)
             diff = protocol_differences(index.get("protocol", {}), protocol)
             if diff:
                 old, new = index.get("protocol", {}), protocol
@@ -164,13 +186,45 @@ def open_index(sweep_dir: Path, protocol: Mapping[str, Any], cells: Sequence[Cel
         have = {c["name"] for c in index["cells"]}
         added = [c for c in cells if c.name not in have]
         index["cells"].extend(c.to_dict() for c in added)
+        for c in index["cells"]:   # no run starts while one cell would lead outside the sweep directory
+            check_cell_paths(sweep_dir, Cell.from_dict(c))
         index["updated"] = _now()
         versions = index.setdefault("codiag_versions", [index.get("codiag", __version__)])
+        if not isinstance(versions, list):
+            versions = index["codiag_versions"] = [str(versions)]
         if __version__ not in versions:
             versions.append(__version__)
         if extra:
             index.update({k: v for k, v in extra.items() if v is not None})
         _write_json(path, index)
+    return index
+
+
+def _checked_index(path: Path) -> dict[str, Any]:
+    """sweep.json as written by codiag: every field of the type codiag writes and every cell
+    valid (``Cell.from_dict``), before any path is built from it; UsageError (one line) otherwise."""
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"unreadable {path}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(index, dict):
+        raise UsageError(f"{path} is not a sweep index (not a JSON object)")
+    version = index.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UsageError(f"{path}: format_version is {str(version)[:40]!r}, not an integer")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{path} was written by a newer codiag (format {version})")
+    for key, kind in (("protocol", dict), ("cells", list)):
+        if not isinstance(index.get(key), kind):
+            raise UsageError(f"{path}: {key} is {type(index.get(key)).__name__}, not {kind.__name__} as codiag "
+                             "writes it")
+    for i, c in enumerate(index["cells"]):
+        try:
+            Cell.from_dict(c)
+        except UsageError as e:
+            raise UsageError(f"{path}: cell {i + 1}: {e}") from None
     return index
 
 
