@@ -72,6 +72,7 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("aaer", "aaer", {}, 1),
     ("fgsm_pgi", "fgsm_pgi", {}, 1),
     ("gat", "gat", {}, 1),
+    ("sora", "sora", {}, 1),
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),
