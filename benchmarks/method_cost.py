@@ -73,6 +73,7 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_pgi", "fgsm_pgi", {}, 1),
     ("gat", "gat", {}, 1),
     ("sora", "sora", {}, 1),
+    ("nuat", "nuat", {}, 1),                               # no epochs: lam 4.5 from the start, the term on
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),

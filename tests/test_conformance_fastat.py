@@ -105,3 +105,61 @@ def test_sora_probe_calls_leave_its_state_alone():
     method.perturb(model, x, y, generator=torch.Generator().manual_seed(5))
     assert float(method.coef) == before[0]
     assert torch.equal(method.generator("cpu").get_state(), before[1])
+
+
+# ---------------------------------------------------------------------------------------------- NuAT
+def ref_nuat_step(model, opt, data, target, eps, bits, counter, nuc_reg, b_val=0.5):
+    """val-iisc/NuAT (MIT) ``CIFAR10/NuAT_cifar10.py``: ``NucAttack`` (one step of Feps = eps on
+    CE + alt * Nuc_reg * ||out - rout||_nuc / batch, alt = counter % 2) and the loop's step (clean
+    forward in train mode, Bernoulli start of B_val = b_val * eps into [0, 1], the attack in eval mode,
+    delta clamped to [-eps, eps] and the image, then CE at the clean batch + Nuc_reg *
+    ||out - adv_out||_nuc / batch, backward, step)."""
+    out = model(data)
+    adv = torch.clamp(data + b_val * eps * torch.sign(0.5 - bits), 0.0, 1.0)
+    model.eval()
+    img = adv.clone().requires_grad_(True)
+    rout = model(img)
+    cost = F.cross_entropy(rout, target)
+    if counter % 2:
+        cost = cost + nuc_reg * torch.norm(out - rout, "nuc") / len(target)
+    (g,) = torch.autograd.grad(cost, img)
+    img = torch.clamp(img.detach() + eps * torch.sign(g), 0, 1)
+    delta = torch.clamp(img - data, -eps, eps)
+    adv = torch.clamp(data + delta, 0.0, 1.0)
+    model.train()
+    opt.zero_grad()
+    adv_out, out = model(adv), model(data)
+    cost = F.cross_entropy(out, target) + nuc_reg * torch.norm(out - adv_out, "nuc") / len(target)
+    cost.backward()
+    opt.step()
+    return cost.detach()
+
+
+def test_nuat_matches_reference():
+    # no BatchNorm over several steps: the reference's second clean pass only moves running statistics
+    x, y, _ = H.batch()
+    model, ref = H.net(bn=False), H.net(bn=False)
+    method = get_method("nuat", H.EPS_NEW, seed=H.SEED, epochs=10)     # ramp over 9 epochs
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    g = H.replay()
+    for epoch, counters in ((0, (0, 1)), (3, (0, 1, 2))):
+        method.on_epoch_start(epoch)
+        nuc_reg = 4.5 * epoch / 9          # the reference ramps over 90 of 100 epochs; 9 of 10 here
+        for counter in counters:
+            loss = method.train_step(model, opt, x, y)
+            expected = ref_nuat_step(ref, ref_opt, x, y, H.EPS_NEW, torch.rand(x.shape, generator=g), counter,
+                                     nuc_reg)
+            assert_close("loss", expected, loss)
+            H.check_close_weights(model, ref)
+    assert method.state()["lam"] == 1.5 and method.state()["nuclear_gap"] > 0    # the term is live
+
+
+def test_nuat_first_step_with_batchnorm_matches_reference():
+    x, y, _ = H.batch()
+    model, ref = H.net(), H.net()
+    method = get_method("nuat", H.EPS_NEW, seed=H.SEED)       # no epochs: lam 4.5 from the start
+    method.on_epoch_start(0)
+    method.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y)
+    ref_nuat_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, H.EPS_NEW,
+                  torch.rand(x.shape, generator=H.replay()), 0, 4.5)
+    H.check_close_weights(model, ref)
