@@ -73,7 +73,10 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_pgi", "fgsm_pgi", {}, 1),
     ("gat", "gat", {}, 1),
     ("sora", "sora", {}, 1),
-    ("nuat", "nuat", {}, 1),                               # no epochs: lam 4.5 from the start, the term on
+    ("nuat", "nuat", {}, 1),
+    ("fgsm_mep", "fgsm_mep", {}, 1),
+    ("fgsm_mep_cs", "fgsm_mep_cs", {"epochs": 10}, 1),      # epochs: the convergence stride can act
+    ("fgsm_rs_cs", "fgsm_rs_cs", {"epochs": 10}, 1),                               # no epochs: lam 4.5 from the start, the term on
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),

@@ -163,3 +163,135 @@ def test_nuat_first_step_with_batchnorm_matches_reference():
     ref_nuat_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), x, y, H.EPS_NEW,
                   torch.rand(x.shape, generator=H.replay()), 0, 4.5)
     H.check_close_weights(model, ref)
+
+
+# ------------------------------------------------------------------- FGSM-MEP and ConvergeSmooth
+def soft_targets(y, factor, classes=10):
+    """The released codes' ``_label_smoothing``: ``factor`` on the true class, the rest spread evenly."""
+    one_hot = torch.eye(classes)[y]
+    return one_hot * factor + (one_hot - 1.0) * ((factor - 1.0) / (classes - 1))
+
+
+def soft_ce(logits, targets):
+    """The released codes' ``LabelSmoothLoss``: ``mean_i sum_k -t_ik log softmax(logits)_ik``."""
+    return (-targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def ref_stride(loss, normal, cs, gamma=0.03, ratio=1.0, w2=1.0):
+    """ConvergeSmooth's convergence-stride constraint (Mengnan-Zhao-Happy/ConvergeSmooth, no licence: its
+    logic in our words; the same lines in the FastAT Benchmark's ``fast_at/fgsm_mep_cs.py``): in an
+    active epoch, when |normal - pre_loss| exceeds min(max(gamma / ratio, beta_loss), gamma), add
+    ``w2 * normal`` if the normal loss rose and subtract it if it fell; the epoch's normal losses,
+    weighted by the batch size, make the next ``pre_loss`` (``beta_loss`` is its change)."""
+    if cs["active"]:
+        gmax = torch.tensor(gamma)
+        if torch.abs(normal - cs["pre"]) > min(max(gmax / ratio, cs["beta"]), gmax):
+            loss = loss + w2 * normal if normal - cs["pre"] > 0 else loss - w2 * normal
+            cs["fired"] += 1
+    cs["sum"] += normal.item() * cs["batch"]
+    cs["n"] += cs["batch"]
+    return loss
+
+
+def ref_close_epoch(cs):
+    mean = torch.tensor(cs["sum"] / cs["n"])
+    cs["beta"], cs["pre"], cs["sum"], cs["n"] = mean - cs["pre"], mean, 0.0, 0
+
+
+def ref_mep_step(model, opt, X, y, eps, all_delta, all_mom, idx, lam, cs=None, factor=0.6, decay=0.3):
+    """jiaxiaojunQAQ/FGSM-PGI's FGSM-MEP as the ConvergeSmooth code runs it (``FGSM_MEP_CS.py``, the
+    training loop; the FastAT Benchmark's ``fast_at/fgsm_pgi.py`` and ``fgsm_mep_cs.py``), logic in our
+    words: the gradient of the label-smoothed loss at X + prior, momentum g / ||g||_1 (whole batch) +
+    decay * momentum, the next prior one step of eps along sign(momentum) and the training perturbation
+    one step along sign(g), both clamped to the eps ball and the image; loss = smoothed CE at X + delta
+    + lam * MSE between the outputs at X + delta and X + prior (``--reg-single``), plus, for -CS, the
+    convergence stride on the smoothed CE of the benign batch."""
+    t = soft_targets(y, factor)
+    delta, mom = all_delta[idx].clone().requires_grad_(True), all_mom[idx].clone()
+    ori_output = model(X + delta)
+    (g,) = torch.autograd.grad(soft_ce(ori_output, t), delta, retain_graph=True)
+    mom = g / torch.norm(g, p=1) + mom * decay
+    nxt = clamp(clamp(delta.detach() + eps * torch.sign(mom), -eps, eps), -X, 1 - X)
+    d = clamp(clamp(delta.detach() + eps * torch.sign(g), -eps, eps), -X, 1 - X)
+    output = model(X + d)
+    loss = soft_ce(output, t) + lam * F.mse_loss(output, ori_output)
+    if cs is not None:
+        loss = ref_stride(loss, soft_ce(model(X), t), cs)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    all_mom[idx], all_delta[idx] = mom, nxt
+    return d, loss.detach()
+
+
+def _run_mep(name, lam, epochs, with_cs):
+    x, y, _ = H.batch(32)
+    model, ref = H.net(bn=False), H.net(bn=False)
+    method = get_method(name, H.EPS_NEW, seed=H.SEED, num_samples=32, epochs=epochs)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    g = generator_copy(method)
+    all_delta = H.EPS_NEW * torch.sign(uniform(x.shape, H.EPS_NEW, g))     # random corners
+    all_mom = torch.zeros_like(x)
+    cs = {"pre": 0, "beta": 0, "sum": 0.0, "n": 0, "fired": 0, "batch": 16, "active": False}
+    for epoch in range(4):
+        method.on_epoch_start(epoch)
+        if epoch and with_cs:
+            ref_close_epoch(cs)
+        cs["active"] = 1 < epoch < epochs - 1
+        for part in (torch.arange(0, 16), torch.arange(16, 32)):
+            xb, yb = x[part], y[part]
+            expected = ref_mep_step(ref, ref_opt, xb, yb, H.EPS_NEW, all_delta, all_mom, part, lam,
+                                    cs if with_cs else None)
+            assert_same_step(expected, ours_step(method, model, opt, xb, yb, H.Meta(part)), ref, model)
+        # the stored priors and momenta are the reference's
+        assert_close("priors", all_delta, method.store.read(torch.arange(32), None))
+        assert_close("momenta", all_mom, method.momentum.read(torch.arange(32), None))
+    return method, cs
+
+
+def test_fgsm_mep_matches_reference():
+    method, _ = _run_mep("fgsm_mep", 10.0, 10, with_cs=False)
+    assert method.state()["output_mse"] > 0          # the regulariser is live
+
+
+def test_fgsm_mep_cs_matches_reference():
+    method, cs = _run_mep("fgsm_mep_cs", 0.0, 6, with_cs=True)
+    assert cs["fired"] > 0                           # the constraint acted in the steps compared
+
+
+def ref_rs_cs_step(model, opt, X, y, eps, g, cs, factor=0.6, gamma=0.03):
+    """ConvergeSmooth ``FGSM_RS_CS.py`` ``train`` (logic in our words; the FastAT Benchmark's
+    ``fast_at/fgsm_rs_cs.py``): start X + U[-eps, eps] clamped to the image, one step of eps along the
+    sign of the plain CE's gradient there, clamped to the image only (no eps ball); loss = smoothed CE at
+    the adversarial input + the convergence stride on the smoothed CE at the start."""
+    t = soft_targets(y, factor)
+    data = torch.clamp(X + uniform(X.shape, eps, g), 0, 1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(data), y), data)
+    data_adv = torch.clamp(data.detach() + eps * torch.sign(grad), 0, 1)
+    loss = ref_stride(soft_ce(model(data_adv), t), soft_ce(model(data.detach()), t), cs, gamma=gamma)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return data_adv - X, loss.detach()
+
+
+def test_fgsm_rs_cs_matches_reference():
+    x, y, _ = H.batch(32, seed=1)
+    x = x.clone()
+    x[:, :, 0, :] = 0.0                               # the image clamp acts on a row
+    model, ref = H.net(bn=False), H.net(bn=False)
+    # gamma 0.005: this tiny model's loss moves less between epochs than a ResNet's (default 0.03)
+    method = get_method("fgsm_rs_cs", H.EPS_NEW, seed=H.SEED, epochs=6, gamma=0.005)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    g = generator_copy(method)
+    cs = {"pre": 0, "beta": 0, "sum": 0.0, "n": 0, "fired": 0, "batch": 16, "active": False}
+    for epoch in range(4):
+        method.on_epoch_start(epoch)
+        if epoch:
+            ref_close_epoch(cs)
+        cs["active"] = 1 < epoch < 5
+        for part in (slice(0, 16), slice(16, 32)):
+            expected = ref_rs_cs_step(ref, ref_opt, x[part], y[part], H.EPS_NEW, g, cs, gamma=0.005)
+            assert_same_step(expected, ours_step(method, model, opt, x[part], y[part]), ref, model)
+    assert cs["fired"] > 0
+    assert abs(method.state()["cs_prev_loss"] - float(cs["pre"])) < 1e-6

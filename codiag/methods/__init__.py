@@ -31,6 +31,9 @@ aaer                   FGSM-RS + abnormal-example regulariser (NeurIPS 23)      
 fgsm_pgi               FGSM from the previous epoch's perturbation (FGSM-EP, ECCV 22) fgsm_pgi.py
 gat                    guided single step + softmax L2 term (GAT, NeurIPS 20)       gat.py
 nuat                   Bernoulli start, nuclear-norm term, clean CE (NeurIPS 21)    nuat.py
+fgsm_mep               FGSM-MEP: momentum prior, label smoothing (FGSM-PGI code)    fgsm_mep.py
+fgsm_rs_cs             FGSM-RS + convergence stride (ConvergeSmooth, ICCV 23)       converge_smooth.py
+fgsm_mep_cs            FGSM-MEP + convergence stride (ConvergeSmooth, ICCV 23)      converge_smooth.py
 sora                   random-length step, adaptive alpha, PertAlign (ICML 26)      sora.py
 =====================  ==========================================================  =================
 
@@ -67,7 +70,7 @@ from .base import METHODS, Method, check_method, get_method, register
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
             "zerograd", "zerograd_rollback", "multigrad", "gradalign", "grad_penalty", "cure",
             "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat",
-            "sora", "nuat")
+            "sora", "nuat", "fgsm_mep", "converge_smooth")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
