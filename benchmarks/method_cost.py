@@ -75,8 +75,10 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("sora", "sora", {}, 1),
     ("nuat", "nuat", {}, 1),
     ("fgsm_mep", "fgsm_mep", {}, 1),
-    ("fgsm_mep_cs", "fgsm_mep_cs", {"epochs": 10}, 1),      # epochs: the convergence stride can act
-    ("fgsm_rs_cs", "fgsm_rs_cs", {"epochs": 10}, 1),                               # no epochs: lam 4.5 from the start, the term on
+    ("fgsm_mep_cs", "fgsm_mep_cs", {}, 1),                 # its clean pass every step; the stride's term
+    ("fgsm_rs_cs", "fgsm_rs_cs", {}, 1),                   # (epochs 2+) is element-wise on a scalar
+    ("fgsm_uap", "fgsm_uap", {}, 1),
+    ("fgsm_cuap", "fgsm_cuap", {}, 1),                               # no epochs: lam 4.5 from the start, the term on
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -295,3 +296,50 @@ def test_fgsm_rs_cs_matches_reference():
             assert_same_step(expected, ours_step(method, model, opt, x[part], y[part]), ref, model)
     assert cs["fired"] > 0
     assert abs(method.state()["cs_prev_loss"] - float(cs["pre"])) < 1e-6
+
+
+# ------------------------------------------------------------------------------ FGSM-UAP, FGSM-CUAP
+def ref_uap_step(model, opt, images, labels, eps, uaps, momentum, rows, uap_eps, lam=10.0, decay=0.3):
+    """fzjcdt/FastAT_Benchmark ``fast_at/fgsm_uap.py`` and ``fgsm_cuap.py`` (no licence: their logic in our
+    words): the start is the universal perturbation of the row (the only one, or the label's), clipped to
+    the eps ball and the image; one step of eps along the sign of the CE's gradient there, clipped again;
+    CE at the adversarial input + lam * MSE of the two outputs; then the row's momentum takes the mean
+    over its samples of g / ||g||_1 (whole batch) plus 0.3 times itself, and the perturbation a signed
+    step of uap_eps along it, clipped to uap_eps."""
+    delta = clamp(images + uaps[rows] - images, -eps, eps)
+    adv = torch.clamp(images + delta, 0, 1).detach().requires_grad_(True)
+    ori_output = model(adv)
+    (g,) = torch.autograd.grad(F.cross_entropy(ori_output, labels), adv, retain_graph=True)
+    delta = clamp(adv.detach() + eps * torch.sign(g) - images, -eps, eps)
+    adv = torch.clamp(images + delta, 0, 1).detach()
+    output = model(adv)
+    loss = F.cross_entropy(output, labels) + lam * F.mse_loss(output, ori_output)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    cur = g / torch.norm(g, p=1)
+    for r in set(rows.tolist()):
+        momentum[r] = cur[rows == r].mean(dim=0) + momentum[r] * decay
+        uaps[r] = clamp(uaps[r] + uap_eps * torch.sign(momentum[r]), -uap_eps, uap_eps)
+    return adv - images, loss.detach()
+
+
+@pytest.mark.parametrize("name", ["fgsm_uap", "fgsm_cuap"])
+def test_fgsm_uap_matches_reference(name):
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method(name, EPS)
+    uap_eps = 1.25 * EPS                                     # 10/255 at 8/255
+    rows_of = (lambda y: y) if name == "fgsm_cuap" else (lambda y: torch.zeros_like(y))
+    shape = (10 if name == "fgsm_cuap" else 1, 3, 8, 8)
+    uaps = uap_eps * torch.sign(uniform(torch.Size(shape), uap_eps, generator_copy(method)))
+    momentum = torch.zeros(shape)
+    for step in range(3):
+        x, y = make_batch(n=16, seed=step)
+        expected = ref_uap_step(ref, ref_opt, x, y, EPS, uaps, momentum, rows_of(y), uap_eps)
+        assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+        assert_close("universal perturbations", uaps, method.uap)
+        assert_close("momenta", momentum, method.uap_momentum)
+    # the perturbations moved from their first draw
+    assert not torch.equal(uaps, uap_eps * torch.sign(uniform(torch.Size(shape), uap_eps, generator_copy(
+        get_method(name, EPS)))))
+    assert method.state()["output_mse"] > 0

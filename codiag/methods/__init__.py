@@ -34,6 +34,8 @@ nuat                   Bernoulli start, nuclear-norm term, clean CE (NeurIPS 21)
 fgsm_mep               FGSM-MEP: momentum prior, label smoothing (FGSM-PGI code)    fgsm_mep.py
 fgsm_rs_cs             FGSM-RS + convergence stride (ConvergeSmooth, ICCV 23)       converge_smooth.py
 fgsm_mep_cs            FGSM-MEP + convergence stride (ConvergeSmooth, ICCV 23)      converge_smooth.py
+fgsm_uap               FGSM from a learned universal perturbation (AAAI 24)         fgsm_uap.py
+fgsm_cuap              FGSM-UAP with one perturbation per class (AAAI 24)           fgsm_uap.py
 sora                   random-length step, adaptive alpha, PertAlign (ICML 26)      sora.py
 =====================  ==========================================================  =================
 
@@ -70,7 +72,7 @@ from .base import METHODS, Method, check_method, get_method, register
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
             "zerograd", "zerograd_rollback", "multigrad", "gradalign", "grad_penalty", "cure",
             "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat",
-            "sora", "nuat", "fgsm_mep", "converge_smooth")
+            "sora", "nuat", "fgsm_mep", "converge_smooth", "fgsm_uap")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
