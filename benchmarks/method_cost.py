@@ -78,7 +78,8 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_mep_cs", "fgsm_mep_cs", {}, 1),                 # its clean pass every step; the stride's term
     ("fgsm_rs_cs", "fgsm_rs_cs", {}, 1),                   # (epochs 2+) is element-wise on a scalar
     ("fgsm_uap", "fgsm_uap", {}, 1),
-    ("fgsm_cuap", "fgsm_cuap", {}, 1),                               # no epochs: lam 4.5 from the start, the term on
+    ("fgsm_cuap", "fgsm_cuap", {}, 1),
+    ("liet", "liet", {}, 1),                               # label information every 20 steps, as its default                               # no epochs: lam 4.5 from the start, the term on
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),

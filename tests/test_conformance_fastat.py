@@ -343,3 +343,70 @@ def test_fgsm_uap_matches_reference(name):
     assert not torch.equal(uaps, uap_eps * torch.sign(uniform(torch.Size(shape), uap_eps, generator_copy(
         get_method(name, EPS)))))
     assert method.state()["output_mse"] > 0
+
+
+# ------------------------------------------------------------------------------------------- LIET
+def ref_random_smoothed_ce(logits, target, ls, g):
+    """The benchmark's ``CustomCrossEntropyLoss`` (logic in our words): 1 - ls on the label, ls split over
+    the other classes in proportions ``rand * ls`` normalised, drawn at every call."""
+    smooth = torch.zeros_like(logits).scatter_(1, target.unsqueeze(1), 1.0) * (1 - ls)
+    rand = torch.rand(smooth.shape, generator=g) * ls
+    rand = rand.masked_fill(smooth.bool(), 0)
+    smooth = smooth + rand / rand.sum(dim=1, keepdim=True) * ls
+    return (-smooth * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def ref_liet_step(model, opt, images, labels, eps, g, counter, cur_lambda, state, ls=0.6, li_update=2):
+    """fzjcdt/FastAT_Benchmark ``fast_at/liet.py`` (no licence: its logic in our words): every li_update
+    batches, in eval mode, LI = eps * sign of the loss gradient at grey (0.5) images labelled 0..C-1; the
+    start is LI[label] with a Bernoulli share U[0.1, 0.5] of its elements replaced by U[-r, r] noise
+    (r = 2 eps above 8/255, else eps), subtracted from the images with probability 1/2, else added, into
+    [0, 1]; one step of eps along the sign of the loss gradient there; projected to the eps ball (unless
+    eps > 8/255) and the image; loss at the adversarial input + cur_lambda * JS(softmax outputs)."""
+    wide = eps > 8 / 255
+    if counter % li_update == 0:
+        model.eval()
+        grey = torch.full((10, *images.shape[1:]), 0.5).requires_grad_(True)
+        (gr,) = torch.autograd.grad(ref_random_smoothed_ce(model(grey), torch.arange(10), ls, g), grey)
+        state["LI"] = eps * torch.sign(gr)
+        model.train()
+    delta = state["LI"][labels].clone()
+    bern = torch.rand(images.shape, generator=g)
+    noise = uniform(images.shape, 2 * eps if wide else eps, g)
+    ratio = torch.rand(1, generator=g).item() * (0.5 - 0.1) + 0.1
+    delta[bern < ratio] = noise[bern < ratio]
+    if torch.rand(1, generator=g) < 0.5:
+        adv = torch.clamp(images - delta, 0, 1).requires_grad_(True)
+    else:
+        adv = torch.clamp(images + delta, 0, 1).requires_grad_(True)
+    ori_output = model(adv)
+    (grad,) = torch.autograd.grad(ref_random_smoothed_ce(ori_output, labels, ls, g), adv, retain_graph=True)
+    adv = adv.detach() + eps * torch.sign(grad)
+    if wide:
+        adv = torch.clamp(adv, 0, 1)
+    else:
+        adv = torch.clamp(images + torch.clamp(adv - images, -eps, eps), 0, 1)
+    output = model(adv)
+    p, q = F.softmax(ori_output, dim=1), F.softmax(output, dim=1)
+    m = torch.clamp((p + q) / 2.0, 0, 1).log()
+    js = (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean")) / 2
+    loss = ref_random_smoothed_ce(output, labels, ls, g) + cur_lambda * js
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return adv - images, loss.detach()
+
+
+@pytest.mark.parametrize("eps", [8 / 255, 16 / 255])
+def test_liet_matches_reference(eps):
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("liet", eps, epochs=10, li_every=2)
+    g = generator_copy(method)
+    state: dict = {}
+    method.on_epoch_start(0)
+    for step in range(3):                 # label information at steps 0 and 2
+        x, y = make_batch(n=16, seed=step)
+        expected = ref_liet_step(ref, ref_opt, x, y, eps, g, step, 100 * 1 / 10, state)
+        assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
+        assert_close("label information", state["LI"], method.li)
+    assert method.state()["js"] > 0 and method.state()["lam"] == 10.0
