@@ -410,3 +410,15 @@ def test_liet_matches_reference(eps):
         assert_same_step(expected, ours_step(method, ours, our_opt, x, y), ref, ours)
         assert_close("label information", state["LI"], method.li)
     assert method.state()["js"] > 0 and method.state()["lam"] == 10.0
+
+
+# ------------------------------------------------------------------------------------- the roster
+def test_fastat_roster_names_codiag_methods_with_valid_options():
+    from codiag.methods import METHODS, check_method
+    from codiag.methods.fastat import FASTAT_ROSTER
+
+    assert len({e.benchmark for e in FASTAT_ROSTER}) == len(FASTAT_ROSTER) == 23    # 22 configs + SORA
+    for e in FASTAT_ROSTER:
+        if e.codiag is not None:
+            assert e.codiag in METHODS, e
+            check_method(e.codiag, e.hparams)       # raises UsageError on an unknown option or value
