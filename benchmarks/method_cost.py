@@ -79,6 +79,7 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_rs_cs", "fgsm_rs_cs", {}, 1),                   # (epochs 2+) is element-wise on a scalar
     ("fgsm_uap", "fgsm_uap", {}, 1),
     ("fgsm_cuap", "fgsm_cuap", {}, 1),
+    ("ssat", "ssat", {}, 1),
     ("liet", "liet", {}, 1),                               # label information every 20 steps, its default
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),

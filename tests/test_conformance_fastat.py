@@ -422,3 +422,47 @@ def test_fastat_roster_names_codiag_methods_with_valid_options():
         if e.codiag is not None:
             assert e.codiag in METHODS, e
             check_method(e.codiag, e.hparams)       # raises UsageError on an unknown option or value
+
+
+# ------------------------------------------------------------------------------------------- SSAT
+def ref_ssat_step(model, opt, images, labels, eps, alpha, g, c=3):
+    """fzjcdt/FastAT_Benchmark ``fast_at/ssat.py`` (no licence: its logic in our words): FGSM-RS (uniform
+    start into the image, step alpha, eps ball and image); a sample misclassified at its start trains on
+    the clean image; for the others the checkpoints images + k * pert / c, k = 1..c-1, are classified in
+    eval mode and the first misclassified one replaces the full step; CE at the result, backward, step."""
+    adv = torch.clamp(images + uniform(images.shape, eps, g), 0, 1).requires_grad_(True)
+    output = model(adv)
+    (grad,) = torch.autograd.grad(F.cross_entropy(output, labels), adv)
+    adv = torch.clamp(images + torch.clamp(adv.detach() + alpha * grad.sign() - images, -eps, eps), 0, 1)
+    pert = adv - images
+    correct = output.argmax(1) == labels
+    adv[~correct] = images[~correct]
+    model.eval()
+    with torch.no_grad():
+        todo = correct.clone()
+        for k in range(1, c):
+            xk = images + k * pert / c
+            hit = todo & (model(xk).argmax(1) != labels)
+            adv[hit] = xk[hit]
+            todo &= ~hit
+    model.train()
+    loss = F.cross_entropy(model(adv), labels)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return adv - images, loss.detach(), int(correct.sum()), int((correct & ~todo).sum())
+
+
+def test_ssat_matches_reference():
+    ref, ref_opt, ours, our_opt = twins()
+    method = get_method("ssat", EPS)
+    g = generator_copy(method)
+    checkpoints = 0
+    for step in range(3):
+        x, y = make_batch(n=64, seed=step)
+        *expected, n_correct, n_checkpoint = ref_ssat_step(ref, ref_opt, x, y, EPS, 10 / 255, g)
+        assert_same_step(tuple(expected), ours_step(method, ours, our_opt, x, y), ref, ours)
+        assert method.state()["clean_share"] == pytest.approx(1 - n_correct / 64)
+        checkpoints += n_checkpoint
+    assert checkpoints > 0          # some samples trained on a checkpoint, some on the clean image
+    assert method.state()["clean_share"] > 0
