@@ -80,6 +80,7 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_uap", "fgsm_uap", {}, 1),
     ("fgsm_cuap", "fgsm_cuap", {}, 1),
     ("ssat", "ssat", {}, 1),
+    ("fgsm_pco", "fgsm_pco", {}, 1),
     ("liet", "liet", {}, 1),                               # label information every 20 steps, its default
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),

@@ -466,3 +466,43 @@ def test_ssat_matches_reference():
         checkpoints += n_checkpoint
     assert checkpoints > 0          # some samples trained on a checkpoint, some on the clean image
     assert method.state()["clean_share"] > 0
+
+
+# ---------------------------------------------------------------------------------------- FGSM-PCO
+def ref_pco_step(model, opt, X, y, eps, all_delta, idx, beta=1.5, lam=10.0, factor=0.6):
+    """fzjcdt/FastAT_Benchmark ``fast_at/fgsm_pco.py`` (no licence: its logic in our words): the gradient
+    of the smoothed loss at X + prior; the FGSM perturbation one step of eps from the prior, into the
+    eps ball and the image (also the next prior); the confidence gap c = 1 - p_y at the prior (with its
+    graph); training input c (X + prior) + (1 - c)(X + beta * delta); loss = smoothed CE there +
+    lam * |MSE(f(X + delta), f(X + prior)) - MSE(f(X + delta), f(X_new))|."""
+    t = soft_targets(y, factor)
+    prior = all_delta[idx].clone()
+    xg = X.clone().requires_grad_(True)
+    ori_output = model(xg + prior)
+    conf = (torch.eye(10)[y] * torch.softmax(ori_output, dim=1)).max(dim=1, keepdim=True).values
+    conf = torch.clamp((1 - conf).unsqueeze(2).unsqueeze(3), 0, 1)
+    (g,) = torch.autograd.grad(soft_ce(ori_output, t), xg, retain_graph=True)
+    d = clamp(clamp(prior + eps * torch.sign(g), -eps, eps), -X, 1 - X)
+    x_new = conf * (X + prior) + (1 - conf) * (X + beta * d)
+    output, fgsm_output = model(x_new), model(X + d)
+    loss = soft_ce(output, t) + lam * torch.abs(F.mse_loss(fgsm_output, ori_output) - F.mse_loss(fgsm_output, output))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    all_delta[idx] = d.detach()
+    return d, loss.detach()
+
+
+def test_fgsm_pco_matches_reference():
+    x, y, _ = H.batch(32)
+    model, ref = H.net(), H.net()            # with BatchNorm: the same passes in the same order
+    method = get_method("fgsm_pco", H.EPS_NEW, seed=H.SEED, num_samples=32, epochs=4)
+    opt, ref_opt = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    all_delta = H.EPS_NEW * torch.sign(uniform(x.shape, H.EPS_NEW, generator_copy(method)))
+    for epoch in range(2):
+        method.on_epoch_start(epoch)
+        for part in (torch.arange(0, 16), torch.arange(16, 32)):
+            expected = ref_pco_step(ref, ref_opt, x[part], y[part], H.EPS_NEW, all_delta, part)
+            assert_same_step(expected, ours_step(method, model, opt, x[part], y[part], H.Meta(part)), ref, model)
+        assert_close("priors", all_delta, method.store.read(torch.arange(32), None))
+    assert 0 < method.state()["confidence_gap"] < 1 and method.state()["output_mse"] > 0

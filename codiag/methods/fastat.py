@@ -33,7 +33,7 @@ FASTAT_ROSTER: tuple[RosterEntry, ...] = (
                 "codiag's fgsm_pgi is the epoch-prior variant FGSM-EP"),
     RosterEntry("fgsm_mep_cs", "fgsm_mep_cs"),
     RosterEntry("fgsm_rs_cs", "fgsm_rs_cs"),
-    RosterEntry("fgsm_pco", None, {}, "not in codiag yet"),
+    RosterEntry("fgsm_pco", "fgsm_pco"),
     RosterEntry("ssat", "ssat"),
     RosterEntry("nu_at", "nuat", {"lam": 4.0, "ramp_share": 1.0, "eval_attack": False},
                 "nuc_max 4, ramped over all epochs, attack in train mode (val-iisc/NuAT: 4.5, 90%, eval)"),
