@@ -72,6 +72,16 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("aaer", "aaer", {}, 1),
     ("fgsm_pgi", "fgsm_pgi", {}, 1),
     ("gat", "gat", {}, 1),
+    ("sora", "sora", {}, 1),
+    ("nuat", "nuat", {}, 1),                               # no epochs: lam 4.5 from the start, the term on
+    ("fgsm_mep", "fgsm_mep", {}, 1),
+    ("fgsm_mep_cs", "fgsm_mep_cs", {}, 1),                 # its clean pass every step; the stride's term
+    ("fgsm_rs_cs", "fgsm_rs_cs", {}, 1),                   # (epochs 2+) is element-wise on a scalar
+    ("fgsm_uap", "fgsm_uap", {}, 1),
+    ("fgsm_cuap", "fgsm_cuap", {}, 1),
+    ("ssat", "ssat", {}, 1),
+    ("fgsm_pco", "fgsm_pco", {}, 1),
+    ("liet", "liet", {}, 1),                               # label information every 20 steps, its default
     ("free_m8", "free", {"m": 8}, 8),
     ("pgd2", "pgd2", {}, 1),
     ("pgd10", "pgd10", {}, 1),

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import atomic
-from .methods import METHODS
+from .methods import METHODS, fastat
 from .methods.settings import SETTINGS
 from .probes import output_table
 
@@ -46,6 +46,8 @@ def methods_markdown() -> str:
     for s in SETTINGS:
         hp = ", ".join(f"{k}={v!r}" for k, v in s.hparams.items()) or "the defaults"
         out.append(f"| `{s.method}` | {s.dataset} | {_eps(s.eps)} | {hp} | {s.source} |")
+    out += ["", "## The FastAT Benchmark's names", "", inspect.cleandoc(fastat.__doc__ or ""), "",
+            *fastat.roster_markdown()]
     seen: set[str] = set()
     for cls in METHODS.values():
         module = sys.modules[cls.__module__]

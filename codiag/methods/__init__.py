@@ -30,6 +30,16 @@ elle_a                 ELLE with the adaptive weight rule (ELLE-A)              
 aaer                   FGSM-RS + abnormal-example regulariser (NeurIPS 23)          aaer.py
 fgsm_pgi               FGSM from the previous epoch's perturbation (FGSM-EP, ECCV 22) fgsm_pgi.py
 gat                    guided single step + softmax L2 term (GAT, NeurIPS 20)       gat.py
+nuat                   Bernoulli start, nuclear-norm term, clean CE (NeurIPS 21)    nuat.py
+fgsm_mep               FGSM-MEP: momentum prior, label smoothing (FGSM-PGI code)    fgsm_mep.py
+fgsm_rs_cs             FGSM-RS + convergence stride (ConvergeSmooth, ICCV 23)       converge_smooth.py
+fgsm_mep_cs            FGSM-MEP + convergence stride (ConvergeSmooth, ICCV 23)      converge_smooth.py
+fgsm_uap               FGSM from a learned universal perturbation (AAAI 24)         fgsm_uap.py
+fgsm_cuap              FGSM-UAP with one perturbation per class (AAAI 24)           fgsm_uap.py
+liet                   label-information start, JS term (ICCV 25)                   liet.py
+ssat                   FGSM-RS at the first fooling checkpoint (AAAI 21)            ssat.py
+fgsm_pco               prior FGSM, confidence-weighted mix (ECCV 24)                fgsm_pco.py
+sora                   random-length step, adaptive alpha, PertAlign (ICML 26)      sora.py
 =====================  ==========================================================  =================
 
 Where a paper and its code differ, the default follows the code that produced the paper's
@@ -64,7 +74,8 @@ from .base import METHODS, Method, check_method, get_method, register
 # Importing a module registers its class(es).
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
             "zerograd", "zerograd_rollback", "multigrad", "gradalign", "grad_penalty", "cure",
-            "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat")
+            "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat",
+            "sora", "nuat", "fgsm_mep", "converge_smooth", "fgsm_uap", "liet", "ssat", "fgsm_pco")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
