@@ -24,7 +24,7 @@ from .events import Cadence, parse_every, run_probes
 from .isolation import Normalization, ProbeModel, UserCallGuard, model_device, unwrap_compiled, wrap_attack
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
-from .recording import Recorder, open_tensorboard, run_config
+from .recording import Recorder, run_config
 
 
 class Monitor:
@@ -112,7 +112,8 @@ class Monitor:
                 self._last_event_step = self.step
                 self.cadence.full_events_after_start = 1
                 self.alarm.replay(previous.metrics, previous.events)
-            self.recorder = Recorder(writer, open_tensorboard(o.tensorboard, self.run_dir))
+            self.recorder = Recorder(writer, o.sinks)
+            self.recorder.sinks.start(self.run_dir, writer.meta.get("config", {}), resuming)
             self._hooks.append(self.optimizer.register_step_post_hook(self._post_step))
             if o.step_update_norms:
                 self._hooks.append(self.optimizer.register_step_pre_hook(self._pre_step))
@@ -123,6 +124,8 @@ class Monitor:
             self._open = False
             self._remove_hooks()
             writer.close(exit_status(type(e), e))
+            if self.recorder is not None:   # a tracker run started for this run ends with it
+                self.recorder.sinks.close(exit_status(type(e), e), self.run_dir, report=False)
             raise
         return self
 
