@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import math
 import struct
+import time
 import warnings
 from typing import Any
 
@@ -113,7 +114,18 @@ def recorded_rows(run_dir) -> dict[tuple[str, int], float]:
 
 
 def wandb_records(run_root) -> list[Any]:
-    """Every record of the offline run's ``.wandb`` file (W&B's LevelDB-style log of protobuf records)."""
+    """Every record of the offline run's ``.wandb`` file, once W&B's service has written its ``exit`` record
+    (it writes the file behind ``run.finish()``)."""
+    for _ in range(120):
+        records = _read_wandb_file(run_root)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        time.sleep(0.5)
+    raise AssertionError(f"the offline W&B run under {run_root} never wrote its exit record")
+
+
+def _read_wandb_file(run_root) -> list[Any]:
+    """W&B's LevelDB-style log of protobuf records."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = glob.glob(str(run_root / "wandb" / "offline-run-*" / "*.wandb"))
@@ -150,12 +162,13 @@ def wandb_history(records) -> dict[tuple[str, int], float]:
 
 @pytest.fixture
 def offline_wandb(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")        # never a server
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    return tmp_path
+    yield tmp_path
+    wandb.teardown()          # W&B keeps its settings (WANDB_DIR) per process: the next test starts afresh
 
 
 def test_tensorboard_mlflow_and_a_users_sink_mirror_a_real_run(tmp_path, monkeypatch):

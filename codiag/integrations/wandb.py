@@ -43,7 +43,7 @@ class WandbSink:
         elif kind in ALERT_KINDS:
             text = describe(kind, fields)
             level = wandb.AlertLevel.ERROR if kind == "co_alarm" else wandb.AlertLevel.WARN
-            self.run.alert(title=f"codiag {kind}", text=text, level=level, wait_duration=0)
+            self.run.alert(title=f"codiag {kind}", text=text, level=level, wait_duration=1)   # 0 means W&B's 1 min
 
     def log(self, step: int, rows: Mapping[str, float]) -> None:
         self.run.log({STEP: step, **rows})
