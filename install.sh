@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything codiag needs on a Debian/Ubuntu machine: the embedded
 # Fashion-MNIST (Debian's dataset-fashion-mnist), Chromium for the report test,
-# and codiag itself with its test extra (torch and torchvision come with it).
+# and codiag itself with its test extras and the trackers its tests use (torch and
+# torchvision come with it).
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=""
@@ -12,6 +13,8 @@ if command -v apt-get >/dev/null; then
 else
   echo "install.sh: no apt-get here; install Fashion-MNIST under --data-root yourself" >&2
 fi
-python3 -m pip install -q -e ".[test,autoattack,ray]"
-python3 -m pip install -q -e ".[lightning,hf,tune]"   # the frameworks of codiag.integrations, for their tests
+# never downgrades what is installed (pip check stays clean): no extra pins an old release;
+# the frameworks of codiag.integrations and the trackers are installed for their tests
+python3 -m pip install -q -e ".[test,autoattack,ray,tensorboard,wandb,mlflow,lightning,hf,tune]"
+python3 -m pip check || echo "install.sh: pip check found the conflicts above (installed before codiag)" >&2
 command -v pyenv >/dev/null && pyenv rehash || true

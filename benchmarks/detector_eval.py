@@ -200,7 +200,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     with monitor(model, opt, run_dir, eps=spec.eps, probe_data=probe, attack=method.perturb, method=method,
                  probes="robust_acc,grad_align,local_linearity,strength_gap", probe_n=probe_n, confirm_n=confirm_n,
                  config={**asdict(spec), "n_train": n_train},
-                 tensorboard=False, overwrite=True) as mon:
+                 overwrite=True) as mon:
         for epoch in range(epochs):
             method.on_epoch_start(epoch)
             model.train()

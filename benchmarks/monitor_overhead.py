@@ -134,7 +134,7 @@ def run_once(s: Setting, train, test, epochs: int, device: torch.device, monitor
         return t, t, 0.0, 0
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
                  method=method, every="epoch", probes="default", probe_n=s.probe_n,
-                 train_probe_n=s.train_probe_n, light_n=s.light_n, confirm_n=s.confirm_n, tensorboard=False,
+                 train_probe_n=s.train_probe_n, light_n=s.light_n, confirm_n=s.confirm_n,
                  overwrite=True) as mon:
         sync(device)
         t1 = time.perf_counter()
@@ -163,7 +163,7 @@ def interleaved_steps(s: Setting, train, test, epochs: int, device: torch.device
     warnings.simplefilter("ignore", UserWarning)  # epoch_end is deliberately never called here
     with monitor(models[1], opts[1], run_dir, eps=s.eps, probe_data=test, train_data=train,
                  attack=method.perturb, method=method, every="epoch", probes="default",
-                 probe_n=s.probe_n, train_probe_n=s.train_probe_n, tensorboard=False, overwrite=True,
+                 probe_n=s.probe_n, train_probe_n=s.train_probe_n, overwrite=True,
                  step_update_norms=step_update_norms, early_events=False):
         i = 0
         for _ in range(epochs):
@@ -186,7 +186,7 @@ def confirmation_cost(s: Setting, train, test, device: torch.device, run_dir: Pa
     times = [0.0, 0.0]
     with monitor(model, opt, run_dir, eps=s.eps, probe_data=test, train_data=train, attack=method.perturb,
                  method=method, probes="default", probe_n=s.probe_n, train_probe_n=s.train_probe_n,
-                 confirm_n=s.confirm_n, tensorboard=False, overwrite=True, detector=False) as mon:
+                 confirm_n=s.confirm_n, overwrite=True, detector=False) as mon:
         mon._confirm()   # reads the points once, as the first confirmation of a run does; not timed
         for i in range(2 * reps):
             for j in ((0, 1) if i % 2 == 0 else (1, 0)):

@@ -10,32 +10,32 @@ User code imports only ``codiag``::
 
 Every command is also a function (``codiag.train``, ``codiag.report``, ``codiag.sweep``). A public name is a
 function or a module, never both: ``monitor`` lives in ``codiag.monitoring`` and ``train`` in
-``codiag.trainer``. Names whose modules pull in plotting libraries are imported on first use.
+``codiag.trainer``. Every name is imported on first use, so ``import codiag`` is instant.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from .attacks import evaluate
-from .data import dataset_spec, load_dataset, make_loader
-from .detector import detect_co
-from .errors import UsageError
-from .methods import METHODS, get_method
-from .models import build_model
-from .monitoring import Monitor, monitor
-from .runs import RunWriter, load_run
-from .sweeps.runner import sweep
-from .trainer import TrainConfig, train
-from .version import __version__  # noqa: I001  (first: every part may import it)
+from .version import __version__
 
-#: Imported on first use: the report writer loads matplotlib and seaborn (about a second).
-_LAZY = {"report": "codiag.reports"}
+#: public name -> its module, imported on first use: ``import codiag`` (and so ``codiag --help``) loads no
+#: torch; the report writer loads matplotlib and seaborn, the rest torch.
+_LAZY = {
+    "evaluate": "codiag.attacks", "dataset_spec": "codiag.data", "load_dataset": "codiag.data",
+    "make_loader": "codiag.data", "detect_co": "codiag.detector", "UsageError": "codiag.errors",
+    "METHODS": "codiag.methods", "get_method": "codiag.methods", "build_model": "codiag.models",
+    "Monitor": "codiag.monitoring", "monitor": "codiag.monitoring", "RunWriter": "codiag.runs",
+    "load_run": "codiag.runs", "sweep": "codiag.sweeps.runner", "TrainConfig": "codiag.config",
+    "train": "codiag.trainer", "report": "codiag.reports",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value      # once: later look-ups are plain attribute reads
+        return value
     raise AttributeError(f"module 'codiag' has no attribute {name!r}")
 
 

@@ -290,8 +290,8 @@ AUTOATTACK_MISSING = ("AutoAttack needs the optional package torchattacks: "
 def require_autoattack() -> Any:
     """The torchattacks module; UsageError (one line: how to install it) when it is missing.
 
-    torchattacks is an optional extra because it pins an old ``requests``;
-    installing codiag must not downgrade a user's environment.
+    torchattacks is an optional extra; its releases 3.4 and 3.5 pin an old ``requests``, so the
+    extra takes one that pins nothing: installing codiag must not downgrade a user's environment.
     """
     try:
         import torchattacks

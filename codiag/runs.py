@@ -35,7 +35,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -131,6 +131,8 @@ class RunWriter:
         self._lock = RunLock(self.path)
         self._rows: list[tuple[int, int, str, str, Any]] = []
         self._csv = self._events = None
+        #: called with (kind, record) after each event is written (the monitor's trackers)
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         meta_written = False
         # before the first file is written: a SIGTERM from here on ends the run "interrupted"
         _sigterm_raises(True)
@@ -256,6 +258,8 @@ class RunWriter:
         record = {"kind": kind, "time": _now(), **to_jsonable(fields)}
         self._events.write(json.dumps(record) + "\n")
         self._events.flush()
+        for observe in self.observers:
+            observe(kind, record)
 
     def close(self, status: str = "finished") -> None:
         """Flush everything, record the status and end time, release the lock.

@@ -91,6 +91,11 @@ def _run_warnings(run: Run) -> list[str]:
         first = firsts.get(probe, {})
         out.append(f"run {run.path}: probe {probe} failed {count} time{'s' if count != 1 else ''}"
                    + (f" (first at step {first.get('step')}: {first.get('error')})" if first else ""))
+    firsts = {e.get("sink"): e for e in reversed(run.events_of("sink_error"))}
+    for sink, count in sorted((run.meta.get("sink_errors") or {}).items()):
+        first = firsts.get(sink, {})
+        out.append(f"run {run.path}: sink {sink} failed {count} time{'s' if count != 1 else ''}"
+                   + (f" (first: {first.get('error')})" if first else "") + "; the run directory is complete")
     bad = run.events_of("nonfinite_loss")
     if bad:
         step = min(int(e.get("step", 0)) for e in bad)

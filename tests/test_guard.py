@@ -94,7 +94,7 @@ def loop(model, opt, batches, attack_of, mon, start=0, stop=None, after_step=Non
 
 def options(**extra):
     return dict(every=4, probes=["robust_acc"], probe_n=32, train_probe_n=32, confirm_n=0, early_events=False,
-                tensorboard=False, strict=True, **extra)
+                strict=True, **extra)
 
 
 def test_restore_is_exact_and_max_rollbacks_ends_in_collapsed(tmp_path, data):

@@ -45,7 +45,7 @@ def trainable(config):
         return (eps * g.sign()).detach()
 
     with codiag.monitor(model, opt, config["run_dir"], eps=eps, probe_data=(te.images.float() / 255, te.labels),
-                        attack=fgsm, probes="robust_acc,grad_align", probe_n=128, tensorboard=False,
+                        attack=fgsm, probes="robust_acc,grad_align", probe_n=128,
                         on_event=codiag_tune.report) as mon:
         g = torch.Generator().manual_seed(0)
         for _ in range(EPOCHS):

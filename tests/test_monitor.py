@@ -1,4 +1,4 @@
-"""codiag.monitor: step counting, cadence, probe sets, run directory, events, TensorBoard, kill safety."""
+"""codiag.monitor: step counting, cadence, probe sets, run directory, events, kill safety."""
 from __future__ import annotations
 
 import json
@@ -151,36 +151,6 @@ def test_nonfinite_losses_become_events(tmp_path):
     assert len(events) == len(by_key)  # once per (probe, key)
     run = load_run(tmp_path / "r")
     assert math.isinf(run.scalar("train", "loss")["value"].iloc[0])
-
-
-def test_scalars_go_to_a_tensorboard_writer(tmp_path):
-    class FakeTB:
-        def __init__(self):
-            self.scalars, self.closed = [], False
-
-        def add_scalar(self, tag, value, step):
-            self.scalars.append((tag, value, step))
-
-        def flush(self):
-            pass
-
-        def close(self):
-            self.closed = True
-
-    tb = FakeTB()
-    x, y = tensors()
-    model = tiny()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"],
-                 probe_n=8, tensorboard=tb, strict=True):
-        pass
-    assert ("robust_acc/pgd_acc", pytest.approx(load_run(tmp_path / "r").scalar(
-        "robust_acc", "pgd_acc")["value"].iloc[0]), 0) in tb.scalars
-    assert tb.closed
-    # absent tensorboard package: silently off (import guarded)
-    with monitor(model, opt, tmp_path / "r2", eps=EPS, probe_data=(x, y), probes=["robust_acc"],
-                 probe_n=8, tensorboard=False) as mon:
-        assert mon.recorder.tb is None
 
 
 def test_online_alarm_fires_once_writes_event_and_calls_back(tmp_path, monkeypatch):

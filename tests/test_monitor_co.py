@@ -65,7 +65,7 @@ def train_fgsm(run_dir: Path, n_train: int, epochs: int, lr: float, eps: float, 
     lr_at = make_schedule("cyclic", lr, epochs)
     shutil.rmtree(run_dir, ignore_errors=True)
     with monitor(model, opt, run_dir, eps=eps, probe_data=test_set, train_data=train_set,
-                 attack=method.perturb, method=method, probes=probes, tensorboard=False,
+                 attack=method.perturb, method=method, probes=probes,
                  strict=True) as mon:
         for epoch in range(epochs):
             for i, (x, y, meta) in enumerate(loader):

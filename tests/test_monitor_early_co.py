@@ -52,7 +52,7 @@ def fgsm_loop(tmp_path, data, eps: float, epochs: int):
     torch.set_num_threads(1)
     try:
         with monitor(model, opt, tmp_path / f"eps{eps}", eps=eps, probe_data=test, attack=fgsm,
-                     probes="robust_acc,grad_align", probe_n=128, tensorboard=False) as mon:
+                     probes="robust_acc,grad_align", probe_n=128) as mon:
             g = torch.Generator().manual_seed(0)
             for _ in range(epochs):
                 perm = torch.randperm(len(x), generator=g)

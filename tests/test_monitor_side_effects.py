@@ -85,7 +85,7 @@ def train(monitored: bool, attack_kind: str, tmp_path) -> tuple[nn.Module, torch
         with monitor(model, opt, tmp_path / f"run-{attack_kind}", eps=EPS, probe_data=test,
                      train_data=loader, attack=attack, method=method, every=1, probes="all",
                      probe_n=24, train_probe_n=40, reference_model=reference,
-                     step_update_norms=True, tensorboard=False, strict=True, keep_best=True) as mon:
+                     step_update_norms=True, strict=True, keep_best=True) as mon:
             loop(mon)
         assert mon.n_events == 1 + 12   # step 0, then after each of the 12 steps
         assert mon.best is not None and (tmp_path / f"run-{attack_kind}" / "checkpoints" / "best.pt").exists()

@@ -244,7 +244,7 @@ def test_second_writer_refused_in_the_same_process(tmp_path):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         with pytest.raises(UsageError, match="being written by this process"):
             with codiag.monitor(model, opt, tmp_path / "r", eps=0.1, probe_data=(x, torch.zeros(2).long()),
-                                probes="none", resume=True, tensorboard=False):
+                                probes="none", resume=True):
                 pass
         assert (tmp_path / "r" / "run.lock").exists(), "the refused writer must not delete the first one's lock"
         w.log(1, 0, "p", "k", 2.0)
@@ -279,7 +279,7 @@ def _monitored(run_dir: Path, body) -> None:
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,))
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with codiag.monitor(model, opt, run_dir, eps=0.1, probe_data=(x, y), probes="none", tensorboard=False) as mon:
+    with codiag.monitor(model, opt, run_dir, eps=0.1, probe_data=(x, y), probes="none") as mon:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         mon.epoch_end()

@@ -443,7 +443,7 @@ def test_full_disk_at_the_first_array_write_leaves_run_json_failed(tmp_path):
     with pytest.raises(OSError, match="File too large"):
         try:
             with codiag.monitor(model, opt, str(out), eps=0.1, probe_data=(x, y), probes="filters",
-                                every="epoch", tensorboard=False) as mon:
+                                every="epoch") as mon:
                 limit = (out / "run.json").stat().st_size + 24          # no room for a larger file
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
                 opt.zero_grad()

@@ -10,12 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..detector import detect_co
-from ..probes.grad_align import GradAlign
-from ..probes.robust_acc import RobustAcc
-from ..reports import report
-from ..runs import load_run
-from ..trainer import TrainConfig, train
+from ..config import TrainConfig
 from .train import add_training_options, config_from_args
 
 #: ``--quick`` (CI): the demo's own setting, so it collapses exactly when the full demo does
@@ -36,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..reports import report  # torch and matplotlib: loaded when the command runs, not for --help
+    from ..trainer import train
+
     cfg = config_from_args(args)
     if args.quick:  # options given on the command line win over the quick setting
         base = TrainConfig(out=cfg.out)
@@ -52,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
 def summarize(run_dir: str | Path) -> str:
     """Per-epoch clean/FGSM/PGD accuracy and gradient alignment, and where CO happened."""
+    from ..detector import detect_co
+    from ..probes.grad_align import GradAlign
+    from ..probes.robust_acc import RobustAcc
+    from ..runs import load_run
 
     run = load_run(run_dir)
     m = run.metrics

@@ -15,14 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codiag.reports.presets import PRESETS, QUICK, SPECS
-
 from ..errors import UsageError
-from ..runs import load_run
 from ..sweeps.presets import QUICK as SWEEP_QUICK
 from ..sweeps.presets import SWEEP_PRESETS
-from ..sweeps.runner import sweep
-from ..trainer import train
 from .sweep import add_sweep_options
 
 
@@ -49,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_presets() -> None:
+    from codiag.reports.presets import PRESETS, SPECS  # torch (the methods' settings): loaded on use
+
     print(f"{'preset':18s} {'redraws':30s} runs (embedded / paper)  description")
     for p in PRESETS.values():
         emb, pap = len(p.runs.get("embedded", ())), len(p.runs.get("paper", ()))
@@ -75,6 +72,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     """(reusable, why not): a finished run whose recorded config matches ``config``."""
+    from ..runs import load_run
+
     if not (run_dir / "run.json").exists():
         return False, "not trained yet"
     try:
@@ -101,6 +100,8 @@ def _override_epochs(options: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def run_config(spec_config: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from codiag.reports.presets import QUICK
+
     cfg = dict(spec_config)
     if args.quick:
         cfg.update(QUICK)
@@ -126,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--cache {args.cache} is a file, not a directory")
     if args.name in SWEEP_PRESETS:
         return run_sweep_preset(args)
+    from codiag.reports.presets import PRESETS, SPECS
+
+    from ..trainer import train
     preset = PRESETS.get(args.name)
     if preset is None:
         raise UsageError(f"unknown preset {args.name!r}; choose from {', '.join([*PRESETS, *SWEEP_PRESETS])}")
@@ -165,6 +169,8 @@ def run_sweep_preset(args: argparse.Namespace) -> int:
     """A sweep preset: ``codiag.sweep`` into CACHE/SCALE/sweeps/NAME (resumable: finished runs
     are kept), then the sweep report."""
     from codiag.reports.build import build
+
+    from ..sweeps.runner import sweep
 
     preset = SWEEP_PRESETS[args.name]
     spec = preset.scales[args.scale]

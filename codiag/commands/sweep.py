@@ -4,11 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..config import TrainConfig
 from ..errors import UsageError
 from ..parsing import int_at_least
-from ..sweeps.grid import CELL_FIELDS, LOCAL_FIELDS
-from ..sweeps.runner import EXECUTORS, sweep
-from ..trainer import TrainConfig
 from .train import add_training_options, config_from_args
 
 _positive = int_at_least(1)
@@ -16,7 +14,7 @@ _positive = int_at_least(1)
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
     """Where and how the runs of a sweep execute (shared with ``codiag reproduce``)."""
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: a pool of worker processes (default); ray: each run a Ray task "
                    "(pip install 'codiag[ray]')")
     p.add_argument("--jobs", "-j", type=_positive, default=None,
@@ -70,6 +68,8 @@ def _method_arg(text: str):
 
 def train_options(args: argparse.Namespace) -> dict:
     """The shared ``codiag train`` options of the command line, checked by TrainConfig."""
+    from ..sweeps.grid import CELL_FIELDS, LOCAL_FIELDS  # torch: loaded when the command runs
+
     first = argparse.Namespace(**vars(args))
     first.method, first.eps, first.seed, first.method_arg = "fgsm", 0.0, 0, []
     cfg = config_from_args(first)
@@ -81,6 +81,7 @@ def train_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "overwrite", False):
         raise UsageError("a sweep never overwrites its runs (rerunning resumes them); use another --out")
+    from ..sweeps.runner import sweep
     result = sweep(args.methods, args.eps, args.seeds, out=args.out, executor=args.executor, jobs=args.jobs,
                    runs_per_gpu=args.runs_per_gpu, threads_per_run=args.threads_per_run,
                    ray_address=args.ray_address, method_args=args.method_arg, device=args.device,

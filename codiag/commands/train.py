@@ -5,11 +5,9 @@ import argparse
 import json
 from typing import Any
 
-from ..detector import DETECTORS
+from ..config import TrainConfig
 from ..errors import UsageError
-from ..methods import METHODS
 from ..parsing import int_at_least, parse_eps, parse_fraction
-from ..trainer import TrainConfig, train
 
 _positive_int = int_at_least(0)
 
@@ -89,7 +87,7 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (torchattacks)")
     p.add_argument("--stop-after-co", type=_positive_int, default=d.stop_after_co, metavar="N",
                    help="end training N epochs after the online CO alarm (default: train on)")
-    p.add_argument("--detector", choices=(*DETECTORS, "none"), default=d.detector,
+    p.add_argument("--detector", default=d.detector, metavar="{codiag,elle_a,both,none}",
                    help="online CO alarm: codiag's rules, elle_a (ELLE-A's rule on the local_linearity "
                         "probe), both (whichever fires first), none")
     p.add_argument("--guard", nargs="?", const="auto", default=d.guard, metavar="POLICY",
@@ -153,6 +151,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..methods import METHODS  # torch: loaded when a command runs, not for --help
+    from ..trainer import train
+
     if args.list_methods:
         for name, cls in sorted(METHODS.items()):
             doc = (cls.__doc__ or "").strip().splitlines()

@@ -8,4 +8,7 @@ directory, same alarm); importing one imports its framework, so import it by its
 * :mod:`codiag.integrations.hf`: ``Monitor``, a ``transformers.TrainerCallback``;
 * :mod:`codiag.integrations.tune`: ``report`` (each probe event's metrics to ``tune.report``)
   and ``Stopper`` (ends a trial on the CO alarm).
+* :mod:`codiag.integrations.sinks`: the trackers of ``codiag.monitor(..., sinks=[...])``
+  (:mod:`~codiag.integrations.tensorboard`, :mod:`~codiag.integrations.wandb`,
+  :mod:`~codiag.integrations.mlflow`, or any object with ``log``, ``event`` and ``close``).
 """

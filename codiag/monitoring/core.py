@@ -40,7 +40,7 @@ from .isolation import (
 )
 from .options import CORE_PROBES, MonitorOptions
 from .probe_sets import extract_probe_set, num_classes
-from .recording import Recorder, open_tensorboard, refuse_other_run, run_config
+from .recording import Recorder, refuse_other_run, run_config
 
 
 class Monitor:
@@ -144,7 +144,8 @@ class Monitor:
                 self.cadence.full_events_after_start = 1
                 self.alarm.replay(previous.metrics, previous.events)
                 self._resume_best(previous.meta.get("best"))
-            self.recorder = Recorder(writer, open_tensorboard(o.tensorboard, self.run_dir))
+            self.recorder = Recorder(writer, o.sinks)
+            self.recorder.sinks.start(self.run_dir, writer.meta.get("config", {}), resuming)
             self._pid = os.getpid()
             # the hooks hold the monitor weakly: a monitor dropped without close() can be collected
             self._hooks.append(self.optimizer.register_step_post_hook(_weak(self._post_step)))
@@ -162,6 +163,8 @@ class Monitor:
             self._open = False
             self._remove_hooks()
             writer.close(exit_status(type(e), e))
+            if self.recorder is not None:   # a tracker run started for this run ends with it
+                self.recorder.sinks.close(exit_status(type(e), e), self.run_dir, report=False)
             raise
         # collected, or its notebook cell re-run, without close(): hooks off, the run "interrupted", lock released
         self._finalizer = weakref.finalize(self, _release, self._hooks, self.recorder, self._pid)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..integrations.sinks import resolve_sinks
 
 #: the probe events' core probes: the CO alarm reads them, so their failure at step 0 is an error
 CORE_PROBES = ("robust_acc", "grad_align")
@@ -90,9 +91,14 @@ class MonitorOptions:
     model are filled in from the monitor's arguments where it does not give
     them), ``resume`` (continues a run with its own eps, probes, options and
     config, else refused naming what differs; give the probes' state back with
-    ``mon.load_state_dict``), ``overwrite``, ``tensorboard`` (None: when installed;
-    False; True; or a SummaryWriter-like object), ``strict`` (re-raise every
-    probe error instead of counting it).
+    ``mon.load_state_dict``), ``overwrite``, ``strict`` (re-raise every probe
+    error instead of counting it).
+
+    Trackers: ``sinks`` (``["tensorboard", "wandb", "mlflow"]`` or objects with
+    ``log(step, rows)``, ``event(kind, fields)``, ``close(status)``;
+    :mod:`codiag.integrations.sinks`): every row mirrored as ``codiag/<probe>/<key>``
+    at its step, the alarm and warnings as alerts, tags or text entries, the HTML
+    report logged at close. A sink's failure is counted, never raised.
     """
 
     output_fn: Callable[[Any], Tensor] | None = None
@@ -121,7 +127,7 @@ class MonitorOptions:
     config: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False
-    tensorboard: Any = None
+    sinks: Sequence[Any] = ()
     strict: bool = False
 
     def __post_init__(self) -> None:
@@ -141,6 +147,7 @@ class MonitorOptions:
                                                or len(self.normalization) != 2):
             raise UsageError("monitor: normalization must be (mean, std), scalars or per-channel")
         self.config = dict(self.config or {})
+        self.sinks = resolve_sinks(self.sinks)
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> "MonitorOptions":

@@ -1,4 +1,4 @@
-"""Run writing for the monitor: buffered rows, non-finite losses, probe failures, TensorBoard.
+"""Run writing for the monitor: buffered rows, non-finite losses, probe failures, trackers (sinks).
 
 Values stay on the device until an event (or a flush) moves them to the host in one
 transfer (``codiag.runs.host_values``); rows are appended to metrics.csv and flushed,
@@ -7,11 +7,11 @@ losses, ``mon.log`` values whose key names a loss, per-step losses passed to
 ``mon.track_loss``) become ``nonfinite_loss`` events once per (probe, key), and the
 first one is recorded in run.json as ``diverged_at_step``. Probe failures become
 ``probe_error`` events and a per-probe count in run.json (``probe_errors``); the report
-page shows both.
+page shows both. Every written row and event is mirrored to the run's sinks
+(``codiag.integrations.sinks``); a sink's failure is counted like a probe's (``sink_errors``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import traceback
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..integrations.sinks import SinkSet
 from ..rundir import read_meta
 from ..runs import RunWriter, host_values, to_jsonable
 
@@ -33,27 +34,15 @@ def _is_loss_key(probe: str, key: str) -> bool:
     return "loss" in key or probe == "train" and key == "loss"
 
 
-def open_tensorboard(spec: Any, run_dir: Path) -> Any:
-    """None, or a SummaryWriter-like object (the user's, or a new one when tensorboard is installed)."""
-    if spec is False:
-        return None
-    if spec is not None and spec is not True:
-        return spec  # a SummaryWriter-like object given by the user
-    try:  # optional extra: `pip install codiag[tensorboard]`
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # ImportError, or a broken tensorboard install
-        if spec is True:
-            warnings.warn("tensorboard is not installed; scalars go to metrics.csv only", stacklevel=4)
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
 class Recorder:
     """The monitor's writing side of one run directory (one :class:`~codiag.runs.RunWriter`)."""
 
-    def __init__(self, writer: RunWriter, tensorboard: Any = None) -> None:
+    def __init__(self, writer: RunWriter, sinks: list[Any] | None = None) -> None:
         self.writer = writer
-        self.tb = tensorboard
+        self.sink_errors: dict[str, int] = dict(writer.meta.get("sink_errors") or {})
+        self.sinks = SinkSet(sinks or [], self.sink_error)
+        if self.sinks:
+            writer.observers.append(self.sinks.event)
         self.pending: list[Row] = []
         self.step_norms: list[tuple[int, int, Tensor]] = []
         self.nonfinite_seen: set[tuple[str, str]] = set()
@@ -77,9 +66,6 @@ class Recorder:
         event_values: dict[tuple[str, str], float] = {}
         for (step, epoch, probe, key, _), value in zip(rows, values):
             self.writer.log(step, epoch, probe, key, value)
-            if self.tb is not None:
-                with contextlib.suppress(Exception):
-                    self.tb.add_scalar(f"{probe}/{key}", value, step)
             if not math.isfinite(value) and _is_loss_key(probe, key):
                 self.nonfinite(step, epoch, probe, key, value=repr(value))
             event_values[(probe, key)] = value
@@ -87,9 +73,8 @@ class Recorder:
         for step, name, arr in arrays:
             self.writer.save_array(name, step, arr)
         self.writer.flush()
-        if self.tb is not None:
-            with contextlib.suppress(Exception):
-                self.tb.flush()
+        if self.sinks:
+            self.sinks.log([(*r[:4], v) for r, v in zip(rows, values)])
         return event_values
 
     # -- failures -----------------------------------------------------------------------------
@@ -111,6 +96,15 @@ class Recorder:
                           traceback=traceback.format_exc(limit=5))
         self.writer.update(probe_errors=dict(self.probe_errors))
 
+    def sink_error(self, name: str, exc: BaseException) -> None:
+        """Count a sink failure (run.json ``sink_errors``), write a ``sink_error`` event, warn once per sink."""
+        self.sink_errors[name] = self.sink_errors.get(name, 0) + 1
+        if self.sink_errors[name] == 1:
+            warnings.warn(f"codiag sink {name} failed: {exc!r} (counted in run.json sink_errors; training goes on)",
+                          RuntimeWarning, stacklevel=4)
+        self.writer.event("sink_error", sink=name, error=repr(exc), traceback=traceback.format_exc(limit=5))
+        self.writer.update(sink_errors=dict(self.sink_errors))
+
     def track_loss(self, loss: Tensor, step: int) -> None:
         """Count non-finite per-step losses on the device (a count and the first bad step)."""
         bad = ~torch.isfinite(loss.detach()).all()
@@ -130,13 +124,14 @@ class Recorder:
             self.nonfinite(first, epoch_now, "train", "step_loss", count=count)
 
     def close(self, status: str, stats: Mapping[str, Any]) -> None:
-        if self.tb is not None:
-            with contextlib.suppress(Exception):
-                self.tb.close()
         try:
             self.writer.update(monitor_stats=dict(stats), probe_errors=dict(self.probe_errors))
         finally:  # the lock is released and the status written even if the disk is full
-            self.writer.close(status)
+            try:
+                self.writer.close(status)
+            finally:   # then the trackers: the report they log is drawn from the closed run
+                if self.sinks:
+                    self.sinks.close(status, self.writer.path)
 
 
 def _describe(obj: Any) -> str | None:
