@@ -12,11 +12,18 @@ listed here, longest first (``pytest --durations``), and go to the workers befor
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 CIFAR_ROOT = Path(os.environ.get("CODIAG_CIFAR_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+# Ray's token authentication, for every test that starts Ray: one token for the head node, its
+# workers and the driver. Ray reads these when it is first imported (by any test file), so they
+# are set before collection imports one.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 LONGEST_FIRST = ("test_gradalign_cifar.py", "test_methods_co.py", "test_train.py")
 

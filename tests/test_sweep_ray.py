@@ -19,10 +19,8 @@ import pytest
 
 import codiag
 
-# Ray's token authentication: one token for the head node, its workers and this driver. Ray
-# reads these when it is imported, so they are set first.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+# Ray's token authentication (RAY_AUTH_MODE, RAY_AUTH_TOKEN) is set in conftest.py: Ray reads it
+# when it is first imported, and other test files import Ray too.
 ray = pytest.importorskip("ray")
 
 TINY = dict(train_limit=256, epochs=1, batch_size=64, eval_n=32, eval_steps=3, eval_restarts=1, probe_n=32,

@@ -176,6 +176,8 @@ def run_config(mon: Any) -> dict[str, Any]:
 
 #: what may differ when a run is resumed: where it runs and what it shows, not what it computes
 RESUME_FREE = frozenset({"out", "device", "device_resolved", "data_root", "download", "progress"})
+#: what a guarded run that rolled back has switched to its mitigation (the monitor's record of the attack)
+GUARD_SWITCHED = frozenset({"attack", "method", "instance_grad_start", "probe_stand_in"})
 
 
 def _short(value: Any) -> str:
@@ -188,16 +190,21 @@ def refuse_other_run(run_dir: Path, config: Mapping[str, Any]) -> None:
 
     Compared: eps, method, model, dataset and every key of the user's ``config=``, and every
     monitor setting (probes, cadence, probe PGD, probe sets, ...); keys the recorded run does
-    not have (an older codiag) and :data:`RESUME_FREE` are left out.
+    not have (an older codiag) and :data:`RESUME_FREE` are left out, and so are the attack and
+    method of a run whose guard rolled back (:data:`GUARD_SWITCHED`).
     """
-    recorded = read_meta(run_dir).get("config") or {}
+    meta = read_meta(run_dir)
+    recorded = meta.get("config") or {}
     now = json.loads(json.dumps(to_jsonable(config)))
+    guard = meta.get("guard") if isinstance(meta.get("guard"), dict) else {}
+    # after the guard's roll-back the loop trains with its mitigation: the attack may differ
+    free = RESUME_FREE | (GUARD_SWITCHED if guard.get("rollbacks") else frozenset())
     pairs = [(k, recorded[k], v) for k, v in now.items() if k != "monitor" and k in recorded]
     mine, theirs = now.get("monitor") or {}, recorded.get("monitor") or {}
     pairs += [(k, theirs[k], v) for k, v in mine.items() if isinstance(theirs, dict) and k in theirs]
     seen, diff = set(), []
     for key, old, new in pairs:
-        if key not in RESUME_FREE and old != new and key not in seen:
+        if key not in free and old != new and key not in seen:
             seen.add(key)
             diff.append(f"{key}={_short(old)} there, {_short(new)} here")
     if diff:
