@@ -37,7 +37,7 @@ from ..tensors import clamp_to_image, eval_mode
 from .base import StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, Real
 from .fgsm_pgi import FGSMPGI
-from .sample_store import SampleStore, ensure_store, split_meta
+from .sample_store import SampleStore, ensure_store
 
 
 def smoothed_ce(logits: Tensor, y: Tensor, factor: float, reduction: str = "mean") -> Tensor:
@@ -64,19 +64,14 @@ class FGSMMEP(FGSMPGI):
             self.momentum.data.zero_()
         super()._set_epoch(epoch)
 
+    def _ensure_stores(self, x: Tensor, aug: Any) -> None:
+        super()._ensure_stores(x, aug)
+        self.momentum = ensure_store(self.momentum, self.num_samples, x, aug, 1.0, self.generator(x.device),
+                                     init="zero", dtype=torch.float32)
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        idx, aug = split_meta(index)
-        with self._call(generator, x.device) as gen:
-            write = self.writes_state(idx)
-            pure = self._pure
-            if write:
-                self._count(len(idx))
-                self.store = ensure_store(self.store, self.num_samples, x, aug, self.eps,
-                                          self.generator(x.device), init="sign")
-                self.momentum = ensure_store(self.momentum, self.num_samples, x, aug, 1.0,
-                                             self.generator(x.device), init="zero", dtype=torch.float32)
-            start = self._read_start(x, idx, aug, gen)
+        idx, aug, write, pure, start = self._prior(x, index, generator)
         x0 = (x + start).detach().requires_grad_(True)
         with eval_mode(model, enabled=bool(self.eval_mode)):
             logits0 = model(x0)

@@ -34,7 +34,6 @@ from .base import StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, Real
 from .fgsm_mep import smoothed_ce
 from .fgsm_pgi import FGSMPGI
-from .sample_store import ensure_store, split_meta
 
 
 @register
@@ -53,15 +52,7 @@ class FGSMPCO(FGSMPGI):
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        idx, aug = split_meta(index)
-        with self._call(generator, x.device) as gen:
-            write = self.writes_state(idx)
-            pure = self._pure
-            if write:
-                self._count(len(idx))
-                self.store = ensure_store(self.store, self.num_samples, x, aug, self.eps,
-                                          self.generator(x.device), init="sign")
-            start = self._read_start(x, idx, aug, gen)
+        idx, aug, write, pure, start = self._prior(x, index, generator)
         x0 = (x + start).detach().requires_grad_(True)
         logits0 = model(x0)
         (grad,) = torch.autograd.grad(smoothed_ce(logits0, y, float(self.factor), "sum"), x0, retain_graph=not pure)

@@ -74,17 +74,27 @@ class FGSMPGI(CarriedPerturbation):
             start = torch.where(u < 0.5, -self.eps, self.eps).to(x.dtype)
         return clamp_to_image(x, start)
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
-                generator: torch.Generator | None = None) -> Tensor:
+    def _ensure_stores(self, x: Tensor, aug: Any) -> None:
+        """The per-sample stores, made on first use (the prior: random signs of eps)."""
+        self.store = ensure_store(self.store, self.num_samples, x, aug, self.eps, self.generator(x.device),
+                                  init="sign")
+
+    def _prior(self, x: Tensor, index: Any, generator: torch.Generator | None) -> tuple[Any, Any, bool, bool, Tensor]:
+        """``(idx, aug, write, pure, start)``: the samples' stored prior perturbation ``start`` and
+        whether this call writes the store back (a training step) or only reads it (a probe)."""
         idx, aug = split_meta(index)
         with self._call(generator, x.device) as gen:
             write = self.writes_state(idx)
             pure = self._pure
             if write:
                 self._count(len(idx))
-                self.store = ensure_store(self.store, self.num_samples, x, aug, self.eps,
-                                          self.generator(x.device), init="sign")
+                self._ensure_stores(x, aug)
             start = self._read_start(x, idx, aug, gen)
+        return idx, aug, write, pure, start
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        idx, aug, write, pure, start = self._prior(x, index, generator)
         x0 = (x + start).detach().requires_grad_(True)
         with eval_mode(model, enabled=bool(self.eval_mode)):
             logits0 = model(x0)
