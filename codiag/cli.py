@@ -64,8 +64,8 @@ def _as_flag(m: re.Match) -> str:
 
 def flag_words(message: str) -> str:
     """A library error in the CLI's words: ``resume=True`` is ``--resume``, ``data_root=DIR``
-    is ``--data-root DIR``, ``select='best'`` is ``--select best``."""
-    return _ARGUMENT.sub(_as_flag, message)
+    is ``--data-root DIR``, ``select='best'`` is ``--select best``, ``method_args['lam']`` is ``-m lam``."""
+    return _ARGUMENT.sub(_as_flag, re.sub(r"\bmethod_args\[('[^']*')\]", lambda m: f"-m {m.group(1)[1:-1]}", message))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

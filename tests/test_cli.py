@@ -66,6 +66,8 @@ def test_help(args, capsys):
      "--guard n_fgsm acts on the online CO alarm"),
     (["sweep", "--methods", "fgsm", "--eps", "0.1", "--ray-address", "127.0.0.1:1"],
      "--ray-address needs --executor ray"),
+    (["sweep", "--methods", "fgsm", "--eps", "0.1", "-m", "lam=2"],
+     "-m lam: no method of this sweep has a hyper-parameter 'lam'"),
 ])
 def test_bad_input_one_line_exit_2(args, needle, tmp_path, capsys):
     out_args = ["--out", str(tmp_path / "r")] if args[0] in ("train", "demo", "sweep") else []
@@ -88,6 +90,7 @@ def test_flag_words_spells_library_arguments_as_flags():
     assert flag_words("ray_address= needs executor='ray'; another sweep directory (out=)") == \
         "--ray-address needs --executor ray; another sweep directory (--out)"
     assert flag_words("the run directory is empty (out='')") == "the run directory is empty (--out '')"
+    assert flag_words("method_args['fgsm.lam']: no such") == "-m fgsm.lam: no such"
     # not arguments, or switches that are off: left as they are
     assert flag_words("timeout=3 layout=x download=False") == "timeout=3 layout=x download=False"
 
