@@ -399,6 +399,10 @@ def test_full_disk_before_run_json_is_one_line_and_leaves_nothing_behind(tmp_pat
     try:
         with pytest.raises(OSError) as e:
             RunWriter(tmp_path / "w", {"lr": 0.1})
+        model = nn.Linear(4, 3)
+        with pytest.raises(OSError, match="run.json"):
+            codiag.monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "m", eps=0.1,
+                           probe_data=(torch.rand(8, 4), torch.randint(0, 3, (8,))), probes="none").start()
         rc, err = run_cli(capsys, "train", "--epochs", "0", "--train-limit", "64", "--probes", "none",
                           "--eval-n", "0", "--quiet", "--out", str(tmp_path / "r"))
     finally:
