@@ -44,9 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the library's arguments that the CLI spells as flags; a switch's "=True" is dropped
+_ARGUMENTS = ("resume", "overwrite", "download", "data_root", "out", "val_split", "select", "every",
+              "executor", "ray_address", "guard", "detector")
+_SWITCHES = ("resume", "overwrite", "download")
+_ARGUMENT = re.compile(r"\b(%s)=(True\b|'[^']*'|\"[^\"]*\"|[\w./-]+)?" % "|".join(_ARGUMENTS))
+
+
+def _as_flag(m: re.Match) -> str:
+    flag, value = "--" + m.group(1).replace("_", "-"), m.group(2)
+    if value is None or value == "True":
+        return flag
+    if m.group(1) in _SWITCHES:   # resume=False has no flag
+        return m.group(0)
+    if value[0] in "'\"" and len(value) > 2:
+        value = value[1:-1]
+    return f"{flag} {value}"
+
+
 def flag_words(message: str) -> str:
-    """A library error in the CLI's words: ``resume=True`` is the flag ``--resume`` here."""
-    return re.sub(r"\b(resume|overwrite)=True\b", r"--\1", message)
+    """A library error in the CLI's words: ``resume=True`` is ``--resume``, ``data_root=DIR``
+    is ``--data-root DIR``, ``select='best'`` is ``--select best``, ``method_args['lam']`` is ``-m lam``."""
+    return _ARGUMENT.sub(_as_flag, re.sub(r"\bmethod_args\[('[^']*')\]", lambda m: f"-m {m.group(1)[1:-1]}", message))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

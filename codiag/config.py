@@ -118,7 +118,7 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be an integer in [0, 2^63), got {self.seed}")
         if not str(self.out).strip():
-            raise UsageError("the run directory (--out) is empty; name a directory")
+            raise UsageError("the run directory is empty (out=''); name a directory")
         check_method(self.method, self.method_args)
         self.guard = check_policy(self.guard, self.method, self.detector)
         probes = resolve_probes(self.probes)
@@ -141,7 +141,7 @@ class TrainConfig:
             raise UsageError(f"val split {self.val_split} leaves no training image of the {self.train_limit}")
         if self.select == "best" and not self.val_split and ("robust_acc" not in [p.name for p in probes]
                                                              or self.every != "epoch"):
-            raise UsageError("--select best needs --val-split N, or the robust_acc probe with --every epoch "
+            raise UsageError("select='best' needs val_split=N, or the robust_acc probe with every='epoch' "
                              "(its PGD accuracy at each epoch's event chooses the checkpoint)")
         if self.lr_schedule == "onecycle" and self.epochs < 2:
             raise UsageError(f"the onecycle schedule needs at least 2 epochs, got {self.epochs}")

@@ -275,12 +275,12 @@ def _missing(name: str, root: str | os.PathLike | None, download: bool, train: b
         where = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz" if root is None
                  else Path(root) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte")
         return UsageError(f"{title} not found: expected {where}; install it with "
-                          f"`{FASHION_MNIST_APT}` or give --data-root DIR holding DIR/FashionMNIST/raw/")
+                          f"`{FASHION_MNIST_APT}` or give root=DIR holding DIR/FashionMNIST/raw/")
     if root is None:
-        return UsageError(f"{title} needs --data-root DIR (torchvision's layout) or --download")
+        return UsageError(f"{title} needs root=DIR (torchvision's layout) or download=True")
     sub = {"mnist": Path("MNIST") / "raw" / "train-images-idx3-ubyte", "cifar10": Path("cifar-10-batches-py"),
            "cifar100": Path("cifar-100-python"), "svhn": Path(f"{'train' if train else 'test'}_32x32.mat")}[name]
-    hint = "" if download else "; pass --download to fetch it"
+    hint = "" if download else "; pass download=True to fetch it"
     return UsageError(f"{title} not found or failed torchvision's integrity check: expected "
                       f"{Path(root) / sub} (torchvision's layout){hint}")
 
@@ -325,7 +325,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
                  limit: int | None = None, download: bool = False) -> InMemoryDataset:
     """Read one split of dataset ``name`` into memory; ``limit`` keeps the first ``limit`` samples.
 
-    ``root`` is the user's ``--data-root`` in torchvision's layout
+    ``root`` is the user's data folder in torchvision's layout
     (``root/FashionMNIST/raw/...``, ``root/cifar-10-batches-py/...``,
     ``root/train_32x32.mat`` ...). Without a root, Fashion-MNIST is read from the
     Debian package's folder. Missing files raise :class:`UsageError` naming the

@@ -97,7 +97,7 @@ def check_run_dir(path: str | os.PathLike, resume: bool = False, overwrite: bool
         raise UsageError("resume=True continues a run and overwrite=True deletes it: pass one of them")
     path = Path(path)
     if not str(path).strip() or str(path) in (".", ""):
-        raise UsageError("the run directory is empty; name a directory (--out)")
+        raise UsageError("the run directory is empty; name a directory")
     kind = classify(path)
     if kind == "foreign":
         raise refuse_foreign(path)

@@ -108,6 +108,10 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+_RUNNING = '\n  "status": "running"'   # as json.dumps(indent=2) writes run.json's top-level status
+_STATUS_ROOM = len('\n  "status": "interrupted"')
+
+
 class RunWriter:
     """Writer side of a run directory.
 
@@ -127,13 +131,14 @@ class RunWriter:
                  resume: bool = False, overwrite: bool = False) -> None:
         self.path = Path(run_dir)
         self._closed = True
+        existed = os.path.lexists(self.path)   # (a too-long name is check_run_dir's to report)
         check_run_dir(self.path, resume, overwrite)
         self._lock = RunLock(self.path)
         self._rows: list[tuple[int, int, str, str, Any]] = []
         self._csv = self._events = None
         #: called with (kind, record) after each event is written (the monitor's trackers)
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
-        meta_written = False
+        meta_written, had_arrays = False, True
         # before the first file is written: a SIGTERM from here on ends the run "interrupted"
         _sigterm_raises(True)
         try:
@@ -148,6 +153,7 @@ class RunWriter:
             if kind == "run":   # under the lock: what a killed writer left half-written goes
                 for folder in (self.path, self.path / "checkpoints", self.path / "arrays"):
                     atomic.remove_stale_temps(folder)
+            had_arrays = (self.path / "arrays").is_dir()
             (self.path / "arrays").mkdir(exist_ok=True)
             resuming = resume and kind == "run"
             if resuming:
@@ -167,7 +173,10 @@ class RunWriter:
                     "end_time": None,
                 }
             meta_written = True   # first: a signal may land once run.json is renamed into place
-            self._write_meta()
+            try:
+                self._write_meta()
+            except OSError as e:   # a full disk: one line naming the file
+                raise OSError(e.errno, e.strerror, str(self.path / "run.json")) from None
             csv_path = self.path / "metrics.csv"
             new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
             self._csv = open(csv_path, "a", newline="")
@@ -183,37 +192,53 @@ class RunWriter:
                 self._closed = False
                 self.close(status)
                 raise
-            for f in (self._csv, self._events):
-                if f is not None:
-                    with contextlib.suppress(OSError):
-                        f.close()
-            if meta_written:   # run.json says "running": it must not outlive us
-                self.meta.update(status=status, end_time=_now())
-                with contextlib.suppress(OSError):
-                    self._write_meta()
-            self._lock.release()
-            _sigterm_raises(False)
+            self._abandon(status, meta_written, made=[p for p, had in ((self.path / "arrays", had_arrays),
+                                                                       (self.path, existed)) if not had])
             raise
         self._closed = False
 
+    def _abandon(self, status: str, meta_written: bool, made: list[Path]) -> None:
+        """Undo a start that failed before the run's files were open: a run.json that says
+        "running" gets ``status``; with no run.json, the folders ``made`` here go again."""
+        for f in (self._csv, self._events):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        if meta_written and (self.path / "run.json").exists():   # it says "running": not for long
+            self.meta.update(status=status, end_time=_now())
+            try:
+                self._write_meta()
+            except OSError:
+                self._patch_status(status)
+        self._lock.release()
+        if not (self.path / "run.json").exists():   # no run was started: leave nothing new behind
+            with contextlib.suppress(OSError):
+                for folder in made:   # only if empty: never what another process put there since
+                    folder.rmdir()
+        _sigterm_raises(False)
+
     # -- writes -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
-        atomic.write_text(self.path / "run.json", json.dumps(self.meta, indent=2, sort_keys=True))
+        text = json.dumps(self.meta, indent=2, sort_keys=True)
+        # "running" is written with room for any final status, which _patch_status may write in place
+        text = text.replace(_RUNNING, _RUNNING.ljust(_STATUS_ROOM), 1)
+        atomic.write_text(self.path / "run.json", text)
 
     def _patch_status(self, status: str) -> None:
         """Last resort when run.json cannot be rewritten (a full disk has no room for the new file):
-        overwrite its status in place, padded to the same length, so that no run that ended stays
-        "running". Only a status no longer than "running" fits ("failed")."""
-        old, new = b'\n  "status": "running"', b'\n  "status": ' + json.dumps(status).encode()
-        if len(new) > len(old):
-            return
+        overwrite its status in place, in the room ``_write_meta`` left after "running", so that no
+        run that ended stays "running"."""
+        new = f'\n  "status": {json.dumps(status)}'.encode()
         with contextlib.suppress(OSError), open(self.path / "run.json", "r+b") as f:
-            at = f.read().find(old)
-            if at >= 0:
-                f.seek(at)
-                f.write(new.ljust(len(old)))   # JSON allows the trailing spaces
-                f.flush()
-                os.fsync(f.fileno())
+            text = f.read()
+            for old in (_RUNNING.ljust(_STATUS_ROOM).encode(), _RUNNING.encode()):   # the latter: older codiag
+                at = text.find(old)
+                if at >= 0 and len(new) <= len(old):
+                    f.seek(at)
+                    f.write(new.ljust(len(old)))   # JSON allows the trailing spaces
+                    f.flush()
+                    os.fsync(f.fileno())
+                    return
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into run.json (write to temp, then rename)."""

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -125,12 +126,14 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     ckpt = out / "checkpoints"
     passes = PassCounter(model)
     start = time.perf_counter()
-    with monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
-                 train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
-                 probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
-                 config=record, resume=resume, overwrite=overwrite,
-                 detector=None if cfg.detector == "none" else cfg.detector, keep_best=cfg.checkpoint,
-                 guard=rescue.policy(), on_co=rescue.callback()) as mon:
+    mon = monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
+                  train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
+                  probes=cfg.probes, probe_n=cfg.probe_n, train_probe_n=cfg.train_probe_n,
+                  config=record, resume=resume, overwrite=overwrite,
+                  detector=None if cfg.detector == "none" else cfg.detector, keep_best=cfg.checkpoint,
+                  guard=rescue.policy(), on_co=rescue.callback())
+    _start(mon, out if created else None)
+    with mon:
         if state is not None:
             _restore(out, lambda: _continue(mon, state))
         identity = {"run_id": read_meta(out).get("run_id"), "config_hash": config_hash(cfg)}
@@ -267,11 +270,11 @@ def _check_resume_state(file: Path, state: Any, meta: Mapping[str, Any], cfg: Tr
         raise UsageError(f"cannot resume from {file}: it is not a codiag checkpoint")
     if state.get("version") != checkpoint.CHECKPOINT_VERSION and isinstance(state.get("version"), int):
         raise UsageError(f"cannot resume from {file}: checkpoint format {state['version']}, this codiag "
-                         f"reads {checkpoint.CHECKPOINT_VERSION}; --overwrite starts the run again")
+                         f"reads {checkpoint.CHECKPOINT_VERSION}; overwrite=True starts the run again")
     for key, types in _RESUME_KEYS.items():
         if key not in state:
             raise UsageError(f"cannot resume from {file}: it lacks {key!r} (damaged, or not written by "
-                             "this codiag); --overwrite starts the run again")
+                             "this codiag); overwrite=True starts the run again")
         value = state[key]
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)) \
                 or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
@@ -293,7 +296,7 @@ def _resume_state(out: Path, cfg: TrainConfig, device: torch.device,
             state = checkpoint.load(file, map_location=device)
         except Exception:  # a checkpoint that does not load is an error, not a silent restart
             raise UsageError(f"cannot resume from {file}: it is not a readable codiag checkpoint (truncated "
-                             "or damaged); --overwrite starts the run again") from None
+                             "or damaged); overwrite=True starts the run again") from None
         _check_resume_state(file, state, meta, cfg)
     lock = RunLock(out)
     try:
@@ -396,10 +399,27 @@ def _load_data(cfg: TrainConfig, created: Path | None) -> tuple[Any, Any]:
         return (load_dataset(cfg.dataset, root=cfg.data_root, train=True, limit=cfg.train_limit,
                              download=cfg.download),
                 load_dataset(cfg.dataset, root=cfg.data_root, train=False, download=cfg.download))
+    except UsageError as e:   # load_dataset's root= is train()'s data_root=
+        if created is not None:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise UsageError(re.sub(r"\broot=", "data_root=", str(e))) from None
     except BaseException:
         if created is not None:
             with contextlib.suppress(OSError):
                 created.rmdir()   # only if empty: never what another process put there since
+        raise
+
+
+def _start(mon: Any, created: Path | None) -> None:
+    """Open the run; if even that fails (no room for run.json), the directory this call
+    created (still empty) is removed again."""
+    try:
+        mon.start()
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):
+                created.rmdir()
         raise
 
 

@@ -44,11 +44,12 @@ def check_policy(policy: str | None, method: str, detector: str) -> str | None:
         return None
     policy = canonical_policy(policy)
     if detector == "none":
-        raise UsageError("--guard acts on the online CO alarm: it needs a detector (not --detector none)")
+        raise UsageError(f"guard={policy!r} acts on the online CO alarm: it needs a detector "
+                         "(not detector='none')")
     if method == "zerograd_rollback":
-        raise UsageError("--guard: zerograd_rollback rolls back on the alarm itself; use one of the two")
+        raise UsageError(f"guard={policy!r}: zerograd_rollback rolls back on the alarm itself; use one of the two")
     if policy == "halve-step" and "step" not in METHODS[method]._all_defaults():
-        raise UsageError(f"--guard halve-step: method {method!r} has no step to halve")
+        raise UsageError(f"guard='halve-step': method {method!r} has no step to halve")
     return policy
 
 

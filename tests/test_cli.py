@@ -59,15 +59,40 @@ def test_help(args, capsys):
     (["train", "--dataset", "cifar10", "--data-root", "/nonexistent", "--epochs", "0"],
      "/nonexistent"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
+    # the library names its arguments (data_root=DIR, select='best'); the CLI prints its flags
+    (["train", "--dataset", "cifar100", "--epochs", "0"], "needs --data-root DIR (torchvision's layout) or --download"),
+    (["train", "--select", "best", "--probes", "none", "--epochs", "0"], "--select best needs --val-split N"),
+    (["train", "--guard", "n_fgsm", "--detector", "none", "--epochs", "0"],
+     "--guard n_fgsm acts on the online CO alarm"),
+    (["sweep", "--methods", "fgsm", "--eps", "0.1", "--ray-address", "127.0.0.1:1"],
+     "--ray-address needs --executor ray"),
+    (["sweep", "--methods", "fgsm", "--eps", "0.1", "-m", "lam=2"],
+     "-m lam: no method of this sweep has a hyper-parameter 'lam'"),
 ])
 def test_bad_input_one_line_exit_2(args, needle, tmp_path, capsys):
-    out_args = ["--out", str(tmp_path / "r")] if args[0] in ("train", "demo") else []
+    out_args = ["--out", str(tmp_path / "r")] if args[0] in ("train", "demo", "sweep") else []
     rc, out, err = codiag(capsys, *args, *out_args)
     assert rc == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert needle in lines[0]
+    assert "=True" not in lines[0] and "data_root=" not in lines[0] and "val_split=" not in lines[0]
+
+
+def test_flag_words_spells_library_arguments_as_flags():
+    from codiag.cli import flag_words
+    assert flag_words("resume=True continues a run and overwrite=True deletes it") == \
+        "--resume continues a run and --overwrite deletes it"
+    assert flag_words("give data_root=DIR or download=True") == "give --data-root DIR or --download"
+    assert flag_words("select='best' needs val_split=N or every='epoch'") == \
+        "--select best needs --val-split N or --every epoch"
+    assert flag_words("ray_address= needs executor='ray'; another sweep directory (out=)") == \
+        "--ray-address needs --executor ray; another sweep directory (--out)"
+    assert flag_words("the run directory is empty (out='')") == "the run directory is empty (--out '')"
+    assert flag_words("method_args['fgsm.lam']: no such") == "-m fgsm.lam: no such"
+    # not arguments, or switches that are off: left as they are
+    assert flag_words("timeout=3 layout=x download=False") == "timeout=3 layout=x download=False"
 
 
 def test_list_methods_names_the_registry(capsys):

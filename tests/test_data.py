@@ -245,9 +245,17 @@ def test_missing_files_raise_usage_error_naming_the_path(tmp_path, monkeypatch):
         load_dataset("cifar10", root=tmp_path)
     with pytest.raises(UsageError, match=str(tmp_path / "test_32x32.mat")):
         load_dataset("svhn", root=tmp_path, train=False)
-    with pytest.raises(UsageError, match="--data-root"):
+    with pytest.raises(UsageError, match="root=DIR") as e:   # the library's arguments, not the CLI's flags
         load_dataset("cifar100")
+    assert "download=True" in str(e.value) and "--" not in str(e.value)
     assert not any(tmp_path.iterdir())  # nothing was downloaded or created
+
+
+def test_train_names_its_own_data_root_argument_and_leaves_no_run_dir(tmp_path):
+    from codiag.trainer import train
+    with pytest.raises(UsageError, match=r"needs data_root=DIR \(torchvision's layout\) or download=True"):
+        train({"dataset": "cifar100", "epochs": 0, "out": str(tmp_path / "r")})
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ Tiny models on seeded tensors, a few optimizer steps each.
 from __future__ import annotations
 
 import os
+import signal
+import time
 import warnings
 
 import pytest
@@ -224,6 +226,19 @@ def test_a_monitor_dropped_without_close_releases_its_hooks_and_its_run(tmp_path
     assert run.status == "finished" and run.scalar("robust_acc", "pgd_acc")["step"].tolist() == [0, 1]
 
 
+def _exit_code(pid: int, timeout_s: float = 120.0) -> int:
+    """The child's exit code; a child that hangs (torch's thread pool after a fork can) is killed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung for {timeout_s:.0f} s using the parent's monitor")
+
+
 def test_a_forked_child_cannot_use_the_parents_monitor(tmp_path):
     x, y = tensors()
     model = tiny()
@@ -240,7 +255,7 @@ def test_a_forked_child_cannot_use_the_parents_monitor(tmp_path):
                     code |= 0 if "forked child" in str(e) and "\n" not in str(e) else 2
             mon.__exit__(None, None, None)
             os._exit(code)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert _exit_code(pid) == 0
         assert (tmp_path / "r" / "run.lock").exists() and load_run(tmp_path / "r").status == "running"
         opt.step()
         mon.epoch_end()

@@ -374,6 +374,45 @@ def test_full_disk_at_the_final_checkpoint_is_one_line_and_a_failed_closed_run(t
     assert not [p for p in out.rglob("*") if p.name.startswith(".")], "temporary files left behind"
 
 
+def test_full_disk_when_a_run_is_interrupted_leaves_run_json_interrupted(tmp_path):
+    """No room for a new run.json when the run ends: its status is rewritten in place, in the room
+    left after "running" when run.json was written, whatever the final status."""
+    out = tmp_path / "r"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            with RunWriter(out, {"lr": 0.1}):
+                resource.setrlimit(resource.RLIMIT_FSIZE, ((out / "run.json").stat().st_size + 8, hard))
+                raise KeyboardInterrupt
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    run = load_run(out)
+    assert run.status == "interrupted" and run.events[-1] == {**run.events[-1], "kind": "run_end",
+                                                              "status": "interrupted"}
+    assert not (out / "run.lock").exists() and not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_full_disk_before_run_json_is_one_line_and_leaves_nothing_behind(tmp_path, capsys):
+    load_dataset("fashion_mnist", train=True, limit=64)   # the decompressed cache exists before the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, hard))   # run.json (~700 bytes) never fits
+    try:
+        with pytest.raises(OSError) as e:
+            RunWriter(tmp_path / "w", {"lr": 0.1})
+        model = nn.Linear(4, 3)
+        with pytest.raises(OSError, match="run.json"):
+            codiag.monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "m", eps=0.1,
+                           probe_data=(torch.rand(8, 4), torch.randint(0, 3, (8,))), probes="none").start()
+        rc, err = run_cli(capsys, "train", "--epochs", "0", "--train-limit", "64", "--probes", "none",
+                          "--eval-n", "0", "--quiet", "--out", str(tmp_path / "r"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert e.value.filename == str(tmp_path / "w" / "run.json") and e.value.strerror == "File too large"
+    assert rc == 2
+    assert_one_line(err, str(tmp_path / "r" / "run.json"), "File too large")
+    assert not any(tmp_path.iterdir()), "a run directory or arrays/ left behind"
+
+
 def test_unwritable_or_impossible_out_is_one_line(tmp_path, capsys):
     for out in ("/sys/codiag-run", str(tmp_path / ("x" * 300))):
         rc, err = run_cli(capsys, "train", *NO_DATA, "--out", out)

@@ -151,17 +151,17 @@ def split_method_args(method_args: Mapping[str, Any] | Iterable[tuple[str, Any]]
             # a method's overrides apply to its guarded variants too (they train the same method)
             targets = [m for m in per if m == method or split_variant(m)[0] == method]
             if not targets:
-                raise UsageError(f"-m {key}: {method!r} is not a method of this sweep")
+                raise UsageError(f"method_args[{key!r}]: {method!r} is not a method of this sweep")
             base = METHODS[split_variant(method)[0]]
             if hp not in base._all_defaults():
-                raise UsageError(f"-m {key}: {method} has no hyper-parameter {hp!r}; it has "
+                raise UsageError(f"method_args[{key!r}]: {method} has no hyper-parameter {hp!r}; it has "
                                  f"{', '.join(sorted(base._all_defaults())) or 'none'}")
             for m in targets:
                 per[m][hp] = value
             continue
         takers = [m for m in methods if key in METHODS[split_variant(m)[0]]._all_defaults()]
         if not takers:
-            raise UsageError(f"-m {key}: no method of this sweep has a hyper-parameter {key!r}")
+            raise UsageError(f"method_args[{key!r}]: no method of this sweep has a hyper-parameter {key!r}")
         for m in takers:
             per[m][key] = value
     return {m: a for m, a in per.items() if a}

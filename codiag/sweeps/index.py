@@ -162,7 +162,7 @@ def open_index(sweep_dir: Path, protocol: Mapping[str, Any], cells: Sequence[Cel
     """Create or extend ``sweep.json`` with ``cells``; refuse another protocol, and a folder
     that holds anything but a sweep. Returns the index as written."""
     if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise UsageError(f"--out {sweep_dir} is a file, not a folder")
+        raise UsageError(f"the sweep directory {sweep_dir} is a file, not a folder")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     protocol = canonical(dict(protocol))
     with _IndexLock(sweep_dir):
@@ -175,7 +175,7 @@ def open_index(sweep_dir: Path, protocol: Mapping[str, Any], cells: Sequence[Cel
                 old, new = index.get("protocol", {}), protocol
                 shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in diff[:3])
                 raise UsageError(f"{sweep_dir} holds a sweep with another protocol ({shown}); its runs "
-                                 "would not be comparable: use another --out")
+                                 "would not be comparable: use another sweep directory (out=)")
         else:
             foreign = [p.name for p in sweep_dir.iterdir() if not _is_sweep_member(p)]
             if foreign:

@@ -30,7 +30,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install 'codiag[ray]'") from None
+        raise UsageError("executor='ray' needs Ray: pip install 'codiag[ray]'") from None
     return ray
 
 

@@ -80,7 +80,7 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be a positive integer, got {value}")
     if ray_address and executor != "ray":
-        raise UsageError("--ray-address needs --executor ray")
+        raise UsageError("ray_address= needs executor='ray'")
     root = Path(out)
     cells = make_cells(methods, eps, seeds)
     overrides = split_method_args(method_args, sorted({c.method for c in cells}))
