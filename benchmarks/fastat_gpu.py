@@ -22,7 +22,7 @@ one H200 with bf16 and 5 runs sharing it, about 8-12 minutes for the default 10 
 is the longest run), plus ~1 minute of start-up. ``--epochs 5`` about halves it.
 
 ``--smoke`` (any machine, about 1-2 minutes on a CPU): the 4-filter CNN on 300 CIFAR-10 images
-(60 held out), 1 epoch, 2 methods, evaluation on 32 points: it checks the script end to end, its
+(60 held out), 2 epochs (OneCycle needs two), 2 methods, evaluation on 32 points: it checks the script end to end, its
 numbers mean nothing. Not part of the test suite.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from codiag.runs import load_run
 from codiag.sweeps.presets import FASTAT_PAPER
 
 METHODS = ("fgsm", "fgsm_rs", "n_fgsm", "liet", "pgd")
-SMOKE = dict(model="cnn4", epochs=1, train_limit=300, val_split=60, eval_n=32, eval_steps=3, eval_restarts=1,
+SMOKE = dict(model="cnn4", epochs=2, train_limit=300, val_split=60, eval_n=32, eval_steps=3, eval_restarts=1,
              probe_n=32, train_probe_n=32, amp=False)
 
 

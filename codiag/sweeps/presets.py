@@ -19,6 +19,11 @@ Method settings come from the validated-settings table (``codiag.methods.setting
 has a row for the dataset and eps (Fashion-MNIST eps 0.2), else the papers' defaults; so a
 line may bend at eps 0.2, where the table's settings apply. ATAS runs without its warm-up
 epochs in the embedded sweep (5 epochs would all be warm-up).
+
+``fastat-cifar10`` is the FastAT Benchmark's leaderboard (Pan & Yao 2026): its roster under
+codiag's names (``codiag.methods.fastat``) and SORA, one eps, 3 seeds, under its protocol
+(label smoothing, weight averaging, the best checkpoint by PGD-10 on held-out images,
+OneCycle); the ``leaderboard`` figure reports the raw, averaged and best models.
 """
 from __future__ import annotations
 
@@ -155,3 +160,5 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
 #: ``--quick``: the same grid as a smoke test (seconds per run).
 QUICK = dict(epochs=1, train_limit=256, eval_n=32, eval_steps=5, eval_restarts=1, probe_n=32,
              train_probe_n=32)
+#: ``--quick`` of a preset that holds images out (``val_split``): this many of the 256
+QUICK_VAL_SPLIT = 64
