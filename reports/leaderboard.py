@@ -133,7 +133,28 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     cols[f"peak memory (MiB, {measure or 'not recorded'})"] = [
         f"{v:.0f}" if math.isfinite(v) else "-" for v in table["peak_memory_mib"]]
     cols["collapsed"] = list(table["collapsed"])
+    for col, title in _BENCH_COLUMNS.items():
+        if col in table:
+            cols[title] = [f"{v:.1f}" if isinstance(v, float) and math.isfinite(v) else "-" for v in table[col]]
     return pd.DataFrame(cols)
+
+
+#: the benchmark's published numbers added to the table (CIFAR-10 at 8/255): column -> heading
+_BENCH_COLUMNS = {"benchmark_clean": "FastAT Benchmark (published): clean",
+                  "benchmark_pgd50": "FastAT Benchmark (published): PGD-50",
+                  "benchmark_aa": "FastAT Benchmark (published): AA"}
+
+
+def with_benchmark(table: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the benchmark's published clean, PGD-50 and AutoAttack accuracy (percent) of
+    each method's benchmark entry (NaN where it has none), labelled as the benchmark's."""
+    if not len(bench):
+        return table
+    pub = bench.set_index("method")
+    out = table.copy()
+    for col, src in (("benchmark_clean", "clean_acc"), ("benchmark_pgd50", "pgd50_acc"), ("benchmark_aa", "aa_acc")):
+        out[col] = [float(pub.loc[m, src]) if m in pub.index else math.nan for m in out["method"]]
+    return out
 
 
 def export(table: pd.DataFrame, fmt: str) -> str:
@@ -187,7 +208,7 @@ def _draw(table: pd.DataFrame, bench: pd.DataFrame, out_dir: Path) -> dict[str, 
             ax.set_title(title)
         axes[0].set_yticks(y)
         axes[0].set_yticklabels(labels, fontsize=7)
-        axes[1].legend(fontsize=7, loc="lower right")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         return save(fig, out_dir, "leaderboard")
 
 
@@ -196,6 +217,7 @@ def leaderboard(runs: Sequence[Run], out_dir: Path) -> Figure:
     table = leaderboard_table(runs)
     bench = benchmark_beside(table) if _is_fastat_setting(runs) else pd.DataFrame()
     files = _draw(table, bench, out_dir)
+    table = with_benchmark(table, bench)
     for fmt, suffix in TABLE_FORMATS.items():
         path = out_dir / f"leaderboard.{suffix}"
         atomic.write_text(path, export(table, fmt))

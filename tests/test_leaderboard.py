@@ -92,3 +92,16 @@ def test_fastat_preset_definition():
     assert (c.weight_averaging, c.val_split, c.eval_steps, c.eval_restarts) == (0.9995, 1000, 50, 10)
     assert c.method_args["lam"] == 0.2 and cfgs["aaer-eps8_255-seed0"].method_args["lam3"] == 0.15
     assert preset.needs_data_root("paper") and not preset.needs_data_root("embedded")
+
+
+def test_the_benchmark_numbers_beside_ours_are_its_published_entries():
+    from codiag.reports.fastat_published import published
+    from codiag.reports.leaderboard import benchmark_beside, with_benchmark
+
+    table = pd.DataFrame({"method": ["fgsm_rs", "sora", "pgd"]})
+    bench = benchmark_beside(table)
+    assert list(bench["benchmark_method"]) == ["fgsm_rs", "pgd_at_wa"]      # SORA is not in the benchmark
+    pub = published().set_index("benchmark_method")
+    out = with_benchmark(table, bench)
+    assert out.loc[2, "benchmark_pgd50"] == pub.loc["pgd_at_wa", "pgd50_acc"] and out["benchmark_pgd50"].isna()[1]
+    assert with_benchmark(table, bench.iloc[:0]) is table                     # another setting: nothing beside
