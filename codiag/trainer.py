@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -125,6 +126,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                                         "augment_resolved": augment}
     ckpt = out / "checkpoints"
     passes = PassCounter(model)
+    reset_peak_memory(device)
     start = time.perf_counter()
     mon = monitor(model, optimizer, cfg.out, eps=cfg.eps, probe_data=test_loader,
                   train_data=train_loader, attack=method.perturb, method=method, every=cfg.every,
@@ -197,7 +199,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             checkpoint.save(model.state_dict(), ckpt / "final.pt", inside=out)
             for stem, weights in extras.final_states().items():    # averaged.pt, selected.pt
                 checkpoint.save(weights, ckpt / f"{stem}.pt", inside=out)
-        mon.update(train_time_s=train_time, final=result,
+        mon.update(train_time_s=train_time, final=result, peak_memory=peak_memory(device),
                    **({"cost": passes.per_step()} if passes.steps else {}))
     (ckpt / checkpoint.RESUME_FILE).unlink(missing_ok=True)  # finished: final.pt is what stays
     return out
@@ -381,6 +383,27 @@ def _final_protocol(cfg: TrainConfig, mon: Any, model: torch.nn.Module, extras: 
         mon.log(f"eval_{name}", {k: v for k, v in result.items() if isinstance(v, (int, float))})
         out[name] = {**result, **(best.summary() if name == "best" else {})}
     return out
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start CUDA's peak-allocation count at training (the CPU's max RSS cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """run.json's ``peak_memory``: on CUDA the peak of ``torch.cuda.max_memory_allocated`` since
+    training started (this process's segment of a resumed run); elsewhere the process's maximum
+    resident set size (``resource.getrusage``; it covers all the process ran before, e.g. an
+    earlier cell of a sweep worker), labelled by ``measure``."""
+    if device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "measure": "cuda_max_memory_allocated"}
+    try:
+        import resource
+    except ImportError:          # no getrusage (Windows): nothing to record
+        return {"bytes": None, "measure": "unavailable"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"bytes": int(rss if sys.platform == "darwin" else rss * 1024), "measure": "process_max_rss"}
 
 
 def _continue(mon: Any, state: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ from .feature_maps import feature_maps
 from .filters import filter_evolution, filter_norms
 from .grad_concentration import grad_concentration
 from .grad_norm import grad_norm_hist, grad_norm_subsets
+from .leaderboard import leaderboard
 from .linear_approx import linear_approx
 from .local_linearity import local_linearity
 from .loss_surface import loss_surface
@@ -63,6 +64,7 @@ SWEEP_BUILDERS: dict[str, Callable[..., Figure]] = {
     "co_rate": co_rate,
     "accuracy_vs_cost": accuracy_vs_cost,
     "detector_scorecard": detector_scorecard,
+    "leaderboard": leaderboard,
 }
 
 ANALYTIC_BUILDERS: dict[str, Callable[..., Figure]] = {"lemma1": lemma1, "lemma2": lemma2}

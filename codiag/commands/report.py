@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-analytic", action="store_true", help="leave out the analytic figures (Lemma 1, 2)")
     p.add_argument("--title", default="codiag report", help="page title")
     p.add_argument("--list-figures", action="store_true", help="list figure keys and exit")
+    p.add_argument("--table", choices=("csv", "markdown", "latex"), default=None,
+                   help="for a sweep directory: print the leaderboard in this format (it is written as "
+                   "leaderboard.csv, .md and .tex beside the figure either way)")
     p.set_defaults(func=run)
 
 
@@ -61,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise UsageError("name at least one RUN_DIR (or --list-figures)")
-    from codiag.reports.build import build  # here: it loads the plotting libraries (seconds)
+    from codiag.reports.build import build, is_sweep  # here: it loads the plotting libraries (seconds)
 
     figures = parse_figures(args.figures)
+    if args.table:
+        if not is_sweep(args.runs):
+            raise UsageError("--table needs one sweep directory (codiag sweep or codiag reproduce wrote sweep.json)")
+        if figures is not None:
+            figures.add("leaderboard")
     out = Path(args.out) if args.out else reports.default_out(args.runs)
     report = build(args.runs, out, figures=figures, analytic=not args.no_analytic, title=args.title,
                    echo=True)
@@ -75,4 +83,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {report.page} ({drawn} figures)")
     if report.summary_csv:
         print(f"summary: {report.summary_csv}")
+    return print_table(report, args.table) if args.table else 0
+
+
+def print_table(report, fmt: str) -> int:
+    """Print the leaderboard drawn into ``report`` in ``fmt`` (1 when it was not drawn: the page says why)."""
+    from codiag.reports.leaderboard import TABLE_FORMATS
+
+    figure = next((f for figs in report.figures.values() for f in figs if f.key == "leaderboard"), None)
+    if figure is None:
+        why = next((r for items in report.missing.values() for k, r in items if k == "leaderboard"), "not drawn")
+        print(f"error: no leaderboard table: {why}", file=sys.stderr)
+        return 1
+    path = figure.files[TABLE_FORMATS[fmt]]
+    print(f"leaderboard ({fmt}): {path}")
+    print(path.read_text(), end="")
     return 0

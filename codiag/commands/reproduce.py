@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..sweeps.presets import QUICK as SWEEP_QUICK
-from ..sweeps.presets import SWEEP_PRESETS
+from ..sweeps.presets import QUICK_VAL_SPLIT, SWEEP_PRESETS
 from .sweep import add_sweep_options
 
 
@@ -177,6 +177,10 @@ def run_sweep_preset(args: argparse.Namespace) -> int:
     options = dict(spec.options)
     if args.quick:
         options.update(SWEEP_QUICK)
+        if options.get("val_split"):
+            options["val_split"] = QUICK_VAL_SPLIT
+        if options.get("lr_schedule") == "onecycle":
+            options["epochs"] = 2          # torch's OneCycleLR stepped per epoch needs two
     _override_epochs(options, args)
     if preset.needs_data_root(args.scale) and not args.data_root:
         raise UsageError(f"{args.name} at {args.scale} scale needs {options['dataset']}: pass --data-root DIR "
