@@ -117,8 +117,8 @@ def test_best_checkpoint_keeps_the_benchmarks_rule():
 def test_protocol_options_are_checked_and_part_of_a_sweeps_protocol():
     for bad, match in ((dict(label_smoothing=1.0), "label smoothing"), (dict(weight_averaging=1.5), "tau"),
                        (dict(val_split=-1), "val split"), (dict(val_split=600, train_limit=600), "val split"),
-                       (dict(select="best", probes="none"), "--select best"),
-                       (dict(select="best", every=25), "--every epoch"), (dict(select="first"), "select")):
+                       (dict(select="best", probes="none"), "select='best'"),
+                       (dict(select="best", every=25), "every='epoch'"), (dict(select="first"), "select")):
         with pytest.raises(UsageError, match=match):
             TrainConfig(**bad).validate()
     proto = protocol_of({"label_smoothing": 0.4, "weight_averaging": 0.9995, "val_split": 1000,
