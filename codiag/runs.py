@@ -140,7 +140,7 @@ class RunWriter:
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         meta_written, had_arrays = False, True
         # before the first file is written: a SIGTERM from here on ends the run "interrupted"
-        _sigterm_raises(True)
+        self._holds_signals = _sigterm_raises(True)
         try:
             kind = classify(self.path)  # again, under the lock
             if kind == "foreign":
@@ -197,6 +197,13 @@ class RunWriter:
             raise
         self._closed = False
 
+    def _release_signals(self) -> None:
+        """Give back this writer's hold on the signal handlers, once (a writer closed by a
+        finalizer, in whatever thread, must not release another writer's hold)."""
+        if self._holds_signals:
+            self._holds_signals = False
+            _sigterm_raises(False)
+
     def _abandon(self, status: str, meta_written: bool, made: list[Path]) -> None:
         """Undo a start that failed before the run's files were open: a run.json that says
         "running" gets ``status``; with no run.json, the folders ``made`` here go again."""
@@ -215,7 +222,7 @@ class RunWriter:
             with contextlib.suppress(OSError):
                 for folder in made:   # only if empty: never what another process put there since
                     folder.rmdir()
-        _sigterm_raises(False)
+        self._release_signals()
 
     # -- writes -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
@@ -315,7 +322,7 @@ class RunWriter:
                 with contextlib.suppress(OSError):
                     f.close()
             self._lock.release()
-            _sigterm_raises(False)
+            self._release_signals()
         if error is not None and status in ("finished", "failed") and sys.exc_info()[0] is None:
             raise error
 
@@ -353,31 +360,37 @@ def _ours(signum: int) -> Any:
     return _raise_terminated if signum == signal.SIGTERM else signal.default_int_handler
 
 
-def _sigterm_raises(on: bool) -> None:
+def _sigterm_raises(on: bool) -> bool:
     """While any writer is open, SIGTERM raises Terminated and SIGINT KeyboardInterrupt.
 
     Only where nobody else handles them: a handler of the user's is left alone. SIGINT
     gets Python's own handler also where the process inherited it ignored (a test suite
     or a training started as a background job), so Ctrl-C or ``kill -INT`` ends the run
     "interrupted" whatever the shell did; both dispositions are put back at the last close.
+    Handlers can be set only in the main thread: a writer opened elsewhere holds nothing
+    (returns False), and a last close outside it leaves the handlers to the next close there.
+    Returns whether this call took a hold, which the caller gives back once.
     """
     global _sigterm_users
-    if threading.current_thread() is not threading.main_thread():
-        return
+    main = threading.current_thread() is threading.main_thread()
     if on:
+        if not main:
+            return False
         _sigterm_users += 1
         if _sigterm_users == 1:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 current = signal.getsignal(signum)
                 if current in (signal.SIG_DFL, signal.SIG_IGN, None):
                     _previous_handlers[signum] = signal.signal(signum, _ours(signum))
-    elif _sigterm_users > 0:
+        return True
+    if _sigterm_users > 0:
         _sigterm_users -= 1
-        if _sigterm_users == 0:
-            for signum, previous in list(_previous_handlers.items()):
-                if signal.getsignal(signum) is _ours(signum) and previous is not None:
-                    signal.signal(signum, previous)
-            _previous_handlers.clear()
+    if _sigterm_users == 0 and main:
+        for signum, previous in list(_previous_handlers.items()):
+            if signal.getsignal(signum) is _ours(signum) and previous is not None:
+                signal.signal(signum, previous)
+        _previous_handlers.clear()
+    return False
 
 
 def host_values(values: list[Any]) -> list[float]:

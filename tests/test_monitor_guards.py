@@ -246,15 +246,20 @@ def test_a_forked_child_cannot_use_the_parents_monitor(tmp_path):
     with monitor(model, opt, tmp_path / "r", eps=EPS, probe_data=(x, y), probes=["robust_acc"], probe_n=8) as mon:
         pid = os.fork()
         if pid == 0:   # the child: each use refused in one line, its exit leaves the parent's run alone
-            code = 0
-            for use in (opt.step, mon.epoch_end, lambda: mon.log("train", {"loss": 1.0})):
-                try:
-                    use()
-                    code = 1
-                except UsageError as e:
-                    code |= 0 if "forked child" in str(e) and "\n" not in str(e) else 2
-            mon.__exit__(None, None, None)
-            os._exit(code)
+            code = 4   # whatever happens here, the child never returns into the test runner
+            try:
+                code = 0
+                for use in (opt.step, mon.epoch_end, lambda: mon.log("train", {"loss": 1.0})):
+                    try:
+                        use()
+                        code = 1
+                    except UsageError as e:
+                        code |= 0 if "forked child" in str(e) and "\n" not in str(e) else 2
+                mon.__exit__(None, None, None)
+            except BaseException:
+                code = 3
+            finally:
+                os._exit(code)
         assert _exit_code(pid) == 0
         assert (tmp_path / "r" / "run.lock").exists() and load_run(tmp_path / "r").status == "running"
         opt.step()
