@@ -1,0 +1,77 @@
+"""The early warning's rules (codiag.detector.COWarning) and the signature's second event, on hand-made
+sequences; the monitor's ``warning`` event and ``co_warning`` on a real short training are in
+tests/test_monitor_early_co.py."""
+from __future__ import annotations
+
+from test_detector import frame
+
+from codiag.detector import CODetector, COWarning, detect_co, detect_warning
+
+
+def test_the_signature_needs_a_second_event_inside_the_first_epoch():
+    """A user's MNIST loop (2-conv CNN, FGSM at eps 0.3, SGD one-cycle): at the end of epoch 1 PGD read
+    0.039 beside FGSM 0.289 (up from 0.000), then PGD rose to 0.18 at epoch 2: not yet robust, not collapsed."""
+    rows = [{"step": 0, "epoch": 0, "pgd_acc": 0.0, "fgsm_acc": 0.0},
+            {"step": 63, "epoch": 1, "pgd_acc": 0.039, "fgsm_acc": 0.289},
+            {"step": 126, "epoch": 2, "pgd_acc": 0.18, "fgsm_acc": 0.41}]
+    assert detect_co(frame(rows)) is None
+    # the same event followed by a second one that still shows the signature: the collapse
+    co = detect_co(frame(rows[:2] + [{**rows[2], "pgd_acc": 0.03}]))
+    assert (co["rule"], co["step"]) == ("signature", 126)
+    # Fashion-MNIST FGSM at eps 0.3 (tests/test_monitor_early_co.py): light events inside epoch 1 carry the
+    # second event, so a collapse inside the first epoch still alarms in it
+    fm = [(0, 0, 0.0, 0.086), (8, 1, 0.086, 0.18), (16, 1, 0.047, 0.297), (24, 1, 0.031, 0.305)]
+    co = detect_co(frame([{"step": s, "epoch": e, "pgd_acc": p, "fgsm_acc": f} for s, e, p, f in fm]))
+    assert (co["rule"], co["step"], co["epoch"]) == ("signature", 24, 1)
+    # after the first epoch one event is enough (as before): a late collapse at the run's last event
+    det = CODetector()
+    assert det.update(0, 0, {"pgd_acc": 0.0, "fgsm_acc": 0.0}) is None
+    assert det.update(64, 4, {"pgd_acc": 0.0, "fgsm_acc": 0.3})["rule"] == "signature"
+
+
+def test_a_confirmation_at_the_same_step_is_not_a_second_event():
+    rows = [{"step": 0, "epoch": 0, "pgd_acc": 0.0, "fgsm_acc": 0.0},
+            {"step": 16, "epoch": 1, "pgd_acc": 0.04, "fgsm_acc": 0.3},
+            {"step": 16, "epoch": 1, "probe": "confirm", "pgd_acc": 0.05, "fgsm_acc": 0.31}]
+    assert detect_co(frame(rows)) is None
+
+
+def test_align_falling_warns_before_the_collapse():
+    """The demo's alignment fell 0.87 -> 0.65 -> 0.49 over the epochs before its collapse while PGD held."""
+    align = [0.5, 0.8, 0.87, 0.65, 0.49, 0.2]
+    pgd = [0.0, 0.3, 0.35, 0.36, 0.35, 0.02]
+    fgsm = [0.1, 0.4, 0.45, 0.46, 0.47, 0.7]
+    rows = [{"step": 10 * i, "epoch": i, "pgd_acc": p, "fgsm_acc": f, "grad_align": a}
+            for i, (p, f, a) in enumerate(zip(pgd, fgsm, align))]
+    w = detect_warning(frame(rows))
+    assert (w["rule"], w["step"], w["epoch"]) == ("align_falling", 40, 4) and "0.870 -> 0.650 -> 0.490" in w["reason"]
+    assert detect_co(frame(rows))["epoch"] == 5   # the alarm one epoch later
+    # one fall is not a trend; a fall of less than a fifth of the peak is noise
+    assert detect_warning(frame(rows[:4])) is None
+    small = [{**r, "grad_align": a} for r, a in zip(rows, [0.5, 0.8, 0.87, 0.8, 0.75, 0.74])]
+    assert detect_warning(frame(small[:5])) is None
+
+
+def test_gap_widening_needs_a_measured_robustness_and_a_rise_over_its_median():
+    steps = [0, 8, 16, 32, 64, 128]
+    pgd = [0.0, 0.01, 0.0, 0.0, 0.21, 0.27]
+    fgsm = [0.086, 0.094, 0.078, 0.195, 0.22, 0.41]   # a healthy Fashion-MNIST run at eps 0.2
+    rows = [{"step": s, "epoch": min(e, 2), "pgd_acc": p, "fgsm_acc": f}
+            for e, (s, p, f) in enumerate(zip(steps, pgd, fgsm))]
+    assert detect_warning(frame(rows)) is None   # step 32's widening came before any robustness
+    later = rows + [{"step": 192, "epoch": 3, "pgd_acc": 0.25, "fgsm_acc": 0.5}]
+    w = detect_warning(frame(later))
+    assert (w["rule"], w["step"]) == ("gap_widening", 192) and w["signals"]["fgsm_acc"] == 0.5
+
+
+def test_the_warning_fires_once_and_not_at_or_after_the_alarm():
+    warner = COWarning()
+    seq = [(0.9, 0.3, 0.4), (0.7, 0.3, 0.4), (0.6, 0.3, 0.4), (0.5, 0.3, 0.4)]
+    hits = [warner.update(i, i, {"grad_align": a, "pgd_acc": p, "fgsm_acc": f}) for i, (a, p, f) in enumerate(seq)]
+    assert hits[:2] == [None, None] and hits[2]["rule"] == "align_falling" and hits[3] is None
+    warner.reset()
+    assert warner.warning is None and warner.update(9, 9, {"grad_align": 0.1}) is None
+    # the alarm fires at the event the warning would: no warning
+    rows = [{"step": 10 * i, "epoch": i, "pgd_acc": p, "fgsm_acc": f, "grad_align": a}
+            for i, (a, p, f) in enumerate([(0.9, 0.4, 0.45), (0.8, 0.4, 0.45), (0.6, 0.05, 0.7)])]
+    assert detect_co(frame(rows))["step"] == 20 and detect_warning(frame(rows)) is None
