@@ -3,6 +3,7 @@ sequences; the monitor's ``warning`` event and ``co_warning`` on a real short tr
 tests/test_monitor_early_co.py."""
 from __future__ import annotations
 
+import pytest
 from test_detector import frame
 
 from codiag.detector import CODetector, COWarning, detect_co, detect_warning
@@ -75,3 +76,66 @@ def test_the_warning_fires_once_and_not_at_or_after_the_alarm():
     rows = [{"step": 10 * i, "epoch": i, "pgd_acc": p, "fgsm_acc": f, "grad_align": a}
             for i, (a, p, f) in enumerate([(0.9, 0.4, 0.45), (0.8, 0.4, 0.45), (0.6, 0.05, 0.7)])]
     assert detect_co(frame(rows))["step"] == 20 and detect_warning(frame(rows)) is None
+
+
+def test_the_monitor_writes_the_warning_and_the_guard_acts_on_it(tmp_path):
+    """A real short training in a user's loop (Fashion-MNIST, tests/test_guard.py's loop). The warning's
+    lines are set so that it fires at the first event that has an earlier one to compare with (what is
+    checked is the wiring, not the lines): a ``warning`` event and ``mon.co_warning``; with a guard whose
+    policy acts on warnings, a roll-back (``trigger: warning``) that re-arms it, then ``collapsed`` once
+    ``max_rollbacks`` is used up; without one, the warning changes nothing."""
+    import torch
+    from test_guard import EPS, fgsm, loop, make_model, options
+
+    from codiag.data import load_dataset
+    from codiag.monitoring import monitor
+    from codiag.runs import load_run
+
+    train = load_dataset("fashion_mnist", train=True, limit=16 * 20)
+    test = load_dataset("fashion_mnist", train=False, limit=64)
+    x = train.images.float().div(255)
+    batches = [(x[i:i + 16], train.labels[i:i + 16]) for i in range(0, len(x), 16)]
+    probe = (test.images.float().div(255), test.labels)
+    class Seen:   # a user's sink (the protocol of sinks=): what a tracker would turn into alerts
+        def __init__(self):
+            self.events = []
+
+        def log(self, step, rows):
+            pass
+
+        def event(self, kind, fields):
+            self.events.append((kind, dict(fields)))
+
+        def close(self, status):
+            pass
+
+    seen = Seen()
+    eager = dict(gap_rise=-1.0, min_gap=-1.0, min_peak=-1.0, window=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for name, guard in (("plain", None), ("guarded", {"mitigation": "mine", "max_rollbacks": 1,
+                                                          "on": ("warning",)})):
+            model = make_model()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            attack = fgsm(EPS)
+            kw = {"sinks": [seen]} if guard is None else {"guard": guard, "on_co": lambda info: None}
+            with monitor(model, opt, tmp_path / name, EPS, probe_data=probe, attack=attack, **kw,
+                         **options()) as mon:
+                mon.alarm.warner = COWarning(**eager)   # fed from the event at step 4 on
+                loop(model, opt, batches, lambda a=attack: a, mon)
+            runs[name] = (mon, load_run(tmp_path / name))
+    finally:
+        torch.set_num_threads(threads)
+    mon, run = runs["plain"]
+    assert [e["step"] for e in run.events_of("warning")] == [8] and not run.events_of("rollback")
+    assert mon.co_warning["step"] == 8 and mon.co_warning["rule"] == "gap_widening"
+    assert run.events_of("warning")[0]["signals"] == pytest.approx(mon.co_warning["signals"])
+    assert [f["step"] for k, f in seen.events if k == "warning"] == [8]
+    mon, run = runs["guarded"]
+    kinds = [(e["kind"], e["step"]) for e in run.events if e["kind"] in ("warning", "rollback", "collapsed")]
+    assert kinds == [("warning", 8), ("rollback", 8), ("warning", 16), ("collapsed", 16)]
+    rollback = run.events_of("rollback")[0]
+    assert (rollback["trigger"], rollback["restored_step"], rollback["alarm_rule"]) == ("warning", 4, "gap_widening")
+    assert mon.collapsed and run.meta["guard"]["status"] == "collapsed"
