@@ -139,3 +139,44 @@ def test_the_monitor_writes_the_warning_and_the_guard_acts_on_it(tmp_path):
     rollback = run.events_of("rollback")[0]
     assert (rollback["trigger"], rollback["restored_step"], rollback["alarm_rule"]) == ("warning", 4, "gap_widening")
     assert mon.collapsed and run.meta["guard"]["status"] == "collapsed"
+
+
+def test_resume_keeps_the_warning(tmp_path, monkeypatch):
+    """A resumed run rebuilds the warning from the recorded events: it stands, and is not raised twice."""
+    import torch
+    from test_monitor import EPS, tensors, tiny
+
+    from codiag.monitoring import monitor
+    from codiag.probes import PROBES
+    from codiag.probes.base import Probe
+    from codiag.probes.grad_align import GradAlign
+    from codiag.probes.robust_acc import RobustAcc
+    from codiag.runs import load_run
+
+    values = iter([0.9, 0.7, 0.6, 0.5, 0.4])   # alignment falling while PGD accuracy holds
+
+    class Scripted(Probe):
+        name = "scripted"
+
+        def run(self, ctx):
+            ctx.log(RobustAcc.pgd_acc, 0.3)
+            ctx.log(RobustAcc.fgsm_acc, 0.35)
+            ctx.log(GradAlign.mean, next(values))
+
+    monkeypatch.setitem(PROBES, "scripted", Scripted)
+    x, y = tensors()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    kw = dict(eps=EPS, probe_data=(x, y), probes=["scripted"], probe_n=8, every=1)
+    with monitor(model, opt, tmp_path / "r", **kw) as mon:
+        opt.step()
+        assert mon.co_warning is None
+        opt.step()
+        assert mon.co_warning["step"] == 2 and mon.co_warning["rule"] == "align_falling"
+        mon.epoch_end()
+    with monitor(model, opt, tmp_path / "r", resume=True, **kw) as mon:
+        assert mon.co_warning["step"] == 2 and mon.alarm.warner.peak_align == 0.9
+        opt.step()
+        opt.step()
+        mon.epoch_end()
+    assert [e["step"] for e in load_run(tmp_path / "r").events_of("warning")] == [2] and not mon.co_detected
