@@ -301,6 +301,36 @@ def _leads(found: dict[str, dict | None], labels: dict, spe: dict[str, int]) -> 
     return [e for e, _ in pairs], [s for _, s in pairs]
 
 
+def closest(metrics, before_epoch: int) -> tuple[float | None, float | None, float | None]:
+    """How near each warning rule came at the events before ``before_epoch`` (a lead of one epoch
+    or more): the largest fall of alignment under its running peak (>= the rule's ``align_peak``;
+    the rule needs ``align_fall``), and the largest rise of the FGSM-PGD gap over the median of its
+    previous ``window`` events (the rule needs ``gap_rise``), and the PGD peak (the gap rule needs
+    ``min_peak``). None: never measurable there."""
+    import numpy as np
+
+    from codiag.detector import COWarning, event_values
+
+    w = COWarning()
+    peak, fall, rise, gaps, pgd_peak = None, None, None, [], None
+    for _step, epoch, v in event_values(metrics):
+        if epoch >= before_epoch:
+            break
+        a, p, f = v.get("grad_align"), v.get("pgd_acc"), v.get("fgsm_acc")
+        if a is not None:
+            peak = a if peak is None else max(peak, a)
+            if peak >= w.align_peak:
+                fall = max(fall or 0.0, 1 - a / peak)
+        if p is not None:
+            pgd_peak = p if pgd_peak is None else max(pgd_peak, p)
+        if p is not None and f is not None:
+            if len(gaps) >= w.window:
+                r = (f - p) - float(np.median(gaps[-w.window:]))
+                rise = r if rise is None else max(rise, r)
+            gaps.append(f - p)
+    return fall, rise, pgd_peak
+
+
 def score_warning(results: list[dict], out: Path) -> str:
     """The early warning's row beside the alarm's: how often it comes at least one epoch before the
     label's collapse epoch (the goal: on half of the collapses), its lead in epochs and steps, and
@@ -345,13 +375,18 @@ def score_warning(results: list[dict], out: Path) -> str:
     if replayed:
         lines.append(f"\n{replayed} run(s) recorded before the warning existed: warning replayed from the metrics.")
     lines.append("")
-    lines.append("| run | label epoch | warning (epoch, step, rule) | alarm (epoch, step, rule) |")
-    lines.append("|---|---|---|---|")
+    lines.append("| run | label epoch | warning (epoch, step, rule) | alarm (epoch, step, rule) | closest before the "
+                 "label epoch: alignment fall under its peak (needs 0.2) / gap over its median (needs 0.1) / "
+                 "PGD peak (the gap rule needs 0.1) |")
+    lines.append("|---|---|---|---|---|")
     for r in results:
         lab, between = labels[r["name"]]
         cells = ["-" if h is None else f"{h['epoch']}, {h['step']}, {h.get('rule')}"
                  for h in (warned[r["name"]], alarmed[r["name"]])]
-        lines.append(f"| {r['name']} | {'?' if between else '-' if lab is None else lab} | {cells[0]} | {cells[1]} |")
+        near = "" if lab is None else " / ".join("n/a" if v is None else f"{v:.3f}"
+                                                 for v in closest(load_run(out / r["name"]).metrics, lab))
+        lines.append(f"| {r['name']} | {'?' if between else '-' if lab is None else lab} | {cells[0]} | {cells[1]} "
+                     f"| {near} |")
     return "\n".join(lines)
 
 
