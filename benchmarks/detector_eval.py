@@ -213,7 +213,7 @@ def train_one(spec: RunSpec, out: Path, n_train: int, epochs: int, data_root: st
     result = {"spec": asdict(spec), "name": spec.name, "steps_per_epoch": len(loader),
               "pgd": [e["pgd_acc"] for e in evals], "clean": [e["clean_acc"] for e in evals],
               "fgsm": [e["fgsm_acc"] for e in evals],
-              "online_alarm": mon.co_alarm, "seconds": time.perf_counter() - t0}
+              "online_alarm": mon.co_alarm, "online_warning": mon.co_warning, "seconds": time.perf_counter() - t0}
     (run_dir / "label.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -293,6 +293,103 @@ def score(results: list[dict], out: Path, replay: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _leads(found: dict[str, dict | None], labels: dict, spe: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Lead of each labelled collapse's first hit in ``found``: (epochs, steps) before the label's epoch
+    (its end, step ``epoch * steps_per_epoch``); runs without a hit are left out."""
+    pairs = [(labels[n][0] - int(h["epoch"]), labels[n][0] * spe[n] - int(h["step"]))
+             for n, h in found.items() if labels[n][0] is not None and h is not None]
+    return [e for e, _ in pairs], [s for _, s in pairs]
+
+
+def closest(metrics, before_epoch: int) -> tuple[float | None, float | None, float | None]:
+    """How near each warning rule came at the events before ``before_epoch`` (a lead of one epoch
+    or more): the largest fall of alignment under its running peak (>= the rule's ``align_peak``;
+    the rule needs ``align_fall``), and the largest rise of the FGSM-PGD gap over the median of its
+    previous ``window`` events (the rule needs ``gap_rise``), and the PGD peak (the gap rule needs
+    ``min_peak``). None: never measurable there."""
+    import numpy as np
+
+    from codiag.detector import COWarning, event_values
+
+    w = COWarning()
+    peak, fall, rise, gaps, pgd_peak = None, None, None, [], None
+    for _step, epoch, v in event_values(metrics):
+        if epoch >= before_epoch:
+            break
+        a, p, f = v.get("grad_align"), v.get("pgd_acc"), v.get("fgsm_acc")
+        if a is not None:
+            peak = a if peak is None else max(peak, a)
+            if peak >= w.align_peak:
+                fall = max(fall or 0.0, 1 - a / peak)
+        if p is not None:
+            pgd_peak = p if pgd_peak is None else max(pgd_peak, p)
+        if p is not None and f is not None:
+            if len(gaps) >= w.window:
+                r = (f - p) - float(np.median(gaps[-w.window:]))
+                rise = r if rise is None else max(rise, r)
+            gaps.append(f - p)
+    return fall, rise, pgd_peak
+
+
+def score_warning(results: list[dict], out: Path) -> str:
+    """The early warning's row beside the alarm's: how often it comes at least one epoch before the
+    label's collapse epoch (the goal: on half of the collapses), its lead in epochs and steps, and
+    false warnings (healthy runs warned). The warning is the one recorded online (``label.json``'s
+    ``online_warning``); a run recorded before the warning existed is replayed (``detect_warning``)."""
+    from collections import Counter
+
+    from codiag.detector import detect_co, detect_warning
+    from codiag.runs import load_run
+
+    labels = {r["name"]: label_collapse(r["pgd"], r["fgsm"]) for r in results}
+    spe = {r["name"]: int(r["steps_per_epoch"]) for r in results}
+    warned: dict[str, dict | None] = {}
+    alarmed: dict[str, dict | None] = {}
+    replayed = 0
+    for r in results:
+        metrics = load_run(out / r["name"]).metrics
+        if "online_warning" in r:
+            warned[r["name"]] = r["online_warning"]
+        else:
+            replayed += 1
+            warned[r["name"]] = detect_warning(metrics)
+        alarmed[r["name"]] = r["online_alarm"] if "online_warning" in r else detect_co(metrics)
+    n_pos = sum(lab is not None for lab, _ in labels.values())
+    healthy = [n for n, lab in labels.items() if lab == (None, False)]
+    lines = ["| signal | collapsed (label) | hit before the label epoch (lead >= 1) | hit at all | lead epochs "
+             "(sorted) | lead steps (sorted) | false (healthy runs) | rules |", "|---|---|---|---|---|---|---|---|"]
+    for name, found in (("warning", warned), ("alarm", alarmed)):
+        ep, st = _leads(found, labels, spe)
+        rules = Counter(str(h.get("rule")) for h in found.values() if h is not None)
+        lines.append(f"| {name} | {n_pos} | {sum(e >= 1 for e in ep)}/{n_pos} | {len(ep)}/{n_pos} | "
+                     f"{' '.join(f'{e:+d}' for e in sorted(ep)) or '-'} | "
+                     f"{' '.join(f'{s:+d}' for s in sorted(st)) or '-'} | "
+                     f"{sum(found[n] is not None for n in healthy)}/{len(healthy)} | "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(rules.items())) or '-'} |")
+    either = {n: min((h for h in (warned[n], alarmed[n]) if h is not None), key=lambda h: int(h["step"]),
+                     default=None) for n in warned}
+    ep, st = _leads(either, labels, spe)
+    lines.append(f"| warning or alarm, the first | {n_pos} | {sum(e >= 1 for e in ep)}/{n_pos} | {len(ep)}/{n_pos} | "
+                 f"{' '.join(f'{e:+d}' for e in sorted(ep)) or '-'} | {' '.join(f'{s:+d}' for s in sorted(st)) or '-'}"
+                 f" | {sum(either[n] is not None for n in healthy)}/{len(healthy)} | |")
+    if replayed:
+        lines.append(f"\n{replayed} run(s) recorded before the warning existed: warning replayed from the metrics.")
+    lines.append("")
+    lines.append("| run | label epoch | warning (epoch, step, rule) | alarm (epoch, step, rule) | closest before the "
+                 "label epoch: alignment fall under its peak (needs 0.2) / gap over its median (needs 0.1) / "
+                 "PGD peak (the gap rule needs 0.1) |")
+    lines.append("|---|---|---|---|---|")
+    for r in results:
+        lab, between = labels[r["name"]]
+        cells = ["-" if h is None else f"{h['epoch']}, {h['step']}, {h.get('rule')}"
+                 for h in (warned[r["name"]], alarmed[r["name"]])]
+        near = "" if lab is None else " / ".join("n/a" if v is None else f"{v:.3f}"
+                                                 for v in closest(load_run(out / r["name"]).metrics, lab))
+        lines.append(f"| {r['name']} | {'?' if between else '-' if lab is None else lab} | {cells[0]} | {cells[1]} "
+                     f"| {near} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/detector_eval")
@@ -348,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no finished run to score", file=sys.stderr)
         return 1
-    table = score(results, out, replay=args.replay)
+    table = score(results, out, replay=args.replay) + "\n\n## Early warning\n\n" + score_warning(results, out)
     print(table)
     (out / "scorecard.md").write_text(table + "\n")
     return 0

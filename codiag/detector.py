@@ -52,6 +52,10 @@ which is how the papers define the collapse (GradAlign Fig. 1 and 4). It
 catches runs that collapse inside the first epoch, before the PGD accuracy
 ever had a peak to fall from (a CNN on Fashion-MNIST at eps 0.25-0.3: PGD
 accuracy never above 0.15, FGSM accuracy climbing past the clean accuracy).
+Inside the first epoch it needs two events in a row (at different steps): there one
+event is as often a run *not yet robust* (FGSM accuracy rises before PGD accuracy does)
+as a collapse, and a collapse is still there at the next event; the light events put
+three events in the first epoch, so a first-epoch collapse still alarms in it.
 It does not ask for collapsed gradient alignment: alignment depends on the
 architecture (a narrow CNN's stays under 0.45 from initialisation and falls
 by a quarter at the collapse, a 4-filter CNN's starts near 0.95), and on the
@@ -71,6 +75,9 @@ interface of :class:`Detector` (``signals``, ``update``, ``reset``,
 detector="name")`` pick one, and ``benchmarks/detector_eval.py`` scores every
 registered detector on the same corpus. Adding one is a :class:`Detector`
 subclass plus its line in :data:`DETECTORS`.
+
+The early warning (:class:`COWarning`) is a separate rule set fed the same events before
+the alarm: a collapse likely to come (``docs/DETECTOR.md``).
 
 A second online rule, :class:`ELLEADetector` (``codiag.monitor(..., detector="elle_a")``,
 or ``"both"``), is ELLE-A's switch rule (Abad Rocamora et al., ICLR 2024; reference
@@ -196,6 +203,8 @@ class CODetector(Detector):
     #: (step, past the looser line) of the last two steps with an event; a second event at one step
     #: (a light event, then the epoch's) replaces the first's verdict
     lows: list[tuple[int | None, bool]] = field(default_factory=list, repr=False)
+    #: the same record for the signature's lines: it fires only where two events in a row show it
+    sigs: list[tuple[int | None, bool]] = field(default_factory=list, repr=False)
     #: the last event came near a line without crossing it: past the looser line of
     #: ``pgd_drop_persists``, or PGD at most ``sig_pgd`` with FGSM ``min_gap`` above it
     suspect: bool = False
@@ -216,15 +225,17 @@ class CODetector(Detector):
         self.min_fgsm = None
         self.history.clear()
         self.lows.clear()
+        self.sigs.clear()
         self.suspect = False
 
-    def _low_before(self, step: int | None, low: bool) -> bool:
-        """Record this event's verdict at the looser line; return the verdict of the previous step's event."""
-        if self.lows and step is not None and self.lows[-1][0] == step:
-            self.lows.pop()
-        before = bool(self.lows) and self.lows[-1][1]
-        self.lows.append((step, low))
-        del self.lows[:-2]
+    @staticmethod
+    def _before(record: list[tuple[int | None, bool]], step: int | None, verdict: bool) -> bool:
+        """Record this event's verdict in ``record``; return the verdict of the previous step's event."""
+        if record and step is not None and record[-1][0] == step:
+            record.pop()
+        before = bool(record) and record[-1][1]
+        record.append((step, verdict))
+        del record[:-2]
         return before
 
     def _fell(self, pgd: float | None, fgsm: float | None, ratio: float, gap: float) -> bool:
@@ -233,10 +244,12 @@ class CODetector(Detector):
         return (pgd is not None and fgsm is not None and peak is not None and peak >= self.min_peak
                 and pgd <= ratio * peak and fgsm - pgd >= gap)
 
-    def check(self, values: Mapping[str, Any], step: int | None = None) -> tuple[str, str] | None:
+    def check(self, values: Mapping[str, Any], step: int | None = None,
+              epoch: int | None = None) -> tuple[str, str] | None:
         """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None.
 
-        ``step`` tells two events at one step apart from consecutive ones (None: a new step)."""
+        ``step`` tells two events at one step apart from consecutive ones (None: a new step); ``epoch``
+        (1-based; None: past the first) says whether the signature needs a second event."""
         pgd = _finite(values.get("pgd_acc"))
         fgsm = _finite(values.get("fgsm_acc"))
         align = _finite(values.get("grad_align"))
@@ -252,7 +265,10 @@ class CODetector(Detector):
             self.min_fgsm = fgsm if self.min_fgsm is None else min(self.min_fgsm, fgsm)
         peak = self.peak_pgd
         low = self._fell(pgd, fgsm, self.persist_ratio, self.persist_gap)
-        low_before = self._low_before(step, low)
+        low_before = self._before(self.lows, step, low)
+        sig = (pgd is not None and fgsm is not None and self.min_fgsm is not None and pgd <= self.sig_pgd
+               and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise)
+        sig_before = self._before(self.sigs, step, sig)
         self.suspect = low or (pgd is not None and fgsm is not None and pgd <= self.sig_pgd
                                and fgsm - pgd >= self.min_gap)
         if self._fell(pgd, fgsm, 1 - self.drop, self.min_gap):
@@ -268,8 +284,9 @@ class CODetector(Detector):
                 extra = "" if pgd is None else f"; PGD accuracy {pgd:.3f} (peak {peak:.3f})"
                 return ("grad_align_collapse",
                         f"gradient alignment fell from {self.peak_align:.3f} to {align:.3f}{extra}")
-        if (pgd is not None and fgsm is not None and self.min_fgsm is not None and pgd <= self.sig_pgd
-                and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise):
+        # in the first epoch one event is "not yet robust" as often as "collapsed": FGSM accuracy rises
+        # before PGD accuracy does; a collapse is still there at the next event
+        if sig and (sig_before or epoch is None or epoch > 1):
             extra = "" if align is None else (f"; gradient alignment {align:.3f} "
                                               f"(peak {self.peak_align:.3f})")
             return ("signature",
@@ -288,7 +305,7 @@ class CODetector(Detector):
         if self.alarm is not None:
             self.suspect = False
             return None
-        hit = self.check(clean, step)
+        hit = self.check(clean, step, int(epoch))
         if hit is None:
             return None
         self.suspect = False
@@ -366,6 +383,115 @@ class AnyDetector(Detector):
             return None
         self.alarm = hit
         return hit
+
+
+@dataclass
+class COWarning:
+    """An early warning: a collapse is likely to come but the alarm has not fired (yet).
+
+    Fed the same events as the alarm (light events included) while no alarm stands; fires
+    once, at the first event where one rule holds, and returns the warning dict (step,
+    epoch, reason, rule, signals). Two rules, each reading a trend of a probe signal against
+    the run's own recent history (no absolute level: levels depend on the model):
+
+    * ``align_falling``: gradient alignment fell at two events in a row (at different
+      steps) and now sits ``align_fall`` (a fifth) or more under its running peak
+      (>= ``align_peak``). GradAlign Sec. 4 / Fig. 4: alignment falls with the collapse;
+      in codiag's demo it fell 0.87 -> 0.65 -> 0.49 over the epochs before the collapse
+      while PGD accuracy held.
+    * ``gap_widening``: the FGSM-PGD accuracy gap is ``gap_rise`` or more above the median
+      of its previous ``window`` events (at least ``window`` of them) and at least
+      ``min_gap``, in a run whose PGD accuracy has reached ``min_peak``: the model starts to
+      beat its training attack faster than PGD (ATAS Sec. II: FGSM accuracy jumps at the
+      collapse), read before the gap reaches the alarm's lines. Before any robustness was
+      measured the gap widens in every run (FGSM accuracy rises before PGD accuracy does:
+      on Fashion-MNIST at eps 0.15-0.2 it went 0.08 -> 0.19 at step 32 of healthy runs).
+
+    ``reset()`` re-arms it (a roll-back). The alarm's rules are :class:`CODetector`'s.
+    """
+
+    align_fall: float = 0.2
+    align_peak: float = 0.5
+    gap_rise: float = 0.1
+    min_gap: float = 0.1
+    min_peak: float = 0.1
+    window: int = 3
+    warning: dict[str, Any] | None = None
+    peak_align: float | None = None
+    peak_pgd: float | None = None
+    #: (step, value) of the last events' alignment and gap; a second event at one step replaces the first
+    aligns: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    gaps: list[tuple[int, float]] = field(default_factory=list, repr=False)
+
+    THRESHOLDS: ClassVar[tuple[str, ...]] = ("align_fall", "align_peak", "gap_rise", "min_gap", "min_peak", "window")
+
+    def settings(self) -> dict[str, Any]:
+        return {"rule": "warning", **{k: getattr(self, k) for k in self.THRESHOLDS}}
+
+    def reset(self) -> None:
+        self.warning = None
+        self.peak_align = None
+        self.peak_pgd = None
+        self.aligns.clear()
+        self.gaps.clear()
+
+    @staticmethod
+    def _push(record: list[tuple[int, float]], step: int, value: float) -> None:
+        if record and record[-1][0] == step:
+            record.pop()
+        record.append((step, value))
+
+    def check(self, step: int, values: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Record this event's signals; (rule, reason) where one rule holds."""
+        pgd, fgsm, align = (_finite(values.get(k)) for k in ("pgd_acc", "fgsm_acc", "grad_align"))
+        hit = None
+        if align is not None:
+            self._push(self.aligns, step, align)
+            self.peak_align = align if self.peak_align is None else max(self.peak_align, align)
+            last = [v for _, v in self.aligns[-3:]]
+            if (len(last) == 3 and last[0] > last[1] > last[2] and self.peak_align >= self.align_peak
+                    and align <= (1 - self.align_fall) * self.peak_align):
+                hit = ("align_falling", f"gradient alignment fell at two events in a row, "
+                       f"{' -> '.join(f'{v:.3f}' for v in last)} (peak {self.peak_align:.3f})")
+        if pgd is not None:
+            self.peak_pgd = pgd if self.peak_pgd is None else max(self.peak_pgd, pgd)
+        if pgd is not None and fgsm is not None:
+            gap = fgsm - pgd
+            earlier = [v for s, v in self.gaps if s != step][-self.window:]
+            self._push(self.gaps, step, gap)
+            del self.gaps[:-(self.window + 1)]
+            if hit is None and len(earlier) >= self.window:
+                med = float(np.median(earlier))
+                if gap >= self.min_gap and gap >= med + self.gap_rise and self.peak_pgd >= self.min_peak:
+                    hit = ("gap_widening", f"FGSM-PGD gap {gap:.3f} (FGSM {fgsm:.3f}, PGD {pgd:.3f}) is "
+                           f"{gap - med:.3f} above its median {med:.3f} over the last {self.window} events")
+        return hit
+
+    def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Feed one event; return the warning the first time a rule holds, else None."""
+        hit = self.check(int(step), values)
+        if hit is None or self.warning is not None:
+            return None
+        rule, reason = hit
+        self.warning = {"step": int(step), "epoch": int(epoch), "rule": rule, "reason": reason,
+                        "signals": {k: f for k, v in values.items() if (f := _finite(v)) is not None}}
+        return self.warning
+
+
+def detect_warning(metrics: Any, detector: Any = True, **thresholds: Any) -> dict[str, Any] | None:
+    """The early warning of a recorded run, replayed as the monitor raises it: the first
+    :class:`COWarning` of the events before the alarm (``detector``: as for :func:`detect_co`), else None."""
+    if hasattr(metrics, "metrics") and not isinstance(metrics, pd.DataFrame):
+        metrics = metrics.metrics
+    det = make_detector(detector)
+    warner = COWarning(**thresholds)
+    for step, epoch, values in event_values(metrics, getattr(det, "signals", SIGNALS)):
+        if det is not None and det.update(step, epoch, values) is not None:
+            return None
+        hit = warner.update(step, epoch, values)
+        if hit is not None:
+            return hit
+    return None
 
 
 #: name -> detector class: ``codiag.monitor(detector=name)``, ``detect_co(..., detector=name)``;

@@ -102,11 +102,15 @@ def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tm
     row = table.loc["fgsm+guard-n_fgsm"]
     assert row["rollbacks"] == 1 and row["saved"] and row["collapsed"] is False or row["collapsed"] == 0
     assert row["best_pgd_acc"] == guarded.meta["best"]["pgd_acc"] and row["best_epoch"] == guarded.meta["best"]["epoch"]
-    assert table["warning_epoch"].isna().all()         # no early warning exists yet
+    for run, method in ((plain, "fgsm"), (guarded, "fgsm+guard-n_fgsm")):   # the first early warning's epoch
+        warned = run.events_of("warning")
+        cell = table.loc[method, "warning_epoch"]
+        assert cell == warned[0]["epoch"] if warned else cell != cell
     rates = co_rate_table(table.reset_index()).set_index("method")
     assert rates.loc["fgsm+guard-n_fgsm", "saved"] == 1.0 and rates.loc["fgsm", "saved"] == 0.0
     co = co_point(guarded)
-    assert [kind for _, kind in co.marks] == ["rollback"]
+    assert [kind for _, kind in co.marks if kind != "warning"] == ["rollback"]
+    assert sum(kind == "warning" for _, kind in co.marks) == len(guarded.events_of("warning"))
     fig, ax = plt.subplots()
     mark_co(ax, co)
     assert "rollback" in ax.get_legend_handles_labels()[1]

@@ -47,7 +47,8 @@ class Monitor:
     """The object ``codiag.monitor(...)`` returns; use it as a context manager.
 
     Public attributes: ``step`` (optimizer steps so far), ``epoch`` (completed
-    epochs), ``co_detected`` / ``co_alarm``, ``detector``, ``n_events``, ``n_confirmations``
+    epochs), ``co_detected`` / ``co_alarm``, ``co_warning`` (the early warning), ``detector``, ``n_events``,
+    ``n_confirmations``
     (confirming measurements on ``confirm_n`` points after events near a line),
     ``probe_time_s`` (wall time spent inside probe events, for overhead
     accounting), ``run_dir``, ``writer``, ``options`` (:class:`MonitorOptions`).
@@ -79,7 +80,8 @@ class Monitor:
         policy = Guard.from_spec(o.guard)
         self.co_guard = GuardState(policy) if policy is not None else None
         self.best_keeper = BestKeeper(self.run_dir) if o.keep_best or policy is not None else None
-        self.alarm = Alarm(o.detector, o.on_co if policy is None else self._on_alarm)
+        self.alarm = Alarm(o.detector, o.on_co if policy is None else self._on_alarm,
+                           self._on_warning if policy is not None and "warning" in policy.on else None)
         if policy is not None and self.alarm.detector is None:
             raise UsageError("monitor: guard= acts on the CO alarm; it needs a detector (detector=False is set)")
         self.method, self.reference_model, self.strict = o.method, o.reference_model, o.strict
@@ -269,6 +271,11 @@ class Monitor:
         return self.alarm.alarm
 
     @property
+    def co_warning(self) -> dict[str, Any] | None:
+        """The early warning once raised before the alarm (step, epoch, rule, reason, signals), else None."""
+        return self.alarm.warning
+
+    @property
     def co_detected(self) -> bool:
         """True once the online detector raised its alarm."""
         return self.alarm.alarm is not None
@@ -356,18 +363,24 @@ class Monitor:
         if method is not None:
             self.method = method
 
-    def _on_alarm(self, alarm: dict[str, Any]) -> None:
+    def _on_warning(self, warning: dict[str, Any]) -> None:
+        """The guard's answer to the early warning, where its policy acts on it (``on=("warning", ...)``)."""
+        self._on_alarm(warning, kind="warning")
+
+    def _on_alarm(self, alarm: dict[str, Any], kind: str = "alarm") -> None:
         """The guard's answer to the alarm: roll back (event ``rollback``, detector re-armed) or, past
         ``max_rollbacks``, record ``collapsed``; then ``on_co(info)``, or a warning without one."""
-        info = self.co_guard.act(self.network, self.optimizer, alarm)
+        info = self.co_guard.act(self.network, self.optimizer, alarm, kind=kind)
         if info is None:
+            if kind == "warning":
+                return
             if self.options.on_co is not None:
                 self.options.on_co(alarm)
             return
         if info["action"] == "rollback":
             self._rolled_back = True
-            self.event("rollback", **{k: info[k] for k in ("restored_step", "restored_epoch", "alarm_step",
-                                                           "alarm_rule", "mitigation", "rollbacks")})
+            self.event("rollback", **{k: info[k] for k in ("trigger", "restored_step", "restored_epoch",
+                                                           "alarm_step", "alarm_rule", "mitigation", "rollbacks")})
             self.reset_co()
             message = (f"restored the state of step {info['restored_step']} (roll-back {info['rollbacks']} of "
                        f"{info['max_rollbacks']}); switch the attack to {info['mitigation'] or 'a stronger one'}")
@@ -378,7 +391,8 @@ class Monitor:
         if self.options.on_co is not None:
             self.options.on_co(info)
         else:
-            warnings.warn(f"codiag.monitor guard: CO alarm at step {alarm.get('step')}: {message}", UserWarning,
+            what = "CO alarm" if kind == "alarm" else "CO warning"
+            warnings.warn(f"codiag.monitor guard: {what} at step {alarm.get('step')}: {message}", UserWarning,
                           stacklevel=2)
 
     def _after_full_event(self, values: Mapping[tuple[str, str], float]) -> None:

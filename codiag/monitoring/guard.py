@@ -17,9 +17,9 @@ setting) driven by the monitor's alarm instead of a method's own flag. After
 ``collapsed`` event and ``mon.collapsed`` turns True (codiag's trainer then stops; the best
 checkpoint stays).
 
-The policy's ``on`` names what it acts on: ``("alarm",)`` now; ``"warning"`` is reserved
-for an early warning, which the monitor will feed through :meth:`GuardState.act` the same
-way. The guard's state (:meth:`GuardState.state_dict`) is weights-only data (no callables,
+The policy's ``on`` names what it acts on: ``("alarm",)`` by default; ``"warning"`` adds
+the monitor's early warning (``mon.co_warning``), fed through :meth:`GuardState.act` the
+same way. The guard's state (:meth:`GuardState.state_dict`) is weights-only data (no callables,
 no paths), so a resumable checkpoint can hold it.
 """
 from __future__ import annotations
