@@ -12,8 +12,8 @@ import inspect
 import sys
 from pathlib import Path
 
-from . import atomic
-from .methods import METHODS, fastat
+from . import atomic, fastat
+from .methods import METHODS
 from .methods.settings import SETTINGS
 from .probes import output_table
 

@@ -58,7 +58,7 @@ def published() -> pd.DataFrame:
 
 def benchmark_name(method: str) -> str | None:
     """The benchmark entry that codiag's ``method`` is compared with (None: the benchmark has none)."""
-    from codiag.methods.fastat import FASTAT_ROSTER
+    from codiag.fastat import FASTAT_ROSTER
 
     if method in COMPARE:
         return COMPARE[method]

@@ -414,8 +414,8 @@ def test_liet_matches_reference(eps):
 
 # ------------------------------------------------------------------------------------- the roster
 def test_fastat_roster_names_codiag_methods_with_valid_options():
+    from codiag.fastat import FASTAT_ROSTER
     from codiag.methods import METHODS, check_method
-    from codiag.methods.fastat import FASTAT_ROSTER
 
     assert len({e.benchmark for e in FASTAT_ROSTER}) == len(FASTAT_ROSTER) == 23    # 22 configs + SORA
     for e in FASTAT_ROSTER:

@@ -13,7 +13,7 @@ import pytest
 
 import codiag
 from codiag.cli import main
-from codiag.methods.fastat import FASTAT_ROSTER
+from codiag.fastat import FASTAT_ROSTER
 from codiag.sweeps.grid import cell_config, make_cells, protocol_of, split_method_args
 from codiag.sweeps.presets import SWEEP_PRESETS
 from codiag.trainer import TrainConfig

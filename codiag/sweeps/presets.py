@@ -21,7 +21,7 @@ line may bend at eps 0.2, where the table's settings apply. ATAS runs without it
 epochs in the embedded sweep (5 epochs would all be warm-up).
 
 ``fastat-cifar10`` is the FastAT Benchmark's leaderboard (Pan & Yao 2026): its roster under
-codiag's names (``codiag.methods.fastat``) and SORA, one eps, 3 seeds, under its protocol
+codiag's names (``codiag.fastat``) and SORA, one eps, 3 seeds, under its protocol
 (label smoothing, weight averaging, the best checkpoint by PGD-10 on held-out images,
 OneCycle); the ``leaderboard`` figure reports the raw, averaged and best models.
 """
@@ -91,11 +91,11 @@ NEWER_PAPER = SweepSpec(methods=NEWER_METHODS, eps=PAPER.eps, seeds=PAPER.seeds,
 
 def _fastat_roster() -> tuple[tuple[str, ...], dict[str, Any]]:
     """codiag's methods of the FastAT Benchmark's roster plus SORA, and the paper-scale options of
-    the benchmark's CIFAR-10 configs (``codiag.methods.fastat``) as ``METHOD.KEY`` method args.
+    the benchmark's CIFAR-10 configs (``codiag.fastat``) as ``METHOD.KEY`` method args.
     Where the roster maps two of the benchmark's entries to one codiag method, one run stands for
     both: ``aaer`` takes ``n_aaer``'s options (the entry the benchmark published), ``pgd`` is
     ``pgd_at_wa`` (the protocol's weight averaging is on for every method; its raw model is PGD-AT's)."""
-    from ..methods.fastat import FASTAT_ROSTER
+    from ..fastat import FASTAT_ROSTER  # torch-free: `codiag reproduce --help` loads this
 
     stands_for_both = {"rs_aaer", "pgd_at"}
     methods: dict[str, None] = {}
