@@ -377,11 +377,11 @@ def _sigterm_raises(on: bool) -> bool:
         if not main:
             return False
         _sigterm_users += 1
-        if _sigterm_users == 1:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                current = signal.getsignal(signum)
-                if current in (signal.SIG_DFL, signal.SIG_IGN, None):
-                    _previous_handlers[signum] = signal.signal(signum, _ours(signum))
+        for signum in (signal.SIGTERM, signal.SIGINT):   # at every open: someone may have reset them since
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, signal.SIG_IGN, None):
+                _previous_handlers.setdefault(signum, current)
+                signal.signal(signum, _ours(signum))
         return True
     if _sigterm_users > 0:
         _sigterm_users -= 1

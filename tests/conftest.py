@@ -42,16 +42,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)   # stable: the order inside each file is kept
 
 
+#: SIGTERM and SIGINT as the test session found them
+SESSION_SIGNALS = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
 @pytest.fixture(autouse=True)
 def _signal_handlers_restored():
-    """Each test leaves SIGTERM and SIGINT as it found them: a library started in-process (Ray's
-    driver, say) installs its own handlers, which codiag rightly leaves alone, and the next test in
-    that worker would meet them instead of the disposition it was written for."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    """Each test starts with SIGTERM and SIGINT as the session found them: a library started
+    in-process (Ray's driver installs a SIGTERM handler and keeps it after ``ray.shutdown()``,
+    also from a module-scoped fixture), which codiag rightly leaves alone, would otherwise meet
+    the next test in that worker instead of the disposition that test was written for."""
+    from codiag import runs
+    if runs._sigterm_users == 0:   # not while a run of an earlier test is still open (its handlers)
+        for s, handler in SESSION_SIGNALS.items():
+            if handler is not None and signal.getsignal(s) is not handler:
+                signal.signal(s, handler)
     yield
-    for s, handler in saved.items():
-        if signal.getsignal(s) is not handler and handler is not None:
-            signal.signal(s, handler)
 
 
 @pytest.fixture(scope="session")
