@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tensors import clamp_to_image, eval_mode
-from .base import Method, StateValue, register
+from .base import StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, SHARE, Flag, Optional
+from .clean_guided import CleanGuided
 
 
 def prob_gap(p_clean: Tensor, logits: Tensor) -> Tensor:
@@ -48,7 +49,7 @@ def prob_gap(p_clean: Tensor, logits: Tensor) -> Tensor:
 
 
 @register
-class GAT(Method):
+class GAT(CleanGuided):
     """Guided single-step attack from a random-sign start; clean CE + ``lam`` * L2 between softmax outputs."""
 
     name = "gat"
@@ -57,46 +58,15 @@ class GAT(Method):
     checks = {"lam": NON_NEGATIVE, "init": NON_NEGATIVE, "step": POSITIVE, "alternate": Flag(),
               "boost": POSITIVE, "boost_at": Optional(SHARE)}
 
-    def __init__(self, eps: float, **hparams: Any) -> None:
-        super().__init__(eps, **hparams)
-        self._steps_in_epoch = 0
-        self._cache: tuple[Tensor, Tensor] | None = None     # (x, clean logits with graph)
-        self._last_gap: Tensor | None = None
-
     def current_lam(self) -> float:
         """``lam``, times ``boost`` from epoch ``boost_at * epochs`` on (reference lines 249-254)."""
         if self.epochs and self.boost_at is not None and self.epoch >= round(float(self.boost_at) * int(self.epochs)):
             return float(self.lam) * float(self.boost)
         return float(self.lam)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        self._steps_in_epoch = 0
-
-    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """``init * eps`` times random signs (the reference's ``sign(0.5 - rand)``), inside [0, 1]."""
-        u = torch.rand(x.shape, generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
-        return clamp_to_image(x, float(self.init) * self.eps * torch.sign(0.5 - u))
-
-    def start(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
-              generator: torch.Generator | None = None) -> Tensor:
-        with self._call(generator, x.device) as gen:
-            return self._random_start(x, gen)
-
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        with self._call(generator, x.device) as gen:
-            pure = self._pure
-            start = self._random_start(x, gen)
-        if pure:
-            with torch.no_grad():
-                logits = model(x)
-            guided = 1.0
-        else:
-            logits = model(x)                        # kept for loss(): CE at the clean image
-            self._cache = (x, logits)
-            guided = float(self._steps_in_epoch % 2) if self.alternate else 1.0
-            self._steps_in_epoch += 1
+        start, logits, guided = self._clean_pass(model, x, generator)
         p_clean = F.softmax(logits.detach().float(), dim=1)
         x0 = (x + start).detach().requires_grad_(True)
         with eval_mode(model):
@@ -109,8 +79,7 @@ class GAT(Method):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
         logits_adv = model(x + delta)
-        cache, self._cache = self._cache, None
-        logits = cache[1] if cache is not None and cache[0] is x else model(x)
+        logits = self._clean(model, x)
         gap = prob_gap(F.softmax(logits.float(), dim=1), logits_adv)
         self._last_gap = gap.detach()
         return F.cross_entropy(logits, y) + self.current_lam() * gap

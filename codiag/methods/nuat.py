@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tensors import clamp_to_image, eval_mode
-from .base import Method, StateValue, register
+from .base import StateValue, register
 from .checks import NON_NEGATIVE, POSITIVE, Flag, Real
+from .clean_guided import CleanGuided
 
 
 def nuclear_gap(clean: Tensor, other: Tensor) -> Tensor:
@@ -48,7 +49,7 @@ def nuclear_gap(clean: Tensor, other: Tensor) -> Tensor:
 
 
 @register
-class NuAT(Method):
+class NuAT(CleanGuided):
     """Random-sign start, one step with an alternating nuclear-norm term; clean CE + ``lam_e`` * nuclear norm."""
 
     name = "nuat"
@@ -58,12 +59,6 @@ class NuAT(Method):
     checks = {"lam": NON_NEGATIVE, "init": NON_NEGATIVE, "step": POSITIVE, "alternate": Flag(),
               "eval_attack": Flag(), "ramp_share": Real(0, 1, lo_open=True)}
 
-    def __init__(self, eps: float, **hparams: Any) -> None:
-        super().__init__(eps, **hparams)
-        self._steps_in_epoch = 0
-        self._cache: tuple[Tensor, Tensor] | None = None     # (x, clean logits with graph)
-        self._last_gap: Tensor | None = None
-
     def current_lam(self) -> float:
         """``lam * min(epoch, R) / R`` with ``R = max(1, round(ramp_share * epochs))`` (``lam`` without epochs)."""
         if not self.epochs:
@@ -71,34 +66,9 @@ class NuAT(Method):
         ramp = max(1, round(float(self.ramp_share) * int(self.epochs)))
         return float(self.lam) * min(self.epoch, ramp) / ramp
 
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        self._steps_in_epoch = 0
-
-    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """``init * eps`` times random signs (the reference's ``sign(0.5 - rand)``), inside [0, 1]."""
-        u = torch.rand(x.shape, generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
-        return clamp_to_image(x, float(self.init) * self.eps * torch.sign(0.5 - u))
-
-    def start(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
-              generator: torch.Generator | None = None) -> Tensor:
-        with self._call(generator, x.device) as gen:
-            return self._random_start(x, gen)
-
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Any = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        with self._call(generator, x.device) as gen:
-            pure = self._pure
-            start = self._random_start(x, gen)
-        if pure:
-            with torch.no_grad():
-                logits = model(x)
-            term = 1.0
-        else:
-            logits = model(x)                        # kept for loss(): CE at the clean image
-            self._cache = (x, logits)
-            term = float(self._steps_in_epoch % 2) if self.alternate else 1.0
-            self._steps_in_epoch += 1
+        start, logits, term = self._clean_pass(model, x, generator)
         x0 = (x + start).detach().requires_grad_(True)
         lam = term * self.current_lam()
         with eval_mode(model, enabled=bool(self.eval_attack)):
@@ -112,8 +82,7 @@ class NuAT(Method):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
         logits_adv = model(x + delta)
-        cache, self._cache = self._cache, None
-        logits = cache[1] if cache is not None and cache[0] is x else model(x)
+        logits = self._clean(model, x)
         gap = nuclear_gap(logits, logits_adv)
         self._last_gap = gap.detach()
         return F.cross_entropy(logits, y) + self.current_lam() * gap
