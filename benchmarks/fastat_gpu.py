@@ -7,8 +7,8 @@ Benchmark's published CIFAR-10 numbers.
 What it runs: the preset's paper-scale protocol (``codiag.sweeps.presets.FASTAT_PAPER``: SGD 0.1
 momentum 0.9 weight decay 5e-4, OneCycle, batch 128, crop+flip, label smoothing 0.4, weight
 averaging tau 0.9995, 1000 held-out images and the best checkpoint by PGD-10 on them, the
-benchmark's method options) on CIFAR-10 at eps 8/255 with PreAct ResNet-18 (the benchmark trains
-ResNet-18), shortened: 5 methods (``--methods``: FGSM, FGSM-RS, N-FGSM, LIET, PGD-10-AT), 1 seed,
+benchmark's method options) on CIFAR-10 at eps 8/255 with the benchmark's post-activation
+ResNet-18, shortened: 5 methods (``--methods``: FGSM, FGSM-RS, N-FGSM, LIET, PGD-10-AT), 1 seed,
 ``--epochs`` 10 instead of 100 (the OneCycle schedule spans the 10), bf16 autocast, final PGD-50-10
 on the first ``--eval-n`` 1000 test images, no AutoAttack. The 5 runs share the GPU (``codiag.sweep``
 with ``runs_per_gpu`` 5). It prints our leaderboard (raw, averaged and best model; mean over the one

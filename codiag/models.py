@@ -12,6 +12,12 @@
   projection shortcut on the pre-activated input, final BatchNorm-ReLU, global
   average pooling. (GradAlign's copy drops the final BatchNorm-ReLU; we keep
   Wong's.)
+- ``resnet18``: the post-activation ResNet-18 for 32x32 images (He et al. 2016, "Deep Residual
+  Learning for Image Recognition") in its CIFAR form, the model of the FastAT Benchmark (Pan & Yao
+  2026): 3x3 stride-1 stem with BatchNorm-ReLU, basic blocks Conv-BN-ReLU-Conv-BN plus a shortcut
+  (1x1 conv + BN when the shape changes), ReLU after the sum, global average pooling. The benchmark
+  feeds unnormalised [0, 1] images; here the ``Normalize`` layer comes first as in every codiag model
+  (a per-channel affine map of the input, followed by the stem's BatchNorm).
 - ``wrn28_10`` / ``wrn34_10``: WideResNet (Zagoruyko & Komodakis 2016) as in
   the TRADES / Rice et al. code that ATAS and APART use (dropout 0 by default).
 
@@ -39,7 +45,8 @@ from .data import dataset_spec
 from .errors import UsageError
 
 __all__ = ["MODELS", "build_model", "first_conv", "Normalize", "cnn4", "small_cnn", "PreActBlock",
-           "PreActResNet", "preact_resnet18", "WideBasic", "WideResNet", "wrn28_10", "wrn34_10"]
+           "PreActResNet", "preact_resnet18", "BasicBlock", "ResNet", "resnet18", "WideBasic", "WideResNet",
+           "wrn28_10", "wrn34_10"]
 
 
 class Normalize(nn.Module):
@@ -169,6 +176,63 @@ def preact_resnet18(spec) -> PreActResNet:
 
 
 # ---------------------------------------------------------------------------------------------
+# ResNet-18, post-activation (He et al. 2016; the FastAT Benchmark's model)
+# ---------------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """Post-activation basic block: Conv3x3-BN-ReLU-Conv3x3-BN, plus the shortcut, then ReLU
+    (He et al. 2016, Fig. 2; option B shortcut: 1x1 conv + BN where the shape changes)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = (nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(planes))
+                         if stride != 1 or in_planes != planes else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (self.shortcut(x) if self.shortcut is not None else x))
+
+
+class ResNet(nn.Module):
+    """Post-activation ResNet for 32x32-class images: 3x3 stem with BN-ReLU, four stages (64, 128,
+    256, 512 channels), global average pooling, linear."""
+
+    def __init__(self, spec, num_blocks: Sequence[int] = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.conv1 = nn.Conv2d(spec.channels, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        in_planes = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            blocks = []
+            for s in [1 if i == 0 else 2] + [1] * (n - 1):
+                blocks.append(BasicBlock(in_planes, planes, s))
+                in_planes = planes
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(512, spec.num_classes)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The residual blocks in forward order (a list, not a registered module: no duplicate weights)."""
+        return [*self.layer1, *self.layer2, *self.layer3, *self.layer4]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def resnet18(spec) -> ResNet:
+    """ResNet-18, post-activation, CIFAR form (the FastAT Benchmark's model)."""
+    return ResNet(spec, (2, 2, 2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
 # WideResNet (Zagoruyko & Komodakis 2016; TRADES / Rice et al. wideresnet.py)
 # ---------------------------------------------------------------------------------------------
 class WideBasic(nn.Module):
@@ -259,6 +323,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn4": cnn4,
     "small_cnn": small_cnn,
     "preact_resnet18": preact_resnet18,
+    "resnet18": resnet18,
     "wrn28_10": wrn28_10,
     "wrn34_10": wrn34_10,
 }

@@ -7,7 +7,7 @@ from codiag.data import DATASETS, dataset_spec
 from codiag.errors import UsageError
 from codiag.models import MODELS, Normalize, PreActResNet, WideResNet, build_model, first_conv
 
-RESIDUAL_BLOCKS = {"preact_resnet18": 8, "wrn28_10": 12, "wrn34_10": 15}
+RESIDUAL_BLOCKS = {"preact_resnet18": 8, "resnet18": 8, "wrn28_10": 12, "wrn34_10": 15}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -20,7 +20,7 @@ def one_thread():
 
 
 def test_registry():
-    assert set(MODELS) == {"cnn4", "small_cnn", "preact_resnet18", "wrn28_10", "wrn34_10"}
+    assert set(MODELS) == {"cnn4", "small_cnn", "preact_resnet18", "resnet18", "wrn28_10", "wrn34_10"}
     with pytest.raises(UsageError, match="unknown model 'resnet50'"):
         build_model("resnet50", dataset_spec("cifar10"))
 
@@ -42,10 +42,10 @@ def test_output_shape_on_every_dataset(name, dataset):
     assert len(getattr(model, "blocks", [])) == RESIDUAL_BLOCKS.get(name, 0)
 
 
-@pytest.mark.parametrize("name", ["cnn4", "small_cnn", "preact_resnet18"])
+@pytest.mark.parametrize("name", ["cnn4", "small_cnn", "preact_resnet18", "resnet18"])
 def test_real_forward_and_input_gradient(name):
     torch.manual_seed(0)
-    spec = dataset_spec("fashion_mnist" if name != "preact_resnet18" else "cifar10")
+    spec = dataset_spec("fashion_mnist" if name not in ("preact_resnet18", "resnet18") else "cifar10")
     model = build_model(name, spec).eval()
     x = torch.rand(2, *spec.input_shape, requires_grad=True)
     out = model(x)
@@ -105,6 +105,23 @@ def test_residual_blocks_are_listed_in_forward_order_without_duplicate_weights()
     assert [b.conv1.out_channels for b in pre.blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
     assert [b.conv1.stride[0] for b in pre.blocks] == [1, 1, 2, 1, 2, 1, 2, 1]
     assert [b.conv1.out_channels for b in wrn.blocks] == [160] * 5 + [320] * 5 + [640] * 5
+
+
+def test_resnet18_is_the_post_activation_cifar_resnet():
+    """The FastAT Benchmark's ResNet-18 (the CIFAR form of He et al. 2016): 11,173,962 parameters on
+    CIFAR-10, a BN-ReLU stem, blocks that end in a ReLU after the sum, BN on the projection shortcut."""
+    spec = dataset_spec("cifar10")
+    torch.manual_seed(0)
+    model = build_model("resnet18", spec).eval()
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert [b.conv1.stride[0] for b in model.blocks] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert [b.shortcut is not None for b in model.blocks] == [False, False, True, False, True, False, True, False]
+    assert isinstance(model.blocks[2].shortcut[1], nn.BatchNorm2d)
+    outs = []
+    hook = model.blocks[0].register_forward_hook(lambda m, i, o: outs.append(o))
+    model(torch.rand(2, 3, 32, 32))
+    hook.remove()
+    assert outs[0].min() >= 0 and (outs[0] == 0).any()  # post-activation: a ReLU after the residual sum
 
 
 def test_widresnet_parameter_counts_match_the_published_models():

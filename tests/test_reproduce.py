@@ -43,7 +43,7 @@ def test_presets_refer_to_known_runs_figures_and_methods():
                 cfg = SPECS[scale][name].config
                 assert cfg["method"] in METHODS, (preset.name, name)
                 if scale == "paper" and cfg["model"] != "cnn4":
-                    assert cfg["model"] == "preact_resnet18" and cfg["dataset"] == "cifar10"
+                    assert cfg["model"] in ("preact_resnet18", "resnet18") and cfg["dataset"] == "cifar10"
     fig11 = SPECS["embedded"][PRESETS["gradalign-fig11"].runs["embedded"][0]].config
     assert fig11["dataset"] == "cifar10" and fig11["model"] == "cnn4"
     assert fig11["eps"] == pytest.approx(10 / 255) and fig11["epochs"] == 30

@@ -50,7 +50,7 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--data-root", default=d.data_root,
                    help="folder in torchvision's layout (needed for all but fashion_mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    p.add_argument("--model", default=d.model, help="cnn4, small_cnn, preact_resnet18, wrn28_10, wrn34_10")
+    p.add_argument("--model", default=d.model, help="cnn4, small_cnn, preact_resnet18, resnet18, wrn28_10, wrn34_10")
     p.add_argument("--method", default=d.method, help="training method (see `codiag train --list-methods`)")
     p.add_argument("--method-arg", "-m", action="append", type=_method_arg, default=[],
                    metavar="KEY=VALUE", help="method hyper-parameter, repeatable (e.g. -m q=0.35)")

@@ -113,10 +113,10 @@ FASTAT_METHODS, FASTAT_METHOD_ARGS = _fastat_roster()
 #: The benchmark's protocol (its README and configs/cifar10/common.yaml): SGD 0.1 (momentum 0.9, weight
 #: decay 5e-4), OneCycle stepped per epoch, 100 epochs, batch 128, crop+flip, label smoothing 0.4,
 #: weight averaging tau 0.9995, 1000 held-out images and the best checkpoint by PGD-10 on them.
-#: The benchmark trains ResNet-18 (post-activation); codiag has PreAct ResNet-18, used here.
+#: The benchmark's model: ResNet-18, post-activation (``resnet18``).
 FASTAT_PAPER = SweepSpec(
     methods=FASTAT_METHODS, eps=("8/255",), seeds=(0, 1, 2),
-    options=dict(dataset="cifar10", model="preact_resnet18", epochs=100, optimizer="sgd", lr=0.1,
+    options=dict(dataset="cifar10", model="resnet18", epochs=100, optimizer="sgd", lr=0.1,
                  momentum=0.9, weight_decay=5e-4, lr_schedule="onecycle", batch_size=128, train_limit=None,
                  label_smoothing=0.4, weight_averaging=0.9995, val_split=1000, select="best",
                  probes="robust_acc,grad_align", eval_n=10000, eval_steps=50, eval_restarts=10, autoattack=True),
@@ -152,8 +152,8 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
     SweepPreset("fastat-cifar10", "the FastAT Benchmark's CIFAR-10 leaderboard",
                 "the FastAT Benchmark's methods and SORA under its protocol (WA, best checkpoint), 3 seeds",
                 ("leaderboard",), {"embedded": FASTAT_EMBEDDED, "paper": FASTAT_PAPER},
-                note="paper scale is the benchmark's protocol with PreAct ResNet-18 (the benchmark trains "
-                     "ResNet-18) and its published numbers beside ours; embedded scale is the same protocol "
+                note="paper scale is the benchmark's protocol and model (ResNet-18) with its published "
+                     "numbers beside ours; embedded scale is the same protocol "
                      "on 5000 Fashion-MNIST images with the 4-filter CNN at eps 0.2 (no published numbers); "
                      "FGSM-FUAP is not in codiag"),
 ]}
