@@ -79,6 +79,7 @@ METHODS: list[tuple[str, str, dict, int]] = [
     ("fgsm_rs_cs", "fgsm_rs_cs", {}, 1),                   # (epochs 2+) is element-wise on a scalar
     ("fgsm_uap", "fgsm_uap", {}, 1),
     ("fgsm_cuap", "fgsm_cuap", {}, 1),
+    ("fgsm_fuap", "fgsm_fuap", {}, 1),                     # + a features forward without gradient
     ("ssat", "ssat", {}, 1),
     ("fgsm_pco", "fgsm_pco", {}, 1),
     ("liet", "liet", {}, 1),                               # label information every 20 steps, its default

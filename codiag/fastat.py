@@ -46,7 +46,7 @@ FASTAT_ROSTER: tuple[RosterEntry, ...] = (
     RosterEntry("elle", "elle", {}, "its config's lambda options not mapped"),
     RosterEntry("fgsm_uap", "fgsm_uap"),
     RosterEntry("fgsm_cuap", "fgsm_cuap"),
-    RosterEntry("fgsm_fuap", None, {}, "not in codiag yet (needs the network's penultimate features)"),
+    RosterEntry("fgsm_fuap", "fgsm_fuap"),
     RosterEntry("liet", "liet"),
     RosterEntry("pgd_at", "pgd"),
     RosterEntry("pgd_at_wa", "pgd", {}, "with the protocol's weight averaging"),

@@ -135,7 +135,9 @@ METHOD_TITLES = {
     "multigrad": "MultiGrad", "pgd": "PGD", "pgd10": "PGD-10", "pgd2": "PGD-2", "atas": "ATAS", "atta": "ATTA",
     "apart": "APART", "apart_simple": "APART (simplified)", "elle": "ELLE", "elle_a": "ELLE-A", "aaer": "AAER",
     "fgsm_pgi": "FGSM-PGI", "gat": "GAT", "free": "Free-AT", "cure": "CURE", "grad_clip": "gradient clipping",
-    "grad_penalty": "gradient penalty",
+    "grad_penalty": "gradient penalty", "sora": "SORA", "nuat": "NuAT", "fgsm_mep": "FGSM-MEP",
+    "fgsm_mep_cs": "FGSM-MEP-CS", "fgsm_rs_cs": "FGSM-RS-CS", "fgsm_uap": "FGSM-UAP", "fgsm_cuap": "FGSM-CUAP",
+    "fgsm_fuap": "FGSM-FUAP", "liet": "LIET", "ssat": "SSAT", "fgsm_pco": "FGSM-PCO",
 }
 
 

@@ -345,6 +345,124 @@ def test_fgsm_uap_matches_reference(name):
     assert method.state()["output_mse"] > 0
 
 
+# ------------------------------------------------------------------------------------------ FGSM-FUAP
+def tiny_features(model, x):
+    """TinyBN's forward up to its linear layer: the benchmark's ``feature_layer=4`` (the pooled last stage
+    of its FeatureResNet18, which is the input of its linear layer)."""
+    h = F.relu(model.bn1(model.conv1(x)))
+    return F.relu(model.bn2(model.conv2(h))).flatten(1)
+
+
+def ref_fuap_step(model, opt, images, labels, eps, uaps, momentum, head, g, uap_eps, lam=10.0, decay=0.3):
+    """fzjcdt/FastAT_Benchmark ``fast_at/fgsm_fuap.py`` ``train`` and ``FeatureLayer`` (no licence: their logic
+    in our words): a random start U[-eps, eps] into the image; the network's penultimate features there,
+    without gradient, in train mode; the head's cluster scores W1 f + b1 (``uap_linear``, 50 clusters) pick
+    each sample's universal perturbation (argmax) before the head takes one Adam step (lr 0.001) on
+    CE(W2 relu(scores) + b2, labels); the start plus that perturbation, into the eps ball and the image;
+    one step of eps along the sign of the CE's gradient there, into the eps ball and the image; CE + lam *
+    MSE of the two outputs; then each cluster's momentum takes the mean over its samples of g / ||g||_1
+    (whole batch) plus 0.3 times itself, and its perturbation a signed step of uap_eps, clipped to uap_eps.
+    The head is built at the first step (after the first random start) with nn.Linear's initial
+    distribution, drawn from ``g``."""
+    adv = torch.clamp(images + uniform(images.shape, eps, g), 0, 1)
+    with torch.no_grad():
+        feature = tiny_features(model, adv)
+    if not head:
+        k, d, c = uaps.shape[0], feature.shape[1], 10
+        head["w1"], head["b1"] = uniform((k, d), d ** -0.5, g), uniform((k,), d ** -0.5, g)
+        head["w2"], head["b2"] = uniform((c, k), k ** -0.5, g), uniform((c,), k ** -0.5, g)
+        params = [head[n].requires_grad_(True) for n in ("w1", "b1", "w2", "b2")]
+        head["opt"] = torch.optim.Adam(params, lr=0.001)
+    scores = F.linear(feature, head["w1"], head["b1"])
+    out = F.linear(F.relu(scores), head["w2"], head["b2"])
+    rows = scores.max(dim=1)[1]
+    noise = uaps[rows].clone()
+    head["opt"].zero_grad()
+    F.cross_entropy(out, labels).backward()
+    head["opt"].step()
+    delta = clamp(adv + noise - images, -eps, eps)
+    adv = torch.clamp(images + delta, 0, 1).detach().requires_grad_(True)
+    ori_output = model(adv)
+    (grad,) = torch.autograd.grad(F.cross_entropy(ori_output, labels), adv, retain_graph=True)
+    delta = clamp(adv.detach() + eps * torch.sign(grad) - images, -eps, eps)
+    adv = torch.clamp(images + delta, 0, 1).detach()
+    output = model(adv)
+    loss = F.cross_entropy(output, labels) + lam * F.mse_loss(output, ori_output)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    cur = grad / torch.norm(grad, p=1)
+    for r in set(rows.tolist()):
+        momentum[r] = cur[rows == r].mean(dim=0) + momentum[r] * decay
+        uaps[r] = clamp(uaps[r] + uap_eps * torch.sign(momentum[r]), -uap_eps, uap_eps)
+    return adv - images, loss.detach(), rows
+
+
+def test_fgsm_fuap_matches_reference():
+    ref, ref_opt, ours, our_opt = twins()          # TinyBN: the features forward moves BatchNorm statistics too
+    method = get_method("fgsm_fuap", EPS)
+    uap_eps, shape = 1.25 * EPS, (50, 3, 8, 8)
+    g = generator_copy(method)
+    uaps = uap_eps * torch.sign(uniform(torch.Size(shape), uap_eps, g))
+    first = uaps.clone()
+    momentum, head = torch.zeros(shape), {}
+    used = set()
+    for step in range(3):
+        x, y = make_batch(n=16, seed=step)
+        *expected, rows = ref_fuap_step(ref, ref_opt, x, y, EPS, uaps, momentum, head, g, uap_eps)
+        assert_same_step(tuple(expected), ours_step(method, ours, our_opt, x, y), ref, ours)
+        assert_close("universal perturbations", uaps, method.uap)
+        assert_close("momenta", momentum, method.uap_momentum)
+        for n in ("w1", "b1", "w2", "b2"):
+            assert_close(f"head {n}", head[n], getattr(method, f"head_{n}"))
+        assert method.state()["clusters_used"] == len(set(rows.tolist()))
+        used |= set(rows.tolist())
+    # several clusters took samples, and their perturbations moved from the first draw
+    assert len(used) > 1 and not torch.equal(uaps, first) and method.state()["output_mse"] > 0
+
+
+def test_fgsm_fuap_probe_calls_leave_its_state_alone_and_features_come_from_a_named_module():
+    from codiag.errors import UsageError
+
+    _, _, model, opt = twins()
+    x, y = make_batch(n=16)
+    method = get_method("fgsm_fuap", EPS)
+    method.train_step(model, opt, x, y)
+    before = [t.clone() for t in (method.uap, method.uap_momentum, method.head_w1, method.head_b2,
+                                  method.generator("cpu").get_state())]
+    method.perturb(model, x, y, generator=torch.Generator().manual_seed(5))
+    method.start(model, x, y, generator=torch.Generator().manual_seed(5))
+    after = (method.uap, method.uap_momentum, method.head_w1, method.head_b2, method.generator("cpu").get_state())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    # naming the linear layer is the default; another module's input is another feature space
+    named = get_method("fgsm_fuap", EPS, feature_module="fc")
+    start = named.start(model, x, y, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(start, get_method("fgsm_fuap", EPS).start(model, x, y, generator=torch.Generator(
+        ).manual_seed(5)))
+    with pytest.raises(UsageError, match="no module named 'head'"):
+        get_method("fgsm_fuap", EPS, feature_module="head").train_step(model, opt, x, y)
+    with pytest.raises(UsageError, match="no nn.Linear; name the module"):
+        get_method("fgsm_fuap", EPS).train_step(torch.nn.Sequential(torch.nn.Conv2d(3, 10, 8), torch.nn.Flatten()),
+                                                opt, x, y)
+
+
+@pytest.mark.slow
+def test_fgsm_fuap_trains_an_epoch_under_the_protocol_and_reports_its_cost(tmp_path):
+    """A real short training (cnn4, Fashion-MNIST, label smoothing 0.4 on every cross entropy, the
+    head's too): the features come from cnn4's linear layer, and run.json counts FGSM-UAP's passes plus
+    the features forward."""
+    from codiag.runs import load_run
+    from codiag.trainer import train
+
+    train(dict(out=str(tmp_path / "run"), method="fgsm_fuap", epochs=1, train_limit=256, batch_size=64,
+               label_smoothing=0.4, probes=["method_state"], probe_n=32, eval_n=32, eval_steps=3,
+               eval_restarts=1, progress=False, checkpoint=False))
+    run = load_run(tmp_path / "run")
+    assert run.meta["status"] == "finished"
+    assert run.meta["cost"] == {"grad_evals_per_step": 3.0, "forwards_per_step": 3.0}
+    assert run.scalar("method_state", "clusters_used")["value"].iloc[-1] >= 1
+
+
 # ------------------------------------------------------------------------------------------- LIET
 def ref_random_smoothed_ce(logits, target, ls, g):
     """The benchmark's ``CustomCrossEntropyLoss`` (logic in our words): 1 - ls on the label, ls split over
@@ -418,6 +536,7 @@ def test_fastat_roster_names_codiag_methods_with_valid_options():
     from codiag.methods import METHODS, check_method
 
     assert len({e.benchmark for e in FASTAT_ROSTER}) == len(FASTAT_ROSTER) == 23    # 22 configs + SORA
+    assert all(e.codiag is not None for e in FASTAT_ROSTER)                         # every one in codiag
     for e in FASTAT_ROSTER:
         if e.codiag is not None:
             assert e.codiag in METHODS, e

@@ -76,13 +76,13 @@ def test_fastat_preset_definition():
     preset = SWEEP_PRESETS["fastat-cifar10"]
     emb, pap = preset.scales["embedded"], preset.scales["paper"]
     roster = {e.codiag for e in FASTAT_ROSTER if e.codiag}
-    assert set(pap.methods) == set(emb.methods) == roster and "sora" in roster and len(pap.methods) == 20
+    assert set(pap.methods) == set(emb.methods) == roster and "sora" in roster and len(pap.methods) == 21
     assert pap.seeds == emb.seeds == (0, 1, 2) and pap.eps == ("8/255",) and preset.figures == ("leaderboard",)
     for spec in (emb, pap):
         protocol = protocol_of(spec.options, split_method_args(spec.method_args, spec.methods))
         cfgs = {c.name: TrainConfig.from_dict(cell_config(c, protocol, "x", device="cpu"))
                 for c in make_cells(spec.methods, spec.eps, spec.seeds)}
-        assert len(cfgs) == spec.runs == 60
+        assert len(cfgs) == spec.runs == 63
         for cfg in cfgs.values():
             assert (cfg.lr_schedule, cfg.select, cfg.label_smoothing) == ("onecycle", "best", 0.4)
             assert cfg.val_split > 0 and cfg.weight_averaging is not None

@@ -261,3 +261,14 @@ def test_summary_and_curves_of_a_monitor_run_with_shared_steps_and_confirmations
     assert (row["pgd_acc"], row["fgsm_acc"], row["pgd_attack"]) == (0.02, 0.22, "PGD-10-1")
     fig = training_curves(run, tmp_path / "out")
     assert all(p.stat().st_size > 0 for p in fig.files.values()) and "hollow diamonds" in fig.caption
+
+
+def test_every_codiag_method_has_its_papers_name_on_the_figures():
+    from codiag.methods import METHODS
+    from codiag.reports.base import METHOD_TITLES, method_title
+
+    ours = {name for name, cls in METHODS.items() if cls.__module__.startswith("codiag.methods.")}
+    assert sorted(ours - set(METHOD_TITLES)) == [] and set(METHOD_TITLES) <= ours
+    assert [method_title(n) for n in ("fgsm_fuap", "nuat", "fgsm_mep_cs", "sora")] == [
+        "FGSM-FUAP", "NuAT", "FGSM-MEP-CS", "SORA"]
+    assert method_title("main.<locals>.<lambda>") == "lambda in main"       # a user's attack: readable

@@ -36,6 +36,7 @@ fgsm_rs_cs             FGSM-RS + convergence stride (ConvergeSmooth, ICCV 23)   
 fgsm_mep_cs            FGSM-MEP + convergence stride (ConvergeSmooth, ICCV 23)      converge_smooth.py
 fgsm_uap               FGSM from a learned universal perturbation (AAAI 24)         fgsm_uap.py
 fgsm_cuap              FGSM-UAP with one perturbation per class (AAAI 24)           fgsm_uap.py
+fgsm_fuap              FGSM-UAP with one perturbation per feature cluster (AAAI 24) fgsm_fuap.py
 liet                   label-information start, JS term (ICCV 25)                   liet.py
 ssat                   FGSM-RS at the first fooling checkpoint (AAAI 21)            ssat.py
 fgsm_pco               prior FGSM, confidence-weighted mix (ECCV 24)                fgsm_pco.py
@@ -75,7 +76,7 @@ from .base import METHODS, Method, check_method, get_method, register
 _MODULES = ("fgsm", "fgsm_rs", "reduced_fgsm", "n_fgsm", "pgd", "free", "grad_clip",
             "zerograd", "zerograd_rollback", "multigrad", "gradalign", "grad_penalty", "cure",
             "atta", "atas", "apart", "apart_simple", "elle", "elle_a", "aaer", "fgsm_pgi", "gat",
-            "sora", "nuat", "fgsm_mep", "converge_smooth", "fgsm_uap", "liet", "ssat", "fgsm_pco")
+            "sora", "nuat", "fgsm_mep", "converge_smooth", "fgsm_uap", "fgsm_fuap", "liet", "ssat", "fgsm_pco")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 

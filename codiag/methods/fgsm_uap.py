@@ -24,7 +24,7 @@ corners of radius ``uap_radius * eps`` from the probe's generator.
 
 Defaults (the benchmark's CIFAR-10 configs): ``step = 1`` (alpha = eps), ``lam = 10``, ``decay =
 0.3``, ``uap_radius = 1.25``. FGSM-FUAP (one perturbation per cluster of a learned feature head) is
-not here: it needs the network's penultimate features.
+``fgsm_fuap.py``.
 
 Cost: FGSM-PGI's passes and the update of one (or ``classes``) image-sized tensor per step.
 """
@@ -96,12 +96,19 @@ class FGSMUAP(Method):
                         classes = model(x[:1]).shape[1]
                 self._ensure(x, classes, gen)
             start = self._start(x, y, gen)
+        return self._fgsm_from(model, x, y, start, y, pure)
+
+    def _fgsm_from(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, rows: Tensor, pure: bool
+                   ) -> Tensor:
+        """One step of ``step * eps`` along the sign of the CE's input gradient at ``x + start``, into the
+        eps ball and the image; a training call keeps the gradient and the logits for :meth:`loss`, and
+        the ``rows`` of ``u`` whose perturbation the gradient updates (labels for -UAP and -CUAP)."""
         x0 = (x + start).detach().requires_grad_(True)
         logits0 = model(x0)
         keep = not pure and float(self.lam) > 0
         (grad,) = torch.autograd.grad(F.cross_entropy(logits0, y, reduction="sum"), x0, retain_graph=keep)
         if not pure:
-            self._cache = (x, y, grad.detach(), logits0 if keep else logits0.detach())
+            self._cache = (x, rows, grad.detach(), logits0 if keep else logits0.detach())
         delta = (start + float(self.step) * self.eps * grad.sign()).clamp(-self.eps, self.eps)
         return clamp_to_image(x, delta).detach()
 

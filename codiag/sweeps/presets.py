@@ -154,8 +154,7 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {p.name: p for p in [
                 ("leaderboard",), {"embedded": FASTAT_EMBEDDED, "paper": FASTAT_PAPER},
                 note="paper scale is the benchmark's protocol and model (ResNet-18) with its published "
                      "numbers beside ours; embedded scale is the same protocol "
-                     "on 5000 Fashion-MNIST images with the 4-filter CNN at eps 0.2 (no published numbers); "
-                     "FGSM-FUAP is not in codiag"),
+                     "on 5000 Fashion-MNIST images with the 4-filter CNN at eps 0.2 (no published numbers)"),
 ]}
 
 #: ``--quick``: the same grid as a smoke test (seconds per run).
