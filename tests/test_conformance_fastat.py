@@ -543,6 +543,37 @@ def test_fastat_roster_names_codiag_methods_with_valid_options():
             check_method(e.codiag, e.hparams)       # raises UsageError on an unknown option or value
 
 
+@pytest.mark.slow
+def test_every_roster_method_trains_one_short_epoch_with_its_benchmark_options(tmp_path):
+    """Each of the benchmark's methods (with the options its CIFAR-10 config sets) and SORA trains one
+    short epoch in codiag's trainer under the protocol (label smoothing, weight averaging, a held-out
+    split and the best checkpoint): run.json finished, finite accuracies, a cost counted on the model."""
+    from codiag.fastat import FASTAT_ROSTER
+    from codiag.runs import load_run
+    from codiag.trainer import train
+
+    seen, threads = set(), torch.get_num_threads()
+    torch.set_num_threads(1)          # tiny batches: more threads only add overhead
+    try:
+        for e in FASTAT_ROSTER:
+            if (e.codiag, tuple(sorted(e.hparams.items()))) in seen:
+                continue
+            seen.add((e.codiag, tuple(sorted(e.hparams.items()))))
+            out = tmp_path / e.benchmark
+            train(dict(out=str(out), method=e.codiag, method_args=dict(e.hparams), epochs=1, train_limit=96,
+                       batch_size=32, label_smoothing=0.4, weight_averaging=0.9, val_split=32, select="best",
+                       probes=["robust_acc"], probe_n=16, eval_n=16, eval_steps=2, eval_restarts=1,
+                       progress=False, checkpoint=False))
+            meta = load_run(out).meta
+            assert meta["status"] == "finished", e.benchmark
+            assert 0 <= meta["final"]["pgd_acc"] <= 1, e.benchmark
+            assert 0 <= meta["final"]["averaged"]["pgd_acc"] <= 1, e.benchmark
+            assert meta["cost"]["grad_evals_per_step"] >= 1, e.benchmark
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 22          # 21 configurations (pgd_at and pgd_at_wa train alike) and SORA
+
+
 # ------------------------------------------------------------------------------------------- SSAT
 def ref_ssat_step(model, opt, images, labels, eps, alpha, g, c=3):
     """fzjcdt/FastAT_Benchmark ``fast_at/ssat.py`` (no licence: its logic in our words): FGSM-RS (uniform
