@@ -319,3 +319,41 @@ def test_trainer_policies_build_their_mitigation():
                 dict(method="zerograd_rollback", guard="auto"), dict(method="pgd10", guard="halve-step")):
         with pytest.raises(UsageError):
             TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, **bad))
+
+
+def test_the_rollback_target_is_the_latest_event_that_shows_no_collapse():
+    """A full event is a roll-back target where no alarm stands and its accuracies show no collapse: PGD
+    accuracy at least 0.6 of the best so far, not PGD <= 0.1 with FGSM 0.25 above it. An event the detector
+    is only ``suspect`` of (a run not yet robust) is one; the confirming measurement's accuracies count."""
+    from codiag.monitoring.guard import Guard, GuardState
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = GuardState(Guard())
+
+    def event(step, pgd, fgsm, confirm=None, **flags):
+        with torch.no_grad():
+            model.weight.fill_(step)         # the weights tell the snapshots apart
+        values = {("robust_acc", "pgd_acc"): pgd, ("robust_acc", "fgsm_acc"): fgsm}
+        if confirm is not None:
+            values.update({("confirm", "pgd_acc"): confirm[0], ("confirm", "fgsm_acc"): confirm[1]})
+        guard.observe(model, opt, step, step // 32, values, **flags)
+        return None if guard.snapshot is None else guard.snapshot.step
+
+    assert event(0, 0.0, 0.0) == 0
+    assert event(32, 0.05, 0.32) == 0                              # in the signature
+    assert event(64, 0.043, 0.262, confirm=(0.043, 0.234), suspect=True) == 64   # near a line: not yet robust
+    assert event(96, 0.05, 0.2, confirm=(0.04, 0.3)) == 64        # the confirmation (more points) decides
+    assert event(128, 0.2, 0.3) == 128                             # the best so far
+    assert event(160, 0.11, 0.2) == 128                            # under 0.6 of it: falling
+    assert event(192, 0.13, 0.2) == 192
+    assert event(224, 0.3, 0.35, alarmed=True) == 192              # an alarm stands
+    assert event(256, 0.5, 0.5, suspect=False) == 256 and guard.peak == 0.5
+    assert guard.act(model, opt, {"step": 288, "rule": "user"})["restored_step"] == 256
+    assert model.weight.eq(256).all() and guard.peak == 0.5
+    assert event(288, 0.28, 0.4) == 256                            # the restored trajectory's peak is kept
+    # no robust accuracies recorded: the detector's ``suspect`` decides
+    assert event(320, float("nan"), 0.4, suspect=True) == 256 and event(352, float("nan"), 0.4) == 352
+    again = GuardState(Guard())
+    again.load_state_dict(guard.state_dict())
+    assert (again.peak, again.snapshot_peak, again.snapshot.step) == (0.5, 0.5, 352)
