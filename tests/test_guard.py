@@ -357,3 +357,40 @@ def test_the_rollback_target_is_the_latest_event_that_shows_no_collapse():
     again = GuardState(Guard())
     again.load_state_dict(guard.state_dict())
     assert (again.peak, again.snapshot_peak, again.snapshot.step) == (0.5, 0.5, 352)
+
+
+def test_the_trainers_weight_average_goes_back_with_the_rollback():
+    """``codiag train --guard --weight-averaging TAU``: the EMA is part of the snapshot; the roll-back puts
+    it back as it was at the restored event (its update count too), however far it moved since."""
+    from codiag.monitoring.guard import GuardState
+    from codiag.protocol import averaged_model
+    from codiag.trainer import TrainConfig, build_method
+    from codiag.trainer_guard import TrainerGuard
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = averaged_model(model, 0.9)
+    cfg = TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, method="fgsm", guard="n_fgsm",
+                                     weight_averaging=0.9))
+    rescue = TrainerGuard(cfg, 100, build_method(cfg, 100), ema)
+    guard = GuardState(rescue.policy())
+
+    def steps(n):
+        for _ in range(n):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01)
+            ema.update_parameters(model)
+
+    steps(3)
+    guard.observe(model, opt, 3, 1, {("robust_acc", "pgd_acc"): 0.3, ("robust_acc", "fgsm_acc"): 0.35})
+    kept = copy.deepcopy(ema.state_dict())
+    steps(5)
+    rescue.on_co(guard.act(model, opt, {"step": 8, "rule": "user"}))
+    method, position = rescue.switch()
+    assert method.name == "n_fgsm" and position == 0
+    for k, v in kept.items():
+        assert torch.equal(ema.state_dict()[k], v), k
+    assert int(ema.n_averaged) == 3
+    steps(1)                                     # training on does not write into the snapshot
+    assert torch.equal(guard.snapshot.extra["averaged"]["module.0.weight"], kept["module.0.weight"])
