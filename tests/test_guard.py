@@ -394,3 +394,36 @@ def test_the_trainers_weight_average_goes_back_with_the_rollback():
     assert int(ema.n_averaged) == 3
     steps(1)                                     # training on does not write into the snapshot
     assert torch.equal(guard.snapshot.extra["averaged"]["module.0.weight"], kept["module.0.weight"])
+
+
+class WarnFrom:
+    """A warning rule (the interface of codiag.detector.COWarning) that holds from ``step`` on."""
+
+    def __init__(self, step: int) -> None:
+        self.at, self.warning = step, None
+
+    def update(self, step, epoch, values):
+        if self.warning is None and step >= self.at:
+            self.warning = {"step": int(step), "epoch": int(epoch), "rule": "user", "reason": "test", "signals": {}}
+            return self.warning
+        return None
+
+    def reset(self) -> None:
+        self.warning = None
+
+
+def test_on_event_carries_the_warning_and_the_alarm(tmp_path, data):
+    """The dict passed to ``on_event`` has ``co_warning`` (None until the warning, then mon.co_warning)
+    beside ``co_alarm``, at every event."""
+    batches, probe = data
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    attack, seen = fgsm(EPS), []
+    with monitor(model, opt, tmp_path / "run", EPS, probe_data=probe, attack=attack, detector=AlarmFrom(16),
+                 on_event=seen.append, **options()) as mon:
+        mon.alarm.warner = WarnFrom(8)
+        loop(model, opt, batches[:20], lambda: attack, mon)
+    assert mon.co_warning["step"] == 8 and mon.co_alarm["step"] == 16
+    by_step = [(e["step"], (e["co_warning"] or {}).get("step"), (e["co_alarm"] or {}).get("step")) for e in seen]
+    assert by_step == [(0, None, None), (4, None, None), (8, 8, None), (12, 8, None), (16, 8, 16), (20, 8, 16)]
+    assert seen[-1]["co_warning"] == mon.co_warning

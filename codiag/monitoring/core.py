@@ -493,7 +493,7 @@ class Monitor:
         if self.options.on_event is not None:
             self.options.on_event({"step": ctx.step, "epoch": ctx.epoch, "light": light,
                                    "values": {f"{p}/{k}": v for (p, k), v in values.items()},
-                                   "co_alarm": self.co_alarm})
+                                   "co_alarm": self.co_alarm, "co_warning": self.co_warning})
 
     def _measure(self, points: ProbeSet, probes: list, first: bool = False, name: str | None = None) -> ProbeContext:
         """Run ``probes`` on ``points`` now, isolated; failures are counted under the probe's name (or ``name``)."""
