@@ -14,12 +14,16 @@ policy's method for the rest of training:
   (``codiag.methods.settings.guard_mitigation``).
 
 The schedule restarts at the start of the restored event's epoch (at an epoch's end: the next
-epoch). The guard's state (which method runs, its snapshot, its roll-backs) goes into the
-resumable checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
+epoch), and the weight average of ``--weight-averaging`` (an EMA updated every step) goes back
+to its state at the restored event, so the steps rolled back leave no trace in it. The guard's
+state (which method runs, its snapshot with the EMA's, its roll-backs) goes into the resumable
+checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from torch import nn
 
 from .errors import UsageError
 from .methods import METHODS, Method, get_method
@@ -57,8 +61,9 @@ class TrainerGuard:
     """The trainer's guard: the policy for the monitor, the pending roll-back, the switched method.
     Without ``cfg.guard`` it is inert (no policy, never pending)."""
 
-    def __init__(self, cfg: Any, num_samples: int, method: Method) -> None:
+    def __init__(self, cfg: Any, num_samples: int, method: Method, averaged: nn.Module | None = None) -> None:
         self.cfg, self.num_samples = cfg, num_samples
+        self.averaged = averaged   # the EMA of --weight-averaging (torch's AveragedModel), rolled back with the run
         self.enabled = cfg.guard is not None
         self.policy_name = canonical_policy(cfg.guard) if self.enabled else None
         self.mitigation = (guard_mitigation(cfg.dataset, cfg.eps) if self.policy_name == "auto"
@@ -75,7 +80,10 @@ class TrainerGuard:
         return Guard(mitigation=self.mitigation, max_rollbacks=3, extra_state=self.extra_state)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
+        state = {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
+        return state
 
     def callback(self) -> Any:
         """The monitor's ``on_co`` (None without ``--guard``)."""
@@ -107,6 +115,8 @@ class TrainerGuard:
         info, self.pending = self.pending or {}, None
         extra = info.get("extra") or {}
         method = self.mitigated_method()
+        if self.averaged is not None and "averaged" in extra:
+            self.averaged.load_state_dict(extra["averaged"])    # copies into the EMA's own tensors
         if extra.get("mitigated"):   # the restored state was already the mitigation's: its state too
             method.load_state_dict(extra["method"])
         self.method, self.mitigated = method, True

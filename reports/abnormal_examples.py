@@ -10,7 +10,19 @@ import matplotlib.pyplot as plt
 from codiag.probes.abnormal_examples import AbnormalExamples
 from codiag.runs import Run
 
-from .base import Figure, co_point, curve, mark_co, method_label, needs, recorded, save, style, twin_adv_acc
+from .base import (
+    Figure,
+    co_point,
+    curve,
+    event_marks,
+    mark_co,
+    method_label,
+    needs,
+    recorded,
+    save,
+    style,
+    twin_adv_acc,
+)
 
 
 @needs(AbnormalExamples.share)
@@ -28,7 +40,7 @@ def abnormal_examples(run: Run, out_dir: Path) -> Figure:
         ax.set_ylabel("share of abnormal examples")
         ax.set_ylim(bottom=0)
         ax.set_title(f"{method_label(run)}: abnormal adversarial examples (AAER)")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         twin_adv_acc(ax, run)
         ax.legend(loc="upper left", fontsize=7)
         files = save(fig, out_dir, "abnormal_examples")

@@ -289,7 +289,7 @@ class COPoint:
     x: float
     source: str          # "detector", "alarm" or "fallback"
     reason: str = ""
-    #: (x, kind) of the run's ``rollback``, ``collapsed`` and ``warning`` events, drawn with the CO line
+    #: (x, kind) of the run's ``rollback``, ``collapsed`` and ``warning`` events (:func:`event_marks`)
     marks: tuple[tuple[float, str], ...] = ()
 
 
@@ -354,15 +354,21 @@ def _fallback_co(run: Run) -> COPoint | None:
     return None
 
 
-def mark_co(ax: "plt.Axes", co: COPoint | None, label: bool = True) -> None:
-    """A dashed vertical line at the CO point; dotted ones at roll-backs, dash-dotted at warnings."""
+def mark_co(ax: "plt.Axes", co: COPoint | None, label: bool = True,
+            marks: Sequence[tuple[float, str]] | None = None) -> None:
+    """A dashed vertical line at the CO point; dotted ones at roll-backs, dash-dotted at warnings.
+
+    ``marks``: the run's (x, kind) marks (:func:`event_marks`), drawn whether or not the run has a
+    CO point (a run warned but never collapsed shows its warning); None: those of ``co``."""
     if co is not None:
         ax.axvline(co.x, color=CO_COLOR, ls="--", lw=1, label="CO" if label else None)
-        seen: set[str] = set()
-        for x, kind in co.marks:
-            color, ls = MARK_STYLES[kind]
-            ax.axvline(x, color=color, ls=ls, lw=1.2, label=kind if label and kind not in seen else None)
-            seen.add(kind)
+    if marks is None:
+        marks = () if co is None else co.marks
+    seen: set[str] = set()
+    for x, kind in marks:
+        color, ls = MARK_STYLES[kind]
+        ax.axvline(x, color=color, ls=ls, lw=1.2, label=kind if label and kind not in seen else None)
+        seen.add(kind)
 
 
 def before_after(df: pd.DataFrame, co: COPoint | None) -> tuple[pd.Series | None, pd.Series | None]:

@@ -34,6 +34,7 @@ from .base import (
     before_after,
     co_point,
     curve,
+    event_marks,
     fmt_eps,
     mark_co,
     method_label,
@@ -63,7 +64,7 @@ def _panel(ax: plt.Axes, run: Run, series: list[tuple[Key, str]], co: COPoint | 
                        edgecolors=line.get_color(), label=f"{label}, confirming")
     if log and drawn:
         ax.set_yscale("log")
-    mark_co(ax, co)
+    mark_co(ax, co, marks=event_marks(run))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if drawn:

@@ -21,6 +21,7 @@ from .base import (
     Figure,
     MissingData,
     co_point,
+    event_marks,
     mark_co,
     method_label,
     need_array,
@@ -123,7 +124,7 @@ def filter_norms(run: Run, out_dir: Path) -> Figure:
             ax = axes[0, c]
             for f in range(mat.shape[1]):
                 ax.plot(x, mat[:, f, c], marker="o", ms=3, label=f"w{f + 1}")
-            mark_co(ax, co)
+            mark_co(ax, co, marks=event_marks(run))
             ax.set_xlabel("epoch")
             ax.set_title(titles[c] if cols > 1 else titles[0])
             if mat.shape[1] <= 10:

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from codiag.probes.grad_concentration import GradConcentration
 from codiag.runs import Run
 
-from .base import Figure, co_point, curve, mark_co, method_label, needs, save, style
+from .base import Figure, co_point, curve, event_marks, mark_co, method_label, needs, save, style
 
 
 @needs(GradConcentration.participation)
@@ -26,7 +26,7 @@ def grad_concentration(run: Run, out_dir: Path) -> Figure:
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
-            mark_co(ax, co)
+            mark_co(ax, co, marks=event_marks(run))
             ax.legend()
         files = save(fig, out_dir, "grad_concentration")
     return Figure(

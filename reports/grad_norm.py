@@ -18,7 +18,20 @@ from codiag.probes.method_state import MethodState
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, MissingData, co_point, curve, mark_co, method_label, need_array, needs, save, style, x_of_step
+from .base import (
+    Figure,
+    MissingData,
+    co_point,
+    curve,
+    event_marks,
+    mark_co,
+    method_label,
+    need_array,
+    needs,
+    save,
+    style,
+    x_of_step,
+)
 
 SUBSETS = (1, 5, 10)
 
@@ -55,7 +68,7 @@ def grad_norm_hist(run: Run, out_dir: Path) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean(G²) / mean(G)²")
         ax.set_title("(b) long-tail ratio")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         files = save(fig, out_dir, "grad_norm_hist")
     table = pd.DataFrame([("long-tail ratio, first event", f"{_ratio(first):.3f}"),
                           ("long-tail ratio, last event", f"{_ratio(last):.3f}"),
@@ -148,7 +161,7 @@ def grad_norm_subsets(run: Run, out_dir: Path) -> Figure:
             axes[0, 1].set_ylabel("mean step size of subset")
         for ax in axes[0]:
             ax.set_xlabel("epoch")
-            mark_co(ax, co, label=False)
+            mark_co(ax, co, label=False, marks=event_marks(run))
             ax.legend()
         fig.suptitle(method_label(run), fontsize=10)
         files = save(fig, out_dir, "grad_norm_subsets")

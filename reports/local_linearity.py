@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from codiag.probes.local_linearity import LocalLinearity
 from codiag.runs import Run
 
-from .base import Figure, co_point, curve, mark_co, method_label, needs, save, style, twin_adv_acc
+from .base import Figure, co_point, curve, event_marks, mark_co, method_label, needs, save, style, twin_adv_acc
 
 
 @needs(LocalLinearity.mse)
@@ -24,7 +24,7 @@ def local_linearity(run: Run, out_dir: Path) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("E_lin (MSE on triplets)")
         ax.set_title("local-linearity error (ELLE)")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         twin_adv_acc(ax, run)
         ax.legend(loc="upper left")
         files = save(fig, out_dir, "local_linearity")

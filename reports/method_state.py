@@ -10,7 +10,20 @@ from codiag.probes.method_state import MethodState
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, NotApplicable, co_point, curve, mark_co, method_label, needs, recorded, rows_of, save, style
+from .base import (
+    Figure,
+    NotApplicable,
+    co_point,
+    curve,
+    event_marks,
+    mark_co,
+    method_label,
+    needs,
+    recorded,
+    rows_of,
+    save,
+    style,
+)
 
 
 def _stateless(run: Run) -> bool:
@@ -45,7 +58,7 @@ def _method_state(run: Run, out_dir: Path) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("step size" if apart else "value")
         ax.set_title(f"{method_label(run)}: {'learned step sizes' if apart else 'method state'}")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         ax.legend(fontsize=7, ncol=2)
         files = save(fig, out_dir, "method_state")
     return Figure(

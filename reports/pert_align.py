@@ -11,7 +11,7 @@ from codiag.probes.grad_align import GradAlign
 from codiag.probes.pert_align import PertAlign
 from codiag.runs import Run
 
-from .base import Figure, co_point, curve, mark_co, method_label, needs, recorded, save, style
+from .base import Figure, co_point, curve, event_marks, mark_co, method_label, needs, recorded, save, style
 
 
 @needs(PertAlign.mean)
@@ -29,7 +29,7 @@ def pert_align(run: Run, out_dir: Path) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("cosine")
         ax.set_title("PertAlign: cos(∇L(x + η), ∇L(x + δ))")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         ax.legend()
         files = save(fig, out_dir, "pert_align")
     return Figure(

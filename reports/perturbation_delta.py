@@ -10,7 +10,7 @@ from codiag.probes.perturbation_delta import PerturbationDelta
 from codiag.runs import Run
 
 from . import paper
-from .base import BLUE, Figure, co_point, curve, mark_co, method_label, needs, save, style, twin_adv_acc
+from .base import BLUE, Figure, co_point, curve, event_marks, mark_co, method_label, needs, save, style, twin_adv_acc
 
 
 @needs(PerturbationDelta.mse)
@@ -25,7 +25,7 @@ def perturbation_delta(run: Run, out_dir: Path) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("MSE of perturbations, consecutive events", color=BLUE)
         ax.set_title(method_label(run))
-        mark_co(ax, co, label=False)
+        mark_co(ax, co, label=False, marks=event_marks(run))
         twin_adv_acc(ax, run)
         files = save(fig, out_dir, "perturbation_delta")
     return Figure(

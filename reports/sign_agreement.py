@@ -13,7 +13,19 @@ from codiag.probes.sign_agreement import SignAgreement
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, before_after, co_point, curve, mark_co, method_label, needs, recorded, save, style
+from .base import (
+    Figure,
+    before_after,
+    co_point,
+    curve,
+    event_marks,
+    mark_co,
+    method_label,
+    needs,
+    recorded,
+    save,
+    style,
+)
 from .curves import tidy
 
 
@@ -39,7 +51,7 @@ def sign_agreement(run: Run, out_dir: Path) -> Figure:
         ax.plot(df["x"], 100 * df["value"], marker="o", ms=3, label=method_label(run))
         ax.set_xlabel("epoch")
         ax.set_ylabel("% coordinates with sign ≠ PGD-10")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         ax.legend()
         files = save(fig, out_dir, "sign_agreement")
     row = _before_after_row(run)

@@ -10,7 +10,7 @@ from codiag.probes.strength_gap import StrengthGap
 from codiag.runs import Run
 
 from . import paper
-from .base import Figure, co_point, curve, mark_co, method_label, needs, recorded, save, style
+from .base import Figure, co_point, curve, event_marks, mark_co, method_label, needs, recorded, save, style
 
 
 @needs(StrengthGap.gap)
@@ -30,7 +30,7 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
         ax.set_title(f"({'ab'[panels - 1]}) strength gap to PGD (APART eq. 2)")   # (a) when it is alone
         ax.set_ylabel("L(δ_method) − L(δ_PGD)")
         ax.set_xlabel("epoch")
-        mark_co(ax, co)
+        mark_co(ax, co, marks=event_marks(run))
         ax.legend()
         if transfer_keys:
             ax = axes[0, 0]
@@ -41,7 +41,7 @@ def strength_gap(run: Run, out_dir: Path) -> Figure:
             ax.set_title("(a) accuracy of the reference model on δ_method")
             ax.set_ylabel("transfer accuracy")
             ax.set_xlabel("epoch")
-            mark_co(ax, co)
+            mark_co(ax, co, marks=event_marks(run))
             ax.legend()
         files = save(fig, out_dir, "strength_gap")
     return Figure(

@@ -14,7 +14,7 @@ the Laplace-like filter of GradAlign Fig. 5) their own values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -110,9 +110,10 @@ def _combinations(names: tuple[str, ...], fields: dict[str, tuple[str, ...]]) ->
 
 def write_synthetic_run(run_dir: str | Path, method: str = "fgsm", epochs: int = 10,
                         co_epoch: int | None = 6, seed: int = 0, eps: float = 8 / 255,
-                        close: bool = True, **config: Any) -> Path:
+                        close: bool = True, events: Sequence[tuple[str, int]] = (), **config: Any) -> Path:
     """Write a run with one probe event per epoch (step 0 included) and a collapse at
-    ``co_epoch`` (None: no collapse). Returns the run directory."""
+    ``co_epoch`` (None: no collapse); ``events``: more (kind, epoch) events, e.g. ``("warning", 3)``.
+    Returns the run directory."""
     rng = np.random.default_rng(seed)
     cfg = {"synthetic": True, "method": method, "eps": eps, "seed": seed, "dataset": "cifar10",
            "model": "cnn4", "epochs": epochs, "batch_size": 128, "train_size": 128 * STEPS_PER_EPOCH,
@@ -148,6 +149,9 @@ def write_synthetic_run(run_dir: str | Path, method: str = "fgsm", epochs: int =
         w.flush()
         if co_epoch is not None and epoch == co_epoch:
             w.event("co_alarm", step=step, epoch=epoch, reason="synthetic collapse")
+        for kind, at in events:
+            if at == epoch:
+                w.event(kind, step=step, epoch=epoch, reason=f"synthetic {kind}")
     final = {"clean_acc": 0.8, "pgd_acc": e.pgd, "n": 100}
     w.log_many(epochs * STEPS_PER_EPOCH, epochs, "eval", final)
     w.update(train_time_s=12.5, final=final)

@@ -16,6 +16,7 @@ from .base import (
     Figure,
     co_point,
     curve,
+    event_marks,
     mark_co,
     needs,
     rows_of,
@@ -86,7 +87,7 @@ def weight_update(run: Run, out_dir: Path) -> Figure:
             ax.set_title(label)
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"weight-update MSE per {per}", color=BLUE)
-            mark_co(ax, co, label=False)
+            mark_co(ax, co, label=False, marks=event_marks(run))
             twin_adv_acc(ax, run)
         files = save(fig, out_dir, "weight_update")
     return Figure(

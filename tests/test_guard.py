@@ -319,3 +319,111 @@ def test_trainer_policies_build_their_mitigation():
                 dict(method="zerograd_rollback", guard="auto"), dict(method="pgd10", guard="halve-step")):
         with pytest.raises(UsageError):
             TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, **bad))
+
+
+def test_the_rollback_target_is_the_latest_event_that_shows_no_collapse():
+    """A full event is a roll-back target where no alarm stands and its accuracies show no collapse: PGD
+    accuracy at least 0.6 of the best so far, not PGD <= 0.1 with FGSM 0.25 above it. An event the detector
+    is only ``suspect`` of (a run not yet robust) is one; the confirming measurement's accuracies count."""
+    from codiag.monitoring.guard import Guard, GuardState
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = GuardState(Guard())
+
+    def event(step, pgd, fgsm, confirm=None, **flags):
+        with torch.no_grad():
+            model.weight.fill_(step)         # the weights tell the snapshots apart
+        values = {("robust_acc", "pgd_acc"): pgd, ("robust_acc", "fgsm_acc"): fgsm}
+        if confirm is not None:
+            values.update({("confirm", "pgd_acc"): confirm[0], ("confirm", "fgsm_acc"): confirm[1]})
+        guard.observe(model, opt, step, step // 32, values, **flags)
+        return None if guard.snapshot is None else guard.snapshot.step
+
+    assert event(0, 0.0, 0.0) == 0
+    assert event(32, 0.05, 0.32) == 0                              # in the signature
+    assert event(64, 0.043, 0.262, confirm=(0.043, 0.234), suspect=True) == 64   # near a line: not yet robust
+    assert event(96, 0.05, 0.2, confirm=(0.04, 0.3)) == 64        # the confirmation (more points) decides
+    assert event(128, 0.2, 0.3) == 128                             # the best so far
+    assert event(160, 0.11, 0.2) == 128                            # under 0.6 of it: falling
+    assert event(192, 0.13, 0.2) == 192
+    assert event(224, 0.3, 0.35, alarmed=True) == 192              # an alarm stands
+    assert event(256, 0.5, 0.5, suspect=False) == 256 and guard.peak == 0.5
+    assert guard.act(model, opt, {"step": 288, "rule": "user"})["restored_step"] == 256
+    assert model.weight.eq(256).all() and guard.peak == 0.5
+    assert event(288, 0.28, 0.4) == 256                            # the restored trajectory's peak is kept
+    # no robust accuracies recorded: the detector's ``suspect`` decides
+    assert event(320, float("nan"), 0.4, suspect=True) == 256 and event(352, float("nan"), 0.4) == 352
+    again = GuardState(Guard())
+    again.load_state_dict(guard.state_dict())
+    assert (again.peak, again.snapshot_peak, again.snapshot.step) == (0.5, 0.5, 352)
+
+
+def test_the_trainers_weight_average_goes_back_with_the_rollback():
+    """``codiag train --guard --weight-averaging TAU``: the EMA is part of the snapshot; the roll-back puts
+    it back as it was at the restored event (its update count too), however far it moved since."""
+    from codiag.monitoring.guard import GuardState
+    from codiag.protocol import averaged_model
+    from codiag.trainer import TrainConfig, build_method
+    from codiag.trainer_guard import TrainerGuard
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = averaged_model(model, 0.9)
+    cfg = TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, method="fgsm", guard="n_fgsm",
+                                     weight_averaging=0.9))
+    rescue = TrainerGuard(cfg, 100, build_method(cfg, 100), ema)
+    guard = GuardState(rescue.policy())
+
+    def steps(n):
+        for _ in range(n):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01)
+            ema.update_parameters(model)
+
+    steps(3)
+    guard.observe(model, opt, 3, 1, {("robust_acc", "pgd_acc"): 0.3, ("robust_acc", "fgsm_acc"): 0.35})
+    kept = copy.deepcopy(ema.state_dict())
+    steps(5)
+    rescue.on_co(guard.act(model, opt, {"step": 8, "rule": "user"}))
+    method, position = rescue.switch()
+    assert method.name == "n_fgsm" and position == 0
+    for k, v in kept.items():
+        assert torch.equal(ema.state_dict()[k], v), k
+    assert int(ema.n_averaged) == 3
+    steps(1)                                     # training on does not write into the snapshot
+    assert torch.equal(guard.snapshot.extra["averaged"]["module.0.weight"], kept["module.0.weight"])
+
+
+class WarnFrom:
+    """A warning rule (the interface of codiag.detector.COWarning) that holds from ``step`` on."""
+
+    def __init__(self, step: int) -> None:
+        self.at, self.warning = step, None
+
+    def update(self, step, epoch, values):
+        if self.warning is None and step >= self.at:
+            self.warning = {"step": int(step), "epoch": int(epoch), "rule": "user", "reason": "test", "signals": {}}
+            return self.warning
+        return None
+
+    def reset(self) -> None:
+        self.warning = None
+
+
+def test_on_event_carries_the_warning_and_the_alarm(tmp_path, data):
+    """The dict passed to ``on_event`` has ``co_warning`` (None until the warning, then mon.co_warning)
+    beside ``co_alarm``, at every event."""
+    batches, probe = data
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    attack, seen = fgsm(EPS), []
+    with monitor(model, opt, tmp_path / "run", EPS, probe_data=probe, attack=attack, detector=AlarmFrom(16),
+                 on_event=seen.append, **options()) as mon:
+        mon.alarm.warner = WarnFrom(8)
+        loop(model, opt, batches[:20], lambda: attack, mon)
+    assert mon.co_warning["step"] == 8 and mon.co_alarm["step"] == 16
+    by_step = [(e["step"], (e["co_warning"] or {}).get("step"), (e["co_alarm"] or {}).get("step")) for e in seen]
+    assert by_step == [(0, None, None), (4, None, None), (8, 8, None), (12, 8, None), (16, 8, 16), (20, 8, 16)]
+    assert seen[-1]["co_warning"] == mon.co_warning

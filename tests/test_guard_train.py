@@ -4,8 +4,9 @@ Fashion-MNIST, cnn4, FGSM from zero at eps 0.25, the first 4000 training images,
 Adam with the cyclic schedule at peak lr 0.01, seed 0. Plain FGSM collapses in the
 second epoch (the alarm fires at step 64; final PGD-10 accuracy near 0); with ``--guard
 n_fgsm`` the alarm rolls the run back to its last healthy probe event and it trains on
-with N-FGSM, ending robust. A run killed after the roll-back's checkpoint and resumed
-ends with the weights of the run that was never stopped.
+with N-FGSM, ending robust. The guarded run keeps a weight average (``--weight-averaging``),
+which goes back with the roll-back. A run killed after the roll-back's checkpoint and resumed
+ends with the weights (and the weight average) of the run that was never stopped.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ SETTING = dict(dataset="fashion_mnist", model="cnn4", method="fgsm", eps=0.25, t
                eval_restarts=1, progress=False)
 CLI = ("--dataset", "fashion_mnist", "--model", "cnn4", "--method", "fgsm", "--eps", "0.25", "--train-limit",
        "4000", "--epochs", "6", "--lr", "0.01", "--seed", "0", "--probes", "robust_acc,grad_align",
-       "--eval-n", "500", "--eval-steps", "10", "--eval-restarts", "1", "--quiet", "--guard", "n_fgsm")
+       "--eval-n", "500", "--eval-steps", "10", "--eval-restarts", "1", "--quiet", "--guard", "n_fgsm",
+       "--weight-averaging", "0.99")
+GUARDED = dict(guard="n_fgsm", weight_averaging=0.99)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +38,9 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
-    for name, guard in (("plain", None), ("guarded", "n_fgsm")):
+    for name, extra in (("plain", {}), ("guarded", GUARDED)):
         d = tmp_path_factory.mktemp(name) / "run"
-        train(dict(SETTING, out=str(d), guard=guard))
+        train(dict(SETTING, out=str(d), **extra))
         out[name] = d
     torch.set_num_threads(threads)
     return out
@@ -76,13 +79,18 @@ def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_
     proc.kill()
     proc.wait()
     assert not (killed / "checkpoints" / "final.pt").exists(), "the run ended before it could be killed"
-    assert torch.load(ckpt, weights_only=True)["guard"] == {"mitigated": True}
+    state = torch.load(ckpt, weights_only=True)
+    assert state["guard"] == {"mitigated": True}
+    rollback, = load_run(killed).events_of("rollback")
+    # the weight average went back with the model: it counts the steps up to the restored event only
+    assert int(state["averaged"]["n_averaged"]) == rollback["restored_step"] < rollback["step"]
     torch.set_num_threads(1)
-    train(dict(SETTING, out=str(killed), guard="n_fgsm"), resume=True)
-    resumed = torch.load(killed / "checkpoints" / "final.pt", weights_only=True)
-    whole = torch.load(runs["guarded"] / "checkpoints" / "final.pt", weights_only=True)
-    for k, v in whole.items():
-        assert torch.equal(resumed[k], v), k
+    train(dict(SETTING, out=str(killed), **GUARDED), resume=True)
+    for name in ("final.pt", "averaged.pt"):
+        resumed = torch.load(killed / "checkpoints" / name, weights_only=True)
+        whole = torch.load(runs["guarded"] / "checkpoints" / name, weights_only=True)
+        for k, v in whole.items():
+            assert torch.equal(resumed[k], v), (name, k)
     a, b = load_run(killed), load_run(runs["guarded"])
     assert [e["step"] for e in a.events_of("rollback")] == [e["step"] for e in b.events_of("rollback")]
     assert a.meta["best"] == b.meta["best"] and a.meta["final"] == b.meta["final"]

@@ -272,3 +272,30 @@ def test_every_codiag_method_has_its_papers_name_on_the_figures():
     assert [method_title(n) for n in ("fgsm_fuap", "nuat", "fgsm_mep_cs", "sora")] == [
         "FGSM-FUAP", "NuAT", "FGSM-MEP-CS", "SORA"]
     assert method_title("main.<locals>.<lambda>") == "lambda in main"       # a user's attack: readable
+
+
+def test_a_run_warned_without_a_collapse_has_the_warning_on_its_curves(tmp_path, monkeypatch):
+    """The early warning (and a roll-back) is marked on every curve that marks CO, also in a run with
+    no CO point: a dash-dotted line at the warning's epoch, labelled ``warning``."""
+    import matplotlib.pyplot as plt
+
+    from codiag.reports.base import MARK_STYLES, event_marks, mark_co
+
+    run = load_run(write_synthetic_run(tmp_path / "warned", method="fgsm", co_epoch=None, seed=3,
+                                       events=[("warning", 4)]))
+    assert co_point(run) is None and [x for x, _ in event_marks(run)] == [4.0]
+    fig, ax = plt.subplots()
+    mark_co(ax, None, marks=event_marks(run))
+    assert ax.get_legend_handles_labels()[1] == ["warning"]
+    plt.close(fig)
+    closed, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda f=None: (closed.append(f), close(f)))   # the builders' figures
+    color, ls = MARK_STYLES["warning"]
+    for key in ("training_curves", "weight_update", "perturbation_delta", "strength_gap", "method_state",
+                "grad_norm_hist", "grad_norm_subsets", "filter_norms", "sign_agreement", "local_linearity",
+                "abnormal_examples", "pert_align", "grad_concentration"):
+        closed.clear()
+        reports.RUN_BUILDERS[key](run, tmp_path / "out")
+        lines = [line for f in closed for a in f.axes for line in a.get_lines()
+                 if line.get_color() == color and line.get_linestyle() == ls]
+        assert lines and all(list(line.get_xdata()) == [4.0, 4.0] for line in lines), key

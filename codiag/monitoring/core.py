@@ -487,12 +487,13 @@ class Monitor:
         if not light and self.alarm.suspect and self.options.confirm_n > len(self.probe_set):
             values = {**values, **self._confirm()}
         if not light and self.co_guard is not None:
-            self.co_guard.observe(self.network, self.optimizer, self.step, self.row_epoch,
-                                  healthy=not self._rolled_back and self.alarm.alarm is None and not self.alarm.suspect)
+            self.co_guard.observe(self.network, self.optimizer, self.step, self.row_epoch, values,
+                                  alarmed=self._rolled_back or self.alarm.alarm is not None,
+                                  suspect=self.alarm.suspect)
         if self.options.on_event is not None:
             self.options.on_event({"step": ctx.step, "epoch": ctx.epoch, "light": light,
                                    "values": {f"{p}/{k}": v for (p, k), v in values.items()},
-                                   "co_alarm": self.co_alarm})
+                                   "co_alarm": self.co_alarm, "co_warning": self.co_warning})
 
     def _measure(self, points: ProbeSet, probes: list, first: bool = False, name: str | None = None) -> ProbeContext:
         """Run ``probes`` on ``points`` now, isolated; failures are counted under the probe's name (or ``name``)."""

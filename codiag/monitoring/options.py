@@ -75,10 +75,11 @@ class MonitorOptions:
     Alarm: ``detector`` (True: the default rules; a name from
     ``codiag.detector.DETECTORS``; a detector object; False: none), ``on_co``
     (called once with the alarm dict), ``on_event`` (called after every probe
-    event, full or light, with ``{"step", "epoch", "light", "values", "co_alarm"}``:
+    event, full or light, with ``{"step", "epoch", "light", "values", "co_alarm", "co_warning"}``:
     ``values`` maps ``"probe/key"`` to the floats just written, a confirming
     measurement's included; ``co_alarm`` is the alarm dict once it fired, else
-    None; the integrations forward metrics to Lightning, Trainer and Ray Tune with it).
+    None; ``co_warning`` the early warning's once raised (``mon.co_warning``), else None;
+    the integrations forward metrics to Lightning, Trainer and Ray Tune with it).
 
     Saving the run: ``keep_best`` (False): keep the state of the full probe event
     with the highest PGD accuracy, on the CPU, as ``mon.best`` / ``mon.restore_best()``
