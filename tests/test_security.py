@@ -311,6 +311,8 @@ def _outside_of(area: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("cell,fragment", [
     ({"name": "x", "method": "x/../../../escaped/fgsm", "eps": 0.1, "seed": 0}, "not a codiag method"),
+    ({"method": "fgsm+guard-../../escaped", "eps": 0.1, "seed": 0}, "not a codiag method"),
+    ({"method": "FGSM+guard", "eps": 0.1, "seed": 0}, "not a codiag method"),
     ({"name": "../escaped-eps0.1-seed0", "method": "fgsm", "eps": 0.1, "seed": 0}, "as codiag names it"),
     ({"method": "fgsm", "eps": 7, "seed": 0}, "eps must be"),
     ({"method": "fgsm", "eps": 0.1, "seed": -3}, "seed must be"),

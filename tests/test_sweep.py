@@ -41,6 +41,10 @@ def test_cells_names_and_bad_input():
     assert [c.name for c in cells][:3] == ["fgsm-eps8_255-seed0", "fgsm-eps8_255-seed1", "fgsm-eps0.1-seed0"]
     assert len(cells) == 8 and {c.method for c in cells} == {"fgsm", "n_fgsm"}
     assert eps_tag(0.2) == "0.2" and Cell("pgd10", 16 / 255, 3).name == "pgd10-eps16_255-seed3"
+    guarded = make_cells("fgsm+guard,fgsm+guard-halve-step,fgsm+guard-n_fgsm", "0.25", "0")
+    assert [c.name for c in guarded] == ["fgsm+guard-eps0.25-seed0", "fgsm+guard-halve-step-eps0.25-seed0",
+                                         "fgsm+guard-n_fgsm-eps0.25-seed0"]
+    assert [Cell.from_dict(c.to_dict()) for c in guarded] == guarded      # what sweep.json gives back
     for methods, eps, seeds in (("nope", "0.1", "0"), ("fgsm", "2", "0"), ("fgsm", "0.1", "x"), ("", "0.1", "0")):
         with pytest.raises(UsageError):
             make_cells(methods, eps, seeds)

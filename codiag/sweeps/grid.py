@@ -32,7 +32,7 @@ LOCAL_FIELDS = ("out", "device", "data_root", "download", "progress")
 #: TrainConfig fields that a cell sets.
 CELL_FIELDS = ("method", "eps", "seed", "method_args")
 #: the characters of a cell name (its run directory): a method name, an eps tag, a seed
-SAFE_NAME = re.compile(r"[a-z0-9_]+-eps[0-9a-z_.+-]+-seed[0-9]+")
+SAFE_NAME = re.compile(r"[a-z0-9_]+(\+guard(-[a-z0-9_-]+)?)?-eps[0-9a-z_.+-]+-seed[0-9]+")
 
 
 def eps_tag(eps: float) -> str:
@@ -68,7 +68,7 @@ class Cell:
         if not isinstance(d, Mapping):
             raise UsageError(f"a cell is {type(d).__name__}, not an object with method, eps and seed")
         method, eps, seed = d.get("method"), d.get("eps"), d.get("seed")
-        if not isinstance(method, str) or method not in METHODS:
+        if not _known_method(method):
             raise UsageError(f"a cell names the method {str(method)[:60]!r}, which is not a codiag method")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
             raise UsageError(f"cell {method}: eps must be a number in [0, 1] (pixel units), got {str(eps)[:40]!r}")
@@ -110,6 +110,14 @@ def method_name(name: str) -> str:
     if policy is None:
         return base
     return base + GUARD_TAG + ("" if policy == "auto" else f"-{policy}")
+
+
+def _known_method(method: Any) -> bool:
+    """A codiag method or its guarded variant, spelled as codiag spells it."""
+    try:
+        return isinstance(method, str) and split_variant(method)[0] in METHODS and method == method_name(method)
+    except UsageError:           # an unknown guard policy
+        return False
 
 
 def make_cells(methods: str | Sequence[str], eps: str | Sequence[Any],
