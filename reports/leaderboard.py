@@ -4,9 +4,11 @@ default) and AutoAttack where evaluated, for the three models the protocol yield
 ``final``: the raw model at the end; ``final.averaged``: the weight average; ``final.best``:
 the checkpoint chosen by ``--select best``), mean +/- standard deviation over seeds, with the
 training time, the peak memory (run.json ``peak_memory``: CUDA's peak allocation on a GPU, the
-process's max RSS on the CPU, labelled as such) and the sweep's collapse label
-(``sweep_table``). For CIFAR-10 at eps 8/255 the benchmark's published numbers stand beside ours,
-labelled as the benchmark's.
+process's max RSS on the CPU, labelled as such), the sweep's collapse label
+(``sweep_table``) and the runs that ended at chance accuracy (a constant classifier: training
+diverged, which is not catastrophic overfitting and which the collapse label leaves out). For
+CIFAR-10 at eps 8/255 the benchmark's published numbers stand beside ours, labelled as the
+benchmark's.
 
 The table is also written as CSV, Markdown and LaTeX beside the figure (``leaderboard.csv``,
 ``.md``, ``.tex``); ``codiag report SWEEP --table latex`` prints one of them.
@@ -30,6 +32,8 @@ from .sweep_table import sweep_table
 
 #: the protocol's three models: (name, where in run.json's ``final``)
 MODELS = ("raw", "averaged", "best")
+#: a raw model whose clean accuracy is at most chance plus this did not learn (a constant classifier)
+AT_CHANCE_MARGIN = 0.05
 #: the export formats of ``codiag report --table``, each with its file suffix
 TABLE_FORMATS = {"csv": "csv", "markdown": "md", "latex": "tex"}
 
@@ -55,16 +59,29 @@ def _memory(run: Run) -> tuple[float, str]:
     return math.nan, ""
 
 
+def _at_chance(run: Run, clean: float) -> bool:
+    """The raw model ended at chance clean accuracy (1 / classes + AT_CHANCE_MARGIN)."""
+    from codiag.data import dataset_spec
+
+    try:
+        classes = dataset_spec(str(run.config.get("dataset"))).num_classes
+    except KeyError:
+        classes = 10
+    return math.isfinite(clean) and clean <= 1 / classes + AT_CHANCE_MARGIN
+
+
 def per_run(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: method, eps, seed, the three models' accuracies, time, memory, collapse."""
+    """One row per run: method, eps, seed, the three models' accuracies, time, memory, collapse, and
+    whether the raw model ended at chance."""
     table = sweep_table(runs).set_index("run")
     rows = []
     for run in runs:
         s = table.loc[run.name]
         mem, measure = _memory(run)
-        rows.append({"method": s["method"], "eps": float(s["eps"]), "seed": s["seed"], **_accs(run),
+        accs = _accs(run)
+        rows.append({"method": s["method"], "eps": float(s["eps"]), "seed": s["seed"], **accs,
                      "train_time_s": float(s["train_time_s"]), "peak_memory_mib": mem, "memory_measure": measure,
-                     "collapsed": s["collapsed"]})
+                     "collapsed": s["collapsed"], "at_chance": _at_chance(run, accs["raw_clean"])})
     return pd.DataFrame(rows)
 
 
@@ -88,6 +105,7 @@ def leaderboard_table(runs: Sequence[Run]) -> pd.DataFrame:
         row["memory_measure"] = "/".join(sorted(set(g["memory_measure"]) - {""}))
         labelled = g["collapsed"].dropna()
         row["collapsed"] = f"{int(labelled.astype(bool).sum())}/{len(labelled)}" if len(labelled) else ""
+        row["at_chance"] = f"{int(g['at_chance'].sum())}/{len(g)}"
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values(["best_pgd", "raw_pgd"], ascending=False, na_position="last",
@@ -133,6 +151,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     cols[f"peak memory (MiB, {measure or 'not recorded'})"] = [
         f"{v:.0f}" if math.isfinite(v) else "-" for v in table["peak_memory_mib"]]
     cols["collapsed"] = list(table["collapsed"])
+    cols["at chance"] = list(table["at_chance"])
     for col, title in _BENCH_COLUMNS.items():
         if col in table:
             cols[title] = [f"{v:.1f}" if isinstance(v, float) and math.isfinite(v) else "-" for v in table[col]]
@@ -184,7 +203,8 @@ def _latex_text_safe(text: Any) -> str:
 def _draw(table: pd.DataFrame, bench: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     labels = [method_title(m) + (f" @ {e}" if table["eps"].nunique() > 1 else "")
               + (f"  [collapsed {c}]" if c and not c.startswith("0/") else "")
-              for m, e, c in zip(table["method"], table["eps"], table["collapsed"])]
+              + (f"  [at chance {a}]" if not a.startswith("0/") else "")
+              for m, e, c, a in zip(table["method"], table["eps"], table["collapsed"], table["at_chance"])]
     y = np.arange(len(table))[::-1]
     colors = {"raw": "tab:gray", "averaged": "tab:blue", "best": "tab:green"}
     h = 0.8 / len(MODELS)
@@ -224,6 +244,9 @@ def leaderboard(runs: Sequence[Run], out_dir: Path) -> Figure:
         files[suffix] = path
     notes = [f"{method_title(m)} at eps {e} collapsed in {c} seeds (the sweep's collapse label)"
              for m, e, c in zip(table["method"], table["eps"], table["collapsed"]) if c and not c.startswith("0/")]
+    notes += [f"{method_title(m)} at eps {e} ended at chance clean accuracy in {a} seeds (a constant classifier: "
+              "training diverged; not counted as CO)"
+              for m, e, a in zip(table["method"], table["eps"], table["at_chance"]) if not a.startswith("0/")]
     if not table["memory_measure"].str.contains("cuda").any():
         notes.append("peak memory here is the process's max RSS on the CPU (not GPU memory)")
     return Figure(
@@ -233,7 +256,8 @@ def leaderboard(runs: Sequence[Run], out_dir: Path) -> Figure:
         "(final.averaged, --weight-averaging) and the checkpoint chosen by PGD-10 on the held-out images "
         "(final.best, --val-split with --select best); bars are the mean over seeds, whiskers +/- one standard "
         "deviation; sorted by the best checkpoint's PGD accuracy, the benchmark's ranking. A method marked "
-        "'collapsed k/n' had catastrophic overfitting in k of its n seeds by the sweep's collapse label. The "
+        "'collapsed k/n' had catastrophic overfitting in k of its n seeds by the sweep's collapse label; "
+        "'at chance k/n' ended k seeds as a constant classifier (clean accuracy within 5 points of chance). The "
         "table adds AutoAttack where evaluated, training time and peak memory; it is also written as CSV, "
         "Markdown and LaTeX (leaderboard.csv, .md, .tex; codiag report SWEEP --table latex)."
         + (" Black diamonds: the FastAT Benchmark's published CIFAR-10 numbers (PGD-50, clean) of the same "

@@ -67,6 +67,30 @@ def test_report_has_the_leaderboard_and_the_three_table_formats(swept, tmp_path,
     assert "FastAT Benchmark (published" not in page       # Fashion-MNIST: no published numbers beside
 
 
+def test_a_run_at_chance_is_counted_and_said_apart_from_collapse(swept, tmp_path):
+    """A raw model at chance clean accuracy (a constant classifier: training diverged) is counted per
+    method and named in a note, not in the collapse column."""
+    import shutil
+
+    from codiag.reports.leaderboard import leaderboard
+    from codiag.runs import load_run
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(swept, copy)
+    names = [f"{m}-eps0.2-seed{s}" for m in ("fgsm", "fgsm_rs") for s in (0, 1)]
+    for name in names:           # the tiny runs' accuracies are noise: set them (10 classes, chance 0.1)
+        meta = json.loads((copy / name / "run.json").read_text())
+        meta["final"]["clean_acc"] = 0.1 if name == "fgsm-eps0.2-seed1" else 0.16
+        (copy / name / "run.json").write_text(json.dumps(meta))
+    fig = leaderboard([load_run(copy / n) for n in names], tmp_path / "out")
+    shown = fig.table.set_index("method")
+    assert shown.loc["FGSM", "at chance"] == "1/2" and shown.loc["FGSM-RS", "at chance"] == "0/2"
+    assert shown.loc["FGSM", "collapsed"] == "0/2"
+    assert [n for n in fig.notes if "chance" in n] == [
+        "FGSM at eps 0.2 ended at chance clean accuracy in 1/2 seeds (a constant classifier: training diverged; "
+        "not counted as CO)"]
+
+
 def test_table_needs_a_sweep(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--table", "csv"]) == 2
     assert "--table needs one sweep directory" in capsys.readouterr().err
