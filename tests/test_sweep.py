@@ -196,6 +196,28 @@ def test_sweep_prints_progress_and_a_results_table(tmp_path, capsys):
     assert table[1].split() == ["method", "eps", "seeds", "clean", "PGD", "CO", "rate", "alarm", "rate"]
     row = table[2].split()
     assert row[:3] == ["fgsm", "0.1", "1"] and row[4] == row[7] == "+/-" and row[9] in ("0.00", "0.50", "1.00")
+def test_progress_of_a_guarded_run_counts_the_epochs_its_roll_back_retrains(tmp_path):
+    """After a roll-back the run trains past its schedule's last epoch (epochs count training as it
+    happened): the progress line adds the retrained epochs and says that the guard rolled back."""
+    import datetime
+    import json
+
+    from codiag.sweeps.progress import progress_line, run_progress
+
+    run = tmp_path / "fgsm+guard-eps0.25-seed0"
+    run.mkdir()
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=70)
+    (run / "run.json").write_text(json.dumps({"status": "running", "start_time": started.isoformat()}))
+    (run / "metrics.csv").write_text("step,epoch,probe,key,value\n224,7,robust_acc,pgd_acc,0.3\n")
+    (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in (
+        {"kind": "co_alarm", "step": 96, "epoch": 3},
+        {"kind": "rollback", "step": 96, "epoch": 3, "restored_step": 64, "restored_epoch": 2, "mitigation": "n_fgsm"},
+        {"kind": "rollback", "epoch": 5, "restored_epoch": 4, "q_from": 0.35, "q_to": 0.5})) + "\n")  # ZeroGrad's
+    p = run_progress(run, 6)
+    assert (p["epoch"], p["epochs"], p["alarm_epoch"], p["rollbacks"]) == (7, 7, 3, 1)
+    assert re.fullmatch(r"  x: epoch 7/7, CO alarm at epoch 3, 1 roll-back, about 0 s left", progress_line("x", p))
+
+
 def test_a_killed_sweep_run_resumes_to_the_uninterrupted_rows(tmp_path):
     """SIGKILL a sweep just after its run's first checkpoint, sweep again: the resumed run's
     metrics.csv equals an uninterrupted run's row for row, values included (the probes that

@@ -38,25 +38,34 @@ def _last_epoch(metrics: Path) -> int | None:
     return None
 
 
-def _alarm_epoch(events: Path) -> int | None:
+def _events(events: Path) -> tuple[int | None, int, int]:
+    """(the first CO alarm's epoch, the guard's roll-backs, the epochs they send training back)."""
     try:
         lines = events.read_text(errors="replace").splitlines()
     except OSError:
-        return None
+        return None, 0, 0
+    alarm, rollbacks, retrained = None, 0, 0
     for line in lines:
-        if '"co_alarm"' not in line:
+        if '"co_alarm"' not in line and '"rollback"' not in line:
             continue
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("kind") == "co_alarm" and isinstance(event.get("epoch"), int):
-            return event["epoch"]
-    return None
+        if not isinstance(event, dict):
+            continue
+        if event.get("kind") == "co_alarm" and isinstance(event.get("epoch"), int) and alarm is None:
+            alarm = event["epoch"]
+        elif (event.get("kind") == "rollback" and "mitigation" in event       # the guard's, not ZeroGrad's
+              and isinstance(event.get("epoch"), int) and isinstance(event.get("restored_epoch"), int)):
+            rollbacks += 1
+            retrained += max(0, event["epoch"] - event["restored_epoch"])
+    return alarm, rollbacks, retrained
 
 
 def run_progress(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    """A training run's progress: {epoch, epochs, alarm_epoch, eta_s}, or None when it is not training."""
+    """A training run's progress: {epoch, epochs, alarm_epoch, rollbacks, eta_s}, or None when it is not
+    training. Epochs count training as it happened: a guard's roll-back adds the epochs it retrains."""
     try:
         meta = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
@@ -64,6 +73,8 @@ def run_progress(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     if not isinstance(meta, dict) or meta.get("status") != "running":
         return None
     epoch = _last_epoch(run_dir / "metrics.csv") or 0
+    alarm, rollbacks, retrained = _events(run_dir / "events.jsonl")
+    epochs += retrained
     eta = math.nan
     try:
         started = _dt.datetime.fromisoformat(str(meta["start_time"]))
@@ -72,12 +83,15 @@ def run_progress(run_dir: Path, epochs: int) -> dict[str, Any] | None:
             eta = max(0.0, elapsed / epoch * (epochs - epoch))
     except (KeyError, TypeError, ValueError):
         pass
-    return {"epoch": epoch, "epochs": epochs, "alarm_epoch": _alarm_epoch(run_dir / "events.jsonl"), "eta_s": eta}
+    return {"epoch": epoch, "epochs": epochs, "alarm_epoch": alarm, "rollbacks": rollbacks, "eta_s": eta}
 
 
 def progress_line(name: str, p: dict[str, Any]) -> str:
-    """``NAME: epoch 2/5, CO alarm at epoch 2, about 40 s left``."""
+    """``NAME: epoch 2/5, CO alarm at epoch 2, about 40 s left`` (``, 1 roll-back`` after the alarm
+    where the guard acted)."""
     alarm = "no CO alarm" if p["alarm_epoch"] is None else f"CO alarm at epoch {p['alarm_epoch']}"
+    if p.get("rollbacks"):
+        alarm += f", {p['rollbacks']} roll-back{'s' if p['rollbacks'] > 1 else ''}"
     eta = "" if not math.isfinite(p["eta_s"]) else f", about {p['eta_s']:.0f} s left"
     return f"  {name}: epoch {p['epoch']}/{p['epochs']}, {alarm}{eta}"
 
