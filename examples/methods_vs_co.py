@@ -56,6 +56,9 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
              {"init": 2.0, "step": 1.0, "project": False}],
     "fgsm_pgi": [{}, {"step": 0.75}],
     "gat": [{}, {"lam": 15.0, "init": 1.0, "alternate": False}],
+    # the FastAT Benchmark's methods and SORA: their defaults first (do they hold at this eps?)
+    **{name: [{}] for name in ("sora", "nuat", "fgsm_mep", "fgsm_mep_cs", "fgsm_rs_cs", "fgsm_uap", "fgsm_cuap",
+                               "liet", "ssat", "fgsm_pco", "fgsm_fuap")},
 }
 
 
