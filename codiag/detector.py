@@ -401,7 +401,10 @@ class COWarning:
       "the PGD loss grows by an order of magnitude while the FGSM loss decreases"; the loss
       starts to grow before the accuracies cross the alarm's lines (PGD accuracy sits near
       zero long before it, so its loss still moves where the accuracy cannot). When both
-      losses rise the run diverges; that is not the collapse's signature.
+      losses rise the run diverges; that is not the collapse's signature. The same event's
+      FGSM-PGD accuracy gap must be ``min_gap`` (0.15, half the label's line in
+      ``benchmarks/detector_eval.py``) or more: ATAS runs whose PGD loss rose and fell back
+      kept that gap at 0.10-0.15.
 
     Only full events set the lowest PGD loss (a light event measures half the points and
     its noisy low value would make every later rise look larger); a light event's losses
@@ -412,13 +415,14 @@ class COWarning:
 
     loss_rise: float = 0.15
     fgsm_fall: float = 0.05
+    min_gap: float = 0.15
     warning: dict[str, Any] | None = None
     #: points of the run's first event (the probe set's size): fewer is a light event, more a confirmation
     full_n: float | None = None
     #: (step, PGD loss, FGSM loss) of the full event with the lowest PGD loss so far
     low: tuple[int, float, float] | None = None
 
-    THRESHOLDS: ClassVar[tuple[str, ...]] = ("loss_rise", "fgsm_fall")
+    THRESHOLDS: ClassVar[tuple[str, ...]] = ("loss_rise", "fgsm_fall", "min_gap")
     #: the probe rows it reads besides the detector's signals
     signals: ClassVar[dict[tuple[str, str], str]] = {RobustAcc.pgd_loss.pair: "pgd_loss",
                                                      RobustAcc.fgsm_loss.pair: "fgsm_loss"}
@@ -432,7 +436,8 @@ class COWarning:
 
     def check(self, step: int, values: Mapping[str, Any]) -> tuple[str, str] | None:
         """Record this event's losses; (rule, reason) where the rule holds."""
-        pgd, fgsm, n = (_finite(values.get(k)) for k in ("pgd_loss", "fgsm_loss", "n"))
+        pgd, fgsm, n, pgd_acc, fgsm_acc = (_finite(values.get(k)) for k in ("pgd_loss", "fgsm_loss", "n", "pgd_acc",
+                                                                          "fgsm_acc"))
         if n is not None and self.full_n is None:
             self.full_n = n
         kind = "full" if n is None or self.full_n is None or n == self.full_n else "light" if n < self.full_n \
@@ -442,9 +447,12 @@ class COWarning:
         hit = None
         if self.low is not None:
             at, low_pgd, low_fgsm = self.low
-            if pgd - low_pgd >= self.loss_rise and low_fgsm - fgsm >= self.fgsm_fall:
+            gap = None if pgd_acc is None or fgsm_acc is None else fgsm_acc - pgd_acc
+            if (pgd - low_pgd >= self.loss_rise and low_fgsm - fgsm >= self.fgsm_fall and gap is not None
+                    and gap >= self.min_gap):
                 hit = ("pgd_loss_rising", f"PGD loss {pgd:.3f} is {pgd - low_pgd:.3f} above its lowest {low_pgd:.3f} "
-                       f"(step {at}) while the FGSM loss fell {low_fgsm - fgsm:.3f} to {fgsm:.3f}")
+                       f"(step {at}) while the FGSM loss fell {low_fgsm - fgsm:.3f} to {fgsm:.3f}; FGSM-PGD "
+                       f"accuracy gap {gap:.3f}")
         if kind == "full" and (self.low is None or pgd < self.low[1]):
             self.low = (int(step), pgd, fgsm)
         return hit

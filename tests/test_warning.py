@@ -86,6 +86,13 @@ def test_healthy_and_diverging_runs_are_not_warned():
     # a rise under 0.15 is noise of 256 points
     small = [dict(r, pgd_loss=min(r["pgd_loss"], 2.54)) for r in ZEROGRAD]
     assert detect_warning(lframe(small)) is None
+    # the losses diverge but FGSM accuracy stays within 0.15 of PGD's (small_cnn ATAS at eps 0.3, seed 42,
+    # epoch 2: labelled healthy; its PGD loss fell back at the next epoch)
+    atas = events([(0, 0, 256, 0.0, 0.094, 2.404, 2.333), (16, 1, 256, 0.07, 0.21, 2.43, 2.17),
+                   (32, 2, 256, 0.113, 0.219, 2.636, 1.910)])
+    assert detect_warning(lframe(atas)) is None
+    w = detect_warning(lframe([*atas[:2], dict(atas[2], fgsm_acc=0.27)]))
+    assert w["step"] == 32 and "accuracy gap 0.157" in w["reason"]
 
 
 def test_only_full_events_set_the_lowest_pgd_loss_and_a_confirmation_is_not_read():
@@ -104,7 +111,8 @@ def test_only_full_events_set_the_lowest_pgd_loss_and_a_confirmation_is_not_read
 def test_the_warning_fires_once_and_not_at_or_after_the_alarm():
     warner = COWarning()
     seq = [(2.4, 2.3), (2.5, 2.2), (2.6, 2.1), (2.8, 2.0)]
-    hits = [warner.update(i, i, {"pgd_loss": p, "fgsm_loss": f}) for i, (p, f) in enumerate(seq)]
+    hits = [warner.update(i, i, {"pgd_loss": p, "fgsm_loss": f, "pgd_acc": 0.0, "fgsm_acc": 0.2})
+            for i, (p, f) in enumerate(seq)]
     assert hits[:2] == [None, None] and hits[2]["rule"] == "pgd_loss_rising" and hits[3] is None
     warner.reset()
     assert warner.warning is None and warner.low is None and warner.update(9, 9, {"pgd_loss": 9.0}) is None
@@ -145,7 +153,7 @@ def test_the_monitor_writes_the_warning_and_the_guard_acts_on_it(tmp_path):
             pass
 
     seen = Seen()
-    eager = dict(loss_rise=-math.inf, fgsm_fall=-math.inf)
+    eager = dict(loss_rise=-math.inf, fgsm_fall=-math.inf, min_gap=-math.inf)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -198,6 +206,8 @@ def test_resume_keeps_the_warning(tmp_path, monkeypatch):
             pgd, fgsm = next(values)
             ctx.log(RobustAcc.pgd_loss, pgd)
             ctx.log(RobustAcc.fgsm_loss, fgsm)
+            ctx.log(RobustAcc.pgd_acc, 0.3)   # constant, 0.2 under FGSM's: no alarm
+            ctx.log(RobustAcc.fgsm_acc, 0.5)
 
     monkeypatch.setitem(PROBES, "scripted", Scripted)
     x, y = tensors()
