@@ -301,41 +301,33 @@ def _leads(found: dict[str, dict | None], labels: dict, spe: dict[str, int]) -> 
     return [e for e, _ in pairs], [s for _, s in pairs]
 
 
-def closest(metrics, before_epoch: int) -> tuple[float | None, float | None, float | None]:
-    """How near each warning rule came at the events before ``before_epoch`` (a lead of one epoch
-    or more): the largest fall of alignment under its running peak (>= the rule's ``align_peak``;
-    the rule needs ``align_fall``), and the largest rise of the FGSM-PGD gap over the median of its
-    previous ``window`` events (the rule needs ``gap_rise``), and the PGD peak (the gap rule needs
-    ``min_peak``). None: never measurable there."""
-    import numpy as np
+def closest(metrics, before_epoch: int) -> tuple[float | None, float | None]:
+    """How near the warning's rule came at the events before ``before_epoch`` (a lead of one epoch or
+    more): the largest rise of the PGD loss over its lowest value at an earlier full event (the rule
+    needs ``loss_rise``) and, at that event, the fall of the FGSM loss from its value there (the rule
+    needs ``fgsm_fall``). None: never measurable there."""
+    from codiag.detector import SIGNALS, COWarning, event_values
 
-    from codiag.detector import COWarning, event_values
-
-    w = COWarning()
-    peak, fall, rise, gaps, pgd_peak = None, None, None, [], None
-    for _step, epoch, v in event_values(metrics):
+    w = COWarning(loss_rise=float("inf"))   # never fires: it only keeps its reference
+    best: tuple[float, float] | None = None
+    for step, epoch, v in event_values(metrics, {**SIGNALS, **COWarning.signals}):
         if epoch >= before_epoch:
             break
-        a, p, f = v.get("grad_align"), v.get("pgd_acc"), v.get("fgsm_acc")
-        if a is not None:
-            peak = a if peak is None else max(peak, a)
-            if peak >= w.align_peak:
-                fall = max(fall or 0.0, 1 - a / peak)
-        if p is not None:
-            pgd_peak = p if pgd_peak is None else max(pgd_peak, p)
-        if p is not None and f is not None:
-            if len(gaps) >= w.window:
-                r = (f - p) - float(np.median(gaps[-w.window:]))
-                rise = r if rise is None else max(rise, r)
-            gaps.append(f - p)
-    return fall, rise, pgd_peak
+        low = w.low
+        w.check(step, v)
+        p, f, n = v.get("pgd_loss"), v.get("fgsm_loss"), v.get("n")
+        if low is not None and p is not None and f is not None and (n is None or n <= w.full_n):
+            if best is None or p - low[1] > best[0]:
+                best = (p - low[1], low[2] - f)
+    return (None, None) if best is None else best
 
 
-def score_warning(results: list[dict], out: Path) -> str:
+def score_warning(results: list[dict], out: Path, replay: bool = False) -> str:
     """The early warning's row beside the alarm's: how often it comes at least one epoch before the
     label's collapse epoch (the goal: on half of the collapses), its lead in epochs and steps, and
     false warnings (healthy runs warned). The warning is the one recorded online (``label.json``'s
-    ``online_warning``); a run recorded before the warning existed is replayed (``detect_warning``)."""
+    ``online_warning``); a run recorded before the warning existed, or every run with ``replay``, is
+    replayed (``detect_warning``: today's rules)."""
     from collections import Counter
 
     from codiag.detector import detect_co, detect_warning
@@ -348,7 +340,7 @@ def score_warning(results: list[dict], out: Path) -> str:
     replayed = 0
     for r in results:
         metrics = load_run(out / r["name"]).metrics
-        if "online_warning" in r:
+        if "online_warning" in r and not replay:
             warned[r["name"]] = r["online_warning"]
         else:
             replayed += 1
@@ -373,11 +365,10 @@ def score_warning(results: list[dict], out: Path) -> str:
                  f"{' '.join(f'{e:+d}' for e in sorted(ep)) or '-'} | {' '.join(f'{s:+d}' for s in sorted(st)) or '-'}"
                  f" | {sum(either[n] is not None for n in healthy)}/{len(healthy)} | |")
     if replayed:
-        lines.append(f"\n{replayed} run(s) recorded before the warning existed: warning replayed from the metrics.")
+        lines.append(f"\n{replayed} run(s): warning replayed from the metrics (today's rules).")
     lines.append("")
     lines.append("| run | label epoch | warning (epoch, step, rule) | alarm (epoch, step, rule) | closest before the "
-                 "label epoch: alignment fall under its peak (needs 0.2) / gap over its median (needs 0.1) / "
-                 "PGD peak (the gap rule needs 0.1) |")
+                 "label epoch: PGD loss over its lowest (needs 0.15) / FGSM loss fall there (needs 0.05) |")
     lines.append("|---|---|---|---|---|")
     for r in results:
         lab, between = labels[r["name"]]
@@ -403,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="torchvision-layout root; MNIST runs need it")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--replay", action="store_true",
-                   help="score the default detector by replaying today's rules over the recorded metrics "
-                        "instead of the alarm recorded online (an older corpus under the current rules)")
+                   help="score the default detector and the warning by replaying today's rules over the recorded "
+                        "metrics instead of what was recorded online (an older corpus under the current rules)")
     p.add_argument("--limit", type=int, default=None, help="train only the first N runs of the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SCORECARD_SEEDS),
                    help="seeds of the corpus (default %(default)s; 0-35: development and earlier scorecards)")
@@ -445,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no finished run to score", file=sys.stderr)
         return 1
-    table = score(results, out, replay=args.replay) + "\n\n## Early warning\n\n" + score_warning(results, out)
+    table = (score(results, out, replay=args.replay) + "\n\n## Early warning\n\n"
+             + score_warning(results, out, replay=args.replay))
     print(table)
     (out / "scorecard.md").write_text(table + "\n")
     return 0

@@ -390,85 +390,75 @@ class COWarning:
     """An early warning: a collapse is likely to come but the alarm has not fired (yet).
 
     Fed the same events as the alarm (light events included) while no alarm stands; fires
-    once, at the first event where one rule holds, and returns the warning dict (step,
-    epoch, reason, rule, signals). Two rules, each reading a trend of a probe signal against
-    the run's own recent history (no absolute level: levels depend on the model):
+    once, at the first event where the rule holds, and returns the warning dict (step,
+    epoch, reason, rule, signals). One rule, read on the probe set's losses against the
+    run's own history (no absolute level of accuracy: levels depend on the model and eps):
 
-    * ``align_falling``: gradient alignment fell at two events in a row (at different
-      steps) and now sits ``align_fall`` (a fifth) or more under its running peak
-      (>= ``align_peak``). GradAlign Sec. 4 / Fig. 4: alignment falls with the collapse;
-      in codiag's demo it fell 0.87 -> 0.65 -> 0.49 over the epochs before the collapse
-      while PGD accuracy held.
-    * ``gap_widening``: the FGSM-PGD accuracy gap is ``gap_rise`` or more above the median
-      of its previous ``window`` events (at least ``window`` of them) and at least
-      ``min_gap``, in a run whose PGD accuracy has reached ``min_peak``: the model starts to
-      beat its training attack faster than PGD (ATAS Sec. II: FGSM accuracy jumps at the
-      collapse), read before the gap reaches the alarm's lines. Before any robustness was
-      measured the gap widens in every run (FGSM accuracy rises before PGD accuracy does:
-      on Fashion-MNIST at eps 0.15-0.2 it went 0.08 -> 0.19 at step 32 of healthy runs).
+    * ``pgd_loss_rising``: the probe PGD loss is ``loss_rise`` (0.15 nats) or more above its
+      lowest value at an earlier full event, while the FGSM loss is ``fgsm_fall`` (0.05) or
+      more below its value at that event: the model gets better against its training attack
+      and worse against PGD. GradAlign Fig. 4 and Fig. 11 (b): at catastrophic overfitting
+      "the PGD loss grows by an order of magnitude while the FGSM loss decreases"; the loss
+      starts to grow before the accuracies cross the alarm's lines (PGD accuracy sits near
+      zero long before it, so its loss still moves where the accuracy cannot). When both
+      losses rise the run diverges; that is not the collapse's signature. The same event's
+      FGSM-PGD accuracy gap must be ``min_gap`` (0.15, half the label's line in
+      ``benchmarks/detector_eval.py``) or more: ATAS runs whose PGD loss rose and fell back
+      kept that gap at 0.10-0.15.
 
-    ``reset()`` re-arms it (a roll-back). The alarm's rules are :class:`CODetector`'s.
+    Only full events set the lowest PGD loss (a light event measures half the points and
+    its noisy low value would make every later rise look larger); a light event's losses
+    may fire the rule. A confirming measurement (more points than the probe set, another
+    sample) is not read. ``reset()`` re-arms it (a roll-back). The alarm's rules are
+    :class:`CODetector`'s.
     """
 
-    align_fall: float = 0.2
-    align_peak: float = 0.5
-    gap_rise: float = 0.1
-    min_gap: float = 0.1
-    min_peak: float = 0.1
-    window: int = 3
+    loss_rise: float = 0.15
+    fgsm_fall: float = 0.05
+    min_gap: float = 0.15
     warning: dict[str, Any] | None = None
-    peak_align: float | None = None
-    peak_pgd: float | None = None
-    #: (step, value) of the last events' alignment and gap; a second event at one step replaces the first
-    aligns: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    gaps: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    #: points of the run's first event (the probe set's size): fewer is a light event, more a confirmation
+    full_n: float | None = None
+    #: (step, PGD loss, FGSM loss) of the full event with the lowest PGD loss so far
+    low: tuple[int, float, float] | None = None
 
-    THRESHOLDS: ClassVar[tuple[str, ...]] = ("align_fall", "align_peak", "gap_rise", "min_gap", "min_peak", "window")
+    THRESHOLDS: ClassVar[tuple[str, ...]] = ("loss_rise", "fgsm_fall", "min_gap")
+    #: the probe rows it reads besides the detector's signals
+    signals: ClassVar[dict[tuple[str, str], str]] = {RobustAcc.pgd_loss.pair: "pgd_loss",
+                                                     RobustAcc.fgsm_loss.pair: "fgsm_loss"}
 
     def settings(self) -> dict[str, Any]:
         return {"rule": "warning", **{k: getattr(self, k) for k in self.THRESHOLDS}}
 
     def reset(self) -> None:
         self.warning = None
-        self.peak_align = None
-        self.peak_pgd = None
-        self.aligns.clear()
-        self.gaps.clear()
-
-    @staticmethod
-    def _push(record: list[tuple[int, float]], step: int, value: float) -> None:
-        if record and record[-1][0] == step:
-            record.pop()
-        record.append((step, value))
+        self.low = None
 
     def check(self, step: int, values: Mapping[str, Any]) -> tuple[str, str] | None:
-        """Record this event's signals; (rule, reason) where one rule holds."""
-        pgd, fgsm, align = (_finite(values.get(k)) for k in ("pgd_acc", "fgsm_acc", "grad_align"))
+        """Record this event's losses; (rule, reason) where the rule holds."""
+        pgd, fgsm, n, pgd_acc, fgsm_acc = (_finite(values.get(k)) for k in ("pgd_loss", "fgsm_loss", "n", "pgd_acc",
+                                                                          "fgsm_acc"))
+        if n is not None and self.full_n is None:
+            self.full_n = n
+        kind = "full" if n is None or self.full_n is None or n == self.full_n else "light" if n < self.full_n \
+            else "confirm"
+        if pgd is None or fgsm is None or kind == "confirm":
+            return None
         hit = None
-        if align is not None:
-            self._push(self.aligns, step, align)
-            self.peak_align = align if self.peak_align is None else max(self.peak_align, align)
-            last = [v for _, v in self.aligns[-3:]]
-            if (len(last) == 3 and last[0] > last[1] > last[2] and self.peak_align >= self.align_peak
-                    and align <= (1 - self.align_fall) * self.peak_align):
-                hit = ("align_falling", f"gradient alignment fell at two events in a row, "
-                       f"{' -> '.join(f'{v:.3f}' for v in last)} (peak {self.peak_align:.3f})")
-        if pgd is not None:
-            self.peak_pgd = pgd if self.peak_pgd is None else max(self.peak_pgd, pgd)
-        if pgd is not None and fgsm is not None:
-            gap = fgsm - pgd
-            earlier = [v for s, v in self.gaps if s != step][-self.window:]
-            self._push(self.gaps, step, gap)
-            del self.gaps[:-(self.window + 1)]
-            if hit is None and len(earlier) >= self.window:
-                med = float(np.median(earlier))
-                if gap >= self.min_gap and gap >= med + self.gap_rise and self.peak_pgd >= self.min_peak:
-                    hit = ("gap_widening", f"FGSM-PGD gap {gap:.3f} (FGSM {fgsm:.3f}, PGD {pgd:.3f}) is "
-                           f"{gap - med:.3f} above its median {med:.3f} over the last {self.window} events")
+        if self.low is not None:
+            at, low_pgd, low_fgsm = self.low
+            gap = None if pgd_acc is None or fgsm_acc is None else fgsm_acc - pgd_acc
+            if (pgd - low_pgd >= self.loss_rise and low_fgsm - fgsm >= self.fgsm_fall and gap is not None
+                    and gap >= self.min_gap):
+                hit = ("pgd_loss_rising", f"PGD loss {pgd:.3f} is {pgd - low_pgd:.3f} above its lowest {low_pgd:.3f} "
+                       f"(step {at}) while the FGSM loss fell {low_fgsm - fgsm:.3f} to {fgsm:.3f}; FGSM-PGD "
+                       f"accuracy gap {gap:.3f}")
+        if kind == "full" and (self.low is None or pgd < self.low[1]):
+            self.low = (int(step), pgd, fgsm)
         return hit
 
     def update(self, step: int, epoch: int, values: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Feed one event; return the warning the first time a rule holds, else None."""
+        """Feed one event; return the warning the first time the rule holds, else None."""
         hit = self.check(int(step), values)
         if hit is None or self.warning is not None:
             return None
@@ -485,8 +475,10 @@ def detect_warning(metrics: Any, detector: Any = True, **thresholds: Any) -> dic
         metrics = metrics.metrics
     det = make_detector(detector)
     warner = COWarning(**thresholds)
-    for step, epoch, values in event_values(metrics, getattr(det, "signals", SIGNALS)):
-        if det is not None and det.update(step, epoch, values) is not None:
+    own = dict(getattr(det, "signals", SIGNALS))
+    for step, epoch, values in event_values(metrics, {**own, **COWarning.signals}):
+        if det is not None and det.update(step, epoch, {k: v for k, v in values.items()
+                                                        if k in own.values()}) is not None:
             return None
         hit = warner.update(step, epoch, values)
         if hit is not None:

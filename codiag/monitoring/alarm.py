@@ -53,7 +53,8 @@ class Alarm:
             return
         alarm = self.detector.update(step, epoch, signals)
         if alarm is None and self.alarm is None:
-            self._warn(writer, step, epoch, signals)
+            self._warn(writer, step, epoch, {**signals, **{name: values[pk] for pk, name in COWarning.signals.items()
+                                                           if pk in values}})
         if alarm is None or self.alarm is not None:
             return
         self.alarm = alarm
@@ -95,8 +96,10 @@ class Alarm:
         last_rollback = max((i for i, k in enumerate(kinds) if k == "rollback"), default=-1)
         after = int(events[last_rollback].get("step", -1)) if last_rollback >= 0 else -1
         last_warning = max((i for i, k in enumerate(kinds) if k == "warning"), default=-1)
-        for step, epoch, values in event_values(metrics, self.signals):
-            if step > after and self.detector.update(step, epoch, values) is None and self.detector.alarm is None:
+        own = self.signals
+        for step, epoch, values in event_values(metrics, {**own, **COWarning.signals}):
+            mine = {k: v for k, v in values.items() if k in own.values()}
+            if step > after and self.detector.update(step, epoch, mine) is None and self.detector.alarm is None:
                 if self.warner is not None:
                     self.warner.update(step, epoch, values)
         if self.warner is not None:
