@@ -6,8 +6,9 @@ event; this module gives it the rest of the trainer's state at that event (the m
 state and the schedule position, in epochs) and, at the roll-back, switches the run to the
 policy's method for the rest of training:
 
-* ``n_fgsm`` / ``gradalign``: that method, with its validated hyper-parameters for the
-  dataset (``codiag.methods.settings.nearest_hparams``);
+* ``n_fgsm`` / ``gradalign`` / ``atas``: that method, with its validated hyper-parameters for
+  the dataset (``codiag.methods.settings.nearest_hparams``; ATAS's per-sample store starts empty
+  at the switch);
 * ``halve-step``: the run's own method with half its step and, for methods with a random
   start, half its noise;
 * ``auto`` (``--guard`` alone): the validated mitigation for the dataset and eps
@@ -30,7 +31,7 @@ from .methods import METHODS, Method, get_method
 from .methods.settings import guard_mitigation, nearest_hparams
 from .monitoring.guard import Guard
 
-POLICIES = ("auto", "n_fgsm", "gradalign", "halve-step")
+POLICIES = ("auto", "n_fgsm", "gradalign", "atas", "halve-step")
 
 
 def canonical_policy(name: str) -> str:

@@ -313,6 +313,8 @@ def test_trainer_policies_build_their_mitigation():
     assert (n.name, n.step, n.noise) == ("n_fgsm", 0.75, 2.0)      # the Fashion-MNIST row (eps 0.2)
     g = mitigation(method="fgsm", guard="gradalign")
     assert (g.name, g.lam, g.step) == ("gradalign", 2.0, 0.6)
+    a = mitigation(method="fgsm", guard="ATAS")
+    assert (a.name, a.c, a.warmup_epochs) == ("atas", 0.002, 0)    # the Fashion-MNIST row, no warm-up
     h = mitigation(method="fgsm_rs", guard="halve_step", method_args={"step": 1.0})
     assert (h.name, h.step, h.init) == ("fgsm_rs", 0.5, 0.5)
     for bad in (dict(method="fgsm", guard="nope"), dict(method="fgsm", guard="auto", detector="none"),
