@@ -17,15 +17,14 @@ robust accuracies (the confirming measurement's where one ran) show no collapse:
   attack but not PGD). The lines are :class:`codiag.detector.CODetector`'s defaults.
 
 An event without PGD and FGSM accuracies is a target where the detector is not ``suspect``.
-The first rule refused every event the detector was ``suspect`` of (near a line: PGD <= 0.1
-with FGSM 0.18 above it), which in the first epochs is as often a run *not yet robust*; on the
-guard's check run (Fashion-MNIST cnn4 FGSM eps 0.25, 4000 images, 6 epochs, seeds 0-8) it sent
-2 of 9 roll-backs past such an event, two and three epochs back (seed 0: to step 0) instead of
-one; the 2 that skip an event whose PGD accuracy had fallen still do (docs/API.md has the
-figures). When the alarm fires it restores that snapshot exactly, writes a ``rollback`` event,
-re-arms the detector and hands the user's ``on_co(info)`` what it restored and the policy's suggested
-``mitigation`` (without ``on_co`` it warns), so that the loop continues with a method that
-does not collapse. This is ZeroGrad's roll-back (ZeroGrad paper, Sec. 5.2: "resuming from
+An event the detector is only ``suspect`` of (near a line: PGD <= 0.1 with FGSM 0.18 above it)
+can be a target: in the first epochs that is as often a run *not yet robust*, and going past it
+would send the roll-back back to the initial weights.
+
+When the alarm fires the guard restores that snapshot exactly, writes a ``rollback`` event,
+re-arms the detector and hands the user's ``on_co(info)`` what it restored and the policy's
+suggested ``mitigation`` (without ``on_co`` it warns), so that the loop continues with a method
+that does not collapse. This is ZeroGrad's roll-back (ZeroGrad paper, Sec. 5.2: "resuming from
 a saved checkpoint at the epoch right before catastrophic overfitting" with a stronger
 setting) driven by the monitor's alarm instead of a method's own flag. After
 ``max_rollbacks`` roll-backs the next alarm is not undone: the guard writes a
