@@ -299,14 +299,15 @@ def test_fgsm_rs_cs_matches_reference():
 
 
 # ------------------------------------------------------------------------------ FGSM-UAP, FGSM-CUAP
-def ref_uap_step(model, opt, images, labels, eps, uaps, momentum, rows, uap_eps, lam=10.0, decay=0.3):
+def ref_uap_step(model, opt, images, labels, eps, uaps, momentum, rows, uap_eps, lam=10.0, decay=0.3, base=None):
     """fzjcdt/FastAT_Benchmark ``fast_at/fgsm_uap.py`` and ``fgsm_cuap.py`` (no licence: their logic in our
     words): the start is the universal perturbation of the row (the only one, or the label's), clipped to
     the eps ball and the image; one step of eps along the sign of the CE's gradient there, clipped again;
     CE at the adversarial input + lam * MSE of the two outputs; then the row's momentum takes the mean
     over its samples of g / ||g||_1 (whole batch) plus 0.3 times itself, and the perturbation a signed
-    step of uap_eps along it, clipped to uap_eps."""
-    delta = clamp(images + uaps[rows] - images, -eps, eps)
+    step of uap_eps along it, clipped to uap_eps. ``base``: the point the perturbation is added to (the
+    images; FGSM-FUAP's random start)."""
+    delta = clamp((images if base is None else base) + uaps[rows] - images, -eps, eps)
     adv = torch.clamp(images + delta, 0, 1).detach().requires_grad_(True)
     ori_output = model(adv)
     (g,) = torch.autograd.grad(F.cross_entropy(ori_output, labels), adv, retain_graph=True)
@@ -376,26 +377,12 @@ def ref_fuap_step(model, opt, images, labels, eps, uaps, momentum, head, g, uap_
     scores = F.linear(feature, head["w1"], head["b1"])
     out = F.linear(F.relu(scores), head["w2"], head["b2"])
     rows = scores.max(dim=1)[1]
-    noise = uaps[rows].clone()
     head["opt"].zero_grad()
     F.cross_entropy(out, labels).backward()
     head["opt"].step()
-    delta = clamp(adv + noise - images, -eps, eps)
-    adv = torch.clamp(images + delta, 0, 1).detach().requires_grad_(True)
-    ori_output = model(adv)
-    (grad,) = torch.autograd.grad(F.cross_entropy(ori_output, labels), adv, retain_graph=True)
-    delta = clamp(adv.detach() + eps * torch.sign(grad) - images, -eps, eps)
-    adv = torch.clamp(images + delta, 0, 1).detach()
-    output = model(adv)
-    loss = F.cross_entropy(output, labels) + lam * F.mse_loss(output, ori_output)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    cur = grad / torch.norm(grad, p=1)
-    for r in set(rows.tolist()):
-        momentum[r] = cur[rows == r].mean(dim=0) + momentum[r] * decay
-        uaps[r] = clamp(uaps[r] + uap_eps * torch.sign(momentum[r]), -uap_eps, uap_eps)
-    return adv - images, loss.detach(), rows
+    # from here FGSM-UAP's step, the clusters' perturbations added to the random start
+    delta, loss = ref_uap_step(model, opt, images, labels, eps, uaps, momentum, rows, uap_eps, lam, decay, base=adv)
+    return delta, loss, rows
 
 
 def test_fgsm_fuap_matches_reference():
