@@ -11,7 +11,7 @@ from test_detector import frame
 from codiag.detector import CODetector, COWarning, detect_co, detect_warning
 
 
-def test_the_signature_needs_a_second_event_inside_the_first_epoch():
+def test_the_signature_needs_a_second_event_without_a_pgd_gain_inside_the_first_epoch():
     """A user's MNIST loop (2-conv CNN, FGSM at eps 0.3, SGD one-cycle): at the end of epoch 1 PGD read
     0.039 beside FGSM 0.289 (up from 0.000), then PGD rose to 0.18 at epoch 2: not yet robust, not collapsed."""
     rows = [{"step": 0, "epoch": 0, "pgd_acc": 0.0, "fgsm_acc": 0.0},
@@ -26,6 +26,17 @@ def test_the_signature_needs_a_second_event_inside_the_first_epoch():
     fm = [(0, 0, 0.0, 0.086), (8, 1, 0.086, 0.18), (16, 1, 0.047, 0.297), (24, 1, 0.031, 0.305)]
     co = detect_co(frame([{"step": s, "epoch": e, "pgd_acc": p, "fgsm_acc": f} for s, e, p, f in fm]))
     assert (co["rule"], co["step"], co["epoch"]) == ("signature", 24, 1)
+    # two events in a row inside the first epoch, but PGD accuracy gained between them: not yet robust.
+    # Fashion-MNIST small_cnn, FGSM eps 0.2 under the FastAT protocol at CPU size (SGD one-cycle lr 0.05,
+    # label smoothing 0.4; `codiag reproduce fastat-cifar10`, seed 0): light events at steps 8-32, the
+    # epoch's event at 40, then PGD 0.352 at epoch 2 (it ended robust)
+    ns = [(0, 0, 0.0, 0.0, 256), (8, 1, 0.0, 0.031, 128), (16, 1, 0.0, 0.156, 128), (32, 1, 0.016, 0.359, 128),
+          (40, 1, 0.059, 0.430, 256), (80, 2, 0.352, 0.484, 256)]
+    rows = [{"step": s, "epoch": e, "pgd_acc": p, "fgsm_acc": f, "n": n} for s, e, p, f, n in ns]
+    assert detect_co(frame(rows)) is None
+    # the same events with PGD accuracy not higher at the second: the collapse, inside the first epoch
+    co = detect_co(frame(rows[:4] + [{**rows[4], "pgd_acc": 0.016}]))
+    assert (co["rule"], co["step"], co["epoch"]) == ("signature", 40, 1)
     # after the first epoch one event is enough (as before): a late collapse at the run's last event
     det = CODetector()
     assert det.update(0, 0, {"pgd_acc": 0.0, "fgsm_acc": 0.0}) is None
