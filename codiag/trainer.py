@@ -114,7 +114,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
     steps_per_epoch = len(train_loader)
     use_amp = cfg.amp and device.type == "cuda"
     first_epoch, stopped, time_before = 0, False, 0.0
-    rescue = TrainerGuard(cfg, len(train_set), method, extras.averaged)   # inert without --guard
+    rescue = TrainerGuard(cfg, len(train_set), method, extras)   # inert without --guard
     if state is not None:
         _restore(out, lambda: (model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])))
         method = rescue.resumed_method(state.get("guard"), method)

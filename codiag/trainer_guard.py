@@ -16,20 +16,21 @@ policy's method for the rest of training:
 
 The schedule restarts at the start of the restored event's epoch (at an epoch's end: the next
 epoch), and the weight average of ``--weight-averaging`` (an EMA updated every step) goes back
-to its state at the restored event, so the steps rolled back leave no trace in it. The guard's
+to its state at the restored event, so the steps rolled back leave no trace in it; so does the
+checkpoint ``--select best`` keeps (a model of the discarded stretch is not selected). The guard's
 state (which method runs, its snapshot with the EMA's, its roll-backs) goes into the resumable
 checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
-
-from torch import nn
 
 from .errors import UsageError
 from .methods import METHODS, Method, get_method
 from .methods.settings import guard_mitigation, nearest_hparams
 from .monitoring.guard import Guard
+from .protocol import Extras
 
 POLICIES = ("auto", "n_fgsm", "gradalign", "atas", "halve-step")
 
@@ -62,9 +63,11 @@ class TrainerGuard:
     """The trainer's guard: the policy for the monitor, the pending roll-back, the switched method.
     Without ``cfg.guard`` it is inert (no policy, never pending)."""
 
-    def __init__(self, cfg: Any, num_samples: int, method: Method, averaged: nn.Module | None = None) -> None:
+    def __init__(self, cfg: Any, num_samples: int, method: Method, extras: Extras | None = None) -> None:
         self.cfg, self.num_samples = cfg, num_samples
-        self.averaged = averaged   # the EMA of --weight-averaging (torch's AveragedModel), rolled back with the run
+        # the EMA of --weight-averaging and the checkpoint of --select best: rolled back with the run
+        self.averaged = None if extras is None else extras.averaged
+        self.best = None if extras is None else extras.best
         self.enabled = cfg.guard is not None
         self.policy_name = canonical_policy(cfg.guard) if self.enabled else None
         self.mitigation = (guard_mitigation(cfg.dataset, cfg.eps) if self.policy_name == "auto"
@@ -84,6 +87,8 @@ class TrainerGuard:
         state = {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
+        if self.best is not None:
+            state["best"] = self.best.state_dict()
         return state
 
     def callback(self) -> Any:
@@ -118,6 +123,8 @@ class TrainerGuard:
         method = self.mitigated_method()
         if self.averaged is not None and "averaged" in extra:
             self.averaged.load_state_dict(extra["averaged"])    # copies into the EMA's own tensors
+        if self.best is not None and "best" in extra:
+            self.best.load_state_dict(copy.deepcopy(extra["best"]))   # a copy: the snapshot stays as it was
         if extra.get("mitigated"):   # the restored state was already the mitigation's: its state too
             method.load_state_dict(extra["method"])
         self.method, self.mitigated = method, True

@@ -361,20 +361,22 @@ def test_the_rollback_target_is_the_latest_event_that_shows_no_collapse():
     assert (again.peak, again.snapshot_peak, again.snapshot.step) == (0.5, 0.5, 352)
 
 
-def test_the_trainers_weight_average_goes_back_with_the_rollback():
-    """``codiag train --guard --weight-averaging TAU``: the EMA is part of the snapshot; the roll-back puts
-    it back as it was at the restored event (its update count too), however far it moved since."""
+def test_the_trainers_weight_average_and_selected_checkpoint_go_back_with_the_rollback():
+    """``codiag train --guard --weight-averaging TAU --select best``: the EMA and the best checkpoint are
+    part of the snapshot; the roll-back puts them back as they were at the restored event (the EMA's update
+    count too), however far they moved since: a model of the discarded stretch is not selected."""
     from codiag.monitoring.guard import GuardState
-    from codiag.protocol import averaged_model
+    from codiag.protocol import Extras
     from codiag.trainer import TrainConfig, build_method
     from codiag.trainer_guard import TrainerGuard
 
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ema = averaged_model(model, 0.9)
+    extras = Extras(model, 0.9, select_best=True)
+    ema, best = extras.averaged, extras.best
     cfg = TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, method="fgsm", guard="n_fgsm",
-                                     weight_averaging=0.9))
-    rescue = TrainerGuard(cfg, 100, build_method(cfg, 100), ema)
+                                     weight_averaging=0.9, val_split=100, select="best"))
+    rescue = TrainerGuard(cfg, 100, build_method(cfg, 100), extras)
     guard = GuardState(rescue.policy())
 
     def steps(n):
@@ -385,15 +387,20 @@ def test_the_trainers_weight_average_goes_back_with_the_rollback():
             ema.update_parameters(model)
 
     steps(3)
+    best.consider(1, {"raw": ({"pgd_acc": 0.3, "clean_acc": 0.6}, model)})
     guard.observe(model, opt, 3, 1, {("robust_acc", "pgd_acc"): 0.3, ("robust_acc", "fgsm_acc"): 0.35})
-    kept = copy.deepcopy(ema.state_dict())
+    kept, kept_best = copy.deepcopy(ema.state_dict()), copy.deepcopy(best.state_dict())
     steps(5)
+    assert best.consider(2, {"raw": ({"pgd_acc": 0.4, "clean_acc": 0.5}, model)})   # the stretch rolled back
     rescue.on_co(guard.act(model, opt, {"step": 8, "rule": "user"}))
     method, position = rescue.switch()
     assert method.name == "n_fgsm" and position == 0
     for k, v in kept.items():
         assert torch.equal(ema.state_dict()[k], v), k
     assert int(ema.n_averaged) == 3
+    assert (best.epoch, best.pgd_acc) == (1, 0.3)
+    for k, v in kept_best["state"].items():
+        assert torch.equal(best.state[k], v), k
     steps(1)                                     # training on does not write into the snapshot
     assert torch.equal(guard.snapshot.extra["averaged"]["module.0.weight"], kept["module.0.weight"])
 
