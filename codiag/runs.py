@@ -352,6 +352,11 @@ _sigterm_users = 0
 _previous_handlers: dict[int, Any] = {}
 
 
+def open_writers() -> int:
+    """How many run writers of this process hold the SIGTERM handler (opened in the main thread)."""
+    return _sigterm_users
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 

@@ -243,3 +243,34 @@ def test_a_killed_sweep_run_resumes_to_the_uninterrupted_rows(tmp_path):
     a, b = codiag.load_run(run), codiag.load_run(tmp_path / "whole" / run.name)
     assert a.scalar("weight_update", "l2_all")["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
+
+
+def test_workers_of_a_sweep_ended_by_sigterm_stop_and_their_runs_resume(tmp_path):
+    """SIGTERM to the ``codiag sweep`` process alone (as a scheduler or ``kill`` sends it) while its two
+    worker processes train: the workers end their runs "interrupted" and exit instead of training on
+    orphaned; the same command then resumes both runs."""
+    psutil = pytest.importorskip("psutil")
+    cli = ["--train-limit", "256", "--epochs", "40", "--eval-n", "0", "--eval-steps", "3", "--eval-restarts", "1",
+           "--probes", "robust_acc", "-q"]
+    out = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "codiag", "sweep", "--methods", "fgsm", "--eps", "0.1,0.3",
+                             "--seeds", "0", "--jobs", "2", "--threads-per-run", "1", "--out", str(out), *cli],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = [out / "fgsm-eps0.1-seed0", out / "fgsm-eps0.3-seed0"]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not all(
+            (r / "checkpoints" / "resume.pt").exists() for r in runs):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before both runs trained"
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if "resource_tracker" not in " ".join(c.cmdline())]
+    assert len(workers) == 2, [c.cmdline() for c in workers]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"{len(alive)} worker(s) still training after their sweep ended"
+    assert {json.loads((r / "run.json").read_text())["status"] for r in runs} == {"interrupted"}
+    assert all(not (r / "checkpoints" / "final.pt").exists() for r in runs)
+    resumed = codiag.sweep("fgsm", "0.1,0.3", "0", out=out, jobs=2, threads_per_run=1, echo=False, train_limit=256,
+                           epochs=40, eval_n=0, eval_steps=3, eval_restarts=1, probes="robust_acc")
+    assert [r["status"] for r in resumed.results] == ["resumed", "resumed"]

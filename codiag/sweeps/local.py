@@ -8,12 +8,17 @@ Each worker owns one slot: on a machine with GPUs, slot ``i`` trains on GPU
 on a CPU every worker uses ``threads_per_run`` threads. A worker that dies (killed,
 out of memory) breaks the pool: its cells go back to the queue and resume from their
 checkpoints in a new pool, at most ``retries`` times each (then they count as failed,
-and the next sweep command resumes them).
+and the next sweep command resumes them). A worker whose sweep process is gone (ended by
+SIGTERM or SIGKILL, which no cleanup of the parent's can catch) ends its run as a SIGTERM
+would ("interrupted", its checkpoint kept) and exits: rerunning the command resumes it.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Mapping, Sequence
@@ -35,6 +40,23 @@ def _init_worker(slots: Any, threads: int) -> None:
 
     _SLOT["slot"] = slots.get()
     torch.set_num_threads(threads)
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True, name="codiag-parent").start()
+
+
+def _end_with_parent(parent: int, every: float = 0.5, grace: float = 300.0) -> None:
+    """End this worker once its sweep process is gone (its parent changed): an orphaned worker
+    would train on, racing the sweep command that is rerun to resume its cells. SIGTERM ends the
+    open run "interrupted" (its handler; without a run open it ends the process); then, the run
+    closed, the worker exits (its pool is gone: it would wait for work forever)."""
+    from .. import runs
+
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while runs.open_writers() and time.monotonic() < deadline:
+        time.sleep(every)
+    os._exit(128 + signal.SIGTERM)
 
 
 def _device_of(slot: int, n_gpus: int, runs_per_gpu: int) -> str:
