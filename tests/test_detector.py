@@ -183,10 +183,31 @@ def test_detectors_are_pluggable_by_name():
 
 def test_grad_align_collapse_needs_the_pgd_accuracy_to_fall_too():
     align = [0.9, 0.8, 0.7, 0.2, 0.1]
-    co = detect_co(frame(seq(pgd=[0.3, 0.4, 0.4, 0.28, 0.26], fgsm=[0.4, 0.5, 0.5, 0.45, 0.44], align=align)))
-    assert co["rule"] == "grad_align_collapse" and co["epoch"] == 3
+    rows = seq(pgd=[0.3, 0.4, 0.4, 0.28, 0.26], fgsm=[0.4, 0.5, 0.5, 0.45, 0.44], align=align)
+    # the fall (a quarter of the peak) is confirmed by the next event
+    co = detect_co(frame(rows))
+    assert co["rule"] == "grad_align_collapse" and co["epoch"] == 4 and "next event" in co["reason"]
+    # ... or at once by the confirming measurement at the same step (the detector asked for one)
+    det = CODetector()
+    for r in rows[:3]:
+        assert det.update(r["step"], r["epoch"], r) is None
+    assert det.update(30, 3, rows[3]) is None and det.suspect
+    co = det.update(30, 3, {"pgd_acc": 0.27, "fgsm_acc": 0.46, "n": 1024})
+    assert co["rule"] == "grad_align_collapse" and "confirming measurement" in co["reason"]
+    # a confirmation that reads the PGD accuracy above the line dismisses the event
+    det = CODetector()
+    for r in rows[:3]:
+        det.update(r["step"], r["epoch"], r)
+    det.update(30, 3, rows[3])
+    assert det.update(30, 3, {"pgd_acc": 0.33, "fgsm_acc": 0.46, "n": 1024}) is None and not det.suspect
     assert detect_co(frame(seq(pgd=[0.3, 0.4, 0.4, 0.39, 0.40], fgsm=[0.4, 0.5, 0.5, 0.5, 0.5],
                                align=align))) is None
+    # alignment declining without a collapse (small_cnn, SGD one-cycle, label smoothing 0.4, FGSM at eps 0.2,
+    # Fashion-MNIST seed 1): one event 0.70 of the PGD peak on 256 points, then back
+    pgd = [0.0, 0.29, 0.23, 0.34, 0.26, 0.30, 0.24, 0.30, 0.30, 0.29]
+    fgsm = [0.12, 0.44, 0.41, 0.61, 0.62, 0.66, 0.64, 0.70, 0.71, 0.70]
+    al = [0.25, 0.51, 0.41, 0.32, 0.26, 0.22, 0.18, 0.19, 0.18, 0.17]
+    assert detect_co(frame(seq(pgd=pgd, fgsm=fgsm, align=al))) is None
     # without robust_acc rows, alignment alone decides
     rows = [{"step": r["step"], "epoch": r["epoch"], "grad_align": r["grad_align"]}
             for r in seq(pgd=[0] * 5, align=align)]
