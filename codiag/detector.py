@@ -58,13 +58,12 @@ which is how the papers define the collapse (GradAlign Fig. 1 and 4). It
 catches runs that collapse inside the first epoch, before the PGD accuracy
 ever had a peak to fall from (a CNN on Fashion-MNIST at eps 0.25-0.3: PGD
 accuracy never above 0.15, FGSM accuracy climbing past the clean accuracy).
-Inside the first epoch it needs two events in a row (at different steps) with the PGD
-accuracy not higher at the second: there one event is as often a run *not yet robust*
-(FGSM accuracy rises before PGD accuracy does) as a collapse. A run not yet robust gains
-PGD accuracy from event to event (Fashion-MNIST ``small_cnn`` under SGD one-cycle: 0.016
-then 0.059 inside epoch 1, 0.35 at epoch 2); a collapsed one does not (FGSM at eps 0.3:
-0.047 then 0.031), and its collapse is still there at the next event. The light events
-put three events in the first epoch, so a first-epoch collapse still alarms in it.
+It does not fire inside the first epoch: there a run *not yet robust* shows it too
+(FGSM accuracy rises before PGD accuracy does; Fashion-MNIST ``small_cnn`` under SGD
+one-cycle with label smoothing: PGD 0.05 beside FGSM 0.43 at the end of epoch 1, PGD
+0.33 at epoch 2), at two events in a row and on the confirming measurement alike, and
+no measurement inside that epoch told the two apart; a collapse is still there at the
+first event of epoch 2, where the rule fires.
 It does not ask for collapsed gradient alignment: alignment depends on the
 architecture (a narrow CNN's stays under 0.45 from initialisation and falls
 by a quarter at the collapse, a 4-filter CNN's starts near 0.95), and on the
@@ -212,9 +211,6 @@ class CODetector(Detector):
     #: (step, past the looser line) of the last two steps with an event; a second event at one step
     #: (a light event, then the epoch's) replaces the first's verdict
     lows: list[tuple[int | None, bool]] = field(default_factory=list, repr=False)
-    #: (step, signature, PGD accuracy) of the last two steps with an event: inside the first epoch the
-    #: signature fires only where two events in a row show it and the PGD accuracy did not rise
-    sigs: list[tuple[int | None, bool, float | None]] = field(default_factory=list, repr=False)
     #: (step, alignment) of the last event where alignment collapsed with the PGD accuracy down by
     #: ``align_drop``: ``grad_align_collapse`` fires once a confirmation or the next event shows that fall
     align_hold: tuple[int | None, float] | None = None
@@ -239,18 +235,16 @@ class CODetector(Detector):
         self.min_fgsm = None
         self.history.clear()
         self.lows.clear()
-        self.sigs.clear()
         self.align_hold = None
         self.suspect = False
 
     @staticmethod
-    def _before(record: list[tuple], step: int | None, *entry: Any) -> tuple | None:
-        """Record this event's ``entry`` (its verdict first) in ``record``; return the previous step's
-        entry, or None."""
+    def _before(record: list[tuple[int | None, bool]], step: int | None, verdict: bool) -> bool:
+        """Record this event's verdict in ``record``; return the verdict of the previous step's event."""
         if record and step is not None and record[-1][0] == step:
             record.pop()
-        before = record[-1][1:] if record else None
-        record.append((step, *entry))
+        before = bool(record) and record[-1][1]
+        record.append((step, verdict))
         del record[:-2]
         return before
 
@@ -265,7 +259,7 @@ class CODetector(Detector):
         """Evaluate the rules for one event (running extremes include this event); (rule, reason) or None.
 
         ``step`` tells two events at one step apart from consecutive ones (None: a new step); ``epoch``
-        (1-based; None: past the first) says whether the signature needs a second event."""
+        (1-based; None: past the first) says whether the signature may fire (not inside the first)."""
         pgd = _finite(values.get("pgd_acc"))
         fgsm = _finite(values.get("fgsm_acc"))
         align = _finite(values.get("grad_align"))
@@ -281,12 +275,9 @@ class CODetector(Detector):
             self.min_fgsm = fgsm if self.min_fgsm is None else min(self.min_fgsm, fgsm)
         peak = self.peak_pgd
         low = self._fell(pgd, fgsm, self.persist_ratio, self.persist_gap)
-        low_before = (self._before(self.lows, step, low) or (False,))[0]
+        low_before = self._before(self.lows, step, low)
         sig = (pgd is not None and fgsm is not None and self.min_fgsm is not None and pgd <= self.sig_pgd
                and fgsm - pgd >= self.sig_gap and fgsm >= self.min_fgsm + self.sig_rise)
-        sig_before, pgd_before = self._before(self.sigs, step, sig, pgd) or (False, None)
-        # a run not yet robust gains PGD accuracy from event to event; a collapsed one does not
-        sig_persists = sig_before and pgd_before is not None and pgd <= pgd_before
         self.suspect = low or (pgd is not None and fgsm is not None and pgd <= self.sig_pgd
                                and fgsm - pgd >= self.min_gap)
         if self._fell(pgd, fgsm, 1 - self.drop, self.min_gap):
@@ -312,9 +303,9 @@ class CODetector(Detector):
         if align_low and pgd_fell:
             self.align_hold = (step, align)
             self.suspect = True
-        # in the first epoch one event is "not yet robust" as often as "collapsed": FGSM accuracy rises
-        # before PGD accuracy does; a collapse is still there at the next event, with no PGD gained
-        if sig and (sig_persists or epoch is None or epoch > 1):
+        # in the first epoch a run not yet robust shows the signature as a collapse does (FGSM accuracy
+        # rises before PGD accuracy); a collapse is still there at the first event of epoch 2
+        if sig and (epoch is None or epoch > 1):
             extra = "" if align is None else (f"; gradient alignment {align:.3f} "
                                               f"(peak {self.peak_align:.3f})")
             return ("signature",
