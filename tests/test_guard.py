@@ -309,7 +309,11 @@ def test_trainer_policies_build_their_mitigation():
         c = TrainConfig.from_dict(dict(dict(dataset="fashion_mnist", eps=0.25), **cfg))
         return TrainerGuard(c, 100, None).mitigated_method()
 
-    n = mitigation(method="fgsm", guard="auto")
+    auto = mitigation(method="fgsm", guard="auto")                # the measured mitigation on Fashion-MNIST
+    assert (auto.name, auto.c, auto.warmup_epochs) == ("atas", 0.002, 0)
+    c = TrainConfig.from_dict(dict(dataset="mnist", eps=0.3, method="fgsm", guard="auto"))
+    assert TrainerGuard(c, 100, None).mitigated_method().name == "n_fgsm"   # elsewhere N-FGSM
+    n = mitigation(method="fgsm", guard="n_fgsm")
     assert (n.name, n.step, n.noise) == ("n_fgsm", 0.75, 2.0)      # the Fashion-MNIST row (eps 0.2)
     g = mitigation(method="fgsm", guard="gradalign")
     assert (g.name, g.lam, g.step) == ("gradalign", 2.0, 0.6)
