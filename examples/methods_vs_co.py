@@ -57,8 +57,10 @@ TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "fgsm_pgi": [{}, {"step": 0.75}],
     "gat": [{}, {"lam": 15.0, "init": 1.0, "alternate": False}],
     # the FastAT Benchmark's methods and SORA: their defaults first (do they hold at this eps?)
-    **{name: [{}] for name in ("sora", "nuat", "fgsm_mep", "fgsm_mep_cs", "fgsm_rs_cs", "fgsm_uap", "fgsm_cuap",
-                               "liet", "ssat", "fgsm_pco", "fgsm_fuap")},
+    **{name: [{}] for name in ("sora", "nuat", "fgsm_mep", "fgsm_uap", "fgsm_cuap", "liet", "fgsm_pco", "fgsm_fuap")},
+    "fgsm_rs_cs": [{}, {"step": 0.75}, {"step": 0.5}, {"step": 0.6}],
+    "fgsm_mep_cs": [{}, {"step": 0.75}],
+    "ssat": [{}, {"step": 1.0}, {"step": 0.75}, {"step": 0.5}],
 }
 
 
