@@ -78,7 +78,7 @@ Test PGD-50-10 with these, seeds 0 / 1 / 2: aaer 0.501 / 0.485 / 0.458; fgsm_pgi
 The FastAT Benchmark's methods and SORA, same protocol, their defaults first on seed 2
 (``python examples/methods_vs_co.py --tune --seeds 2 --methods M``): SORA 0.28, NuAT 0.28,
 FGSM-MEP 0.39, FGSM-UAP 0.47, FGSM-CUAP 0.61, FGSM-FUAP 0.39, FGSM-PCO 0.57 and LIET 0.35 hold
-(no row); three collapse and have one:
+(no row); three collapse, and two of them have a row (SSAT, not validated yet, has none):
 
 ===========  ==========================================  ==================  ================
 method       setting                                     val PGD-10          note
@@ -89,8 +89,8 @@ fgsm_rs_cs   step 0.75; step 0.5                         0.00 / 0.48 / 0.46; see
 fgsm_rs_cs   **step 0.6**                                0.50 / 0.50 / 0.50  chosen
 fgsm_mep_cs  step eps (FGSM-MEP's)                       0.06 (seed 2)       collapses
 fgsm_mep_cs  **step 0.75** (as FGSM-PGI's row)           0.54 / 0.53 / 0.66  chosen
-ssat         step 1.25 eps (CIFAR-10 default); 1.0;      0.01; 0.01; 0.11    seed 2
-             0.75
+ssat         step 1.25 eps (CIFAR-10 default); 1.0;      0.01; 0.01; 0.11;   seed 2; seeds 0
+             0.75; 0.5                                   0.23                and 1 not run
 ===========  ==========================================  ==================  ================
 """
 from __future__ import annotations
