@@ -293,8 +293,8 @@ class CODetector(Detector):
         held, self.align_hold = self.align_hold, None
         if align_low and pgd is None:
             return ("grad_align_collapse", f"gradient alignment fell from {self.peak_align:.3f} to {align:.3f}")
-        confirms = held is not None and pgd_fell and (
-            (align is None and held[0] == step) or (align_low and (held[0] != step or step is None)))
+        same_step = held is not None and step is not None and held[0] == step   # None: a new step
+        confirms = held is not None and pgd_fell and ((align is None and same_step) or (align_low and not same_step))
         if confirms:
             how = "the confirming measurement" if align is None else "the next event"
             return ("grad_align_collapse",

@@ -212,7 +212,7 @@ GUARD_MITIGATIONS: dict[str, str] = {"fashion_mnist": "atas"}
 
 def guard_mitigation(dataset: str, eps: float) -> str:
     """The validated mitigation the guard switches to on ``dataset`` at ``eps`` (:data:`GUARD_MITIGATIONS`,
-    else :data:`GUARD_DEFAULT`); measured at eps 0.25 only, so the row holds for every eps of its dataset."""
+    else :data:`GUARD_DEFAULT`). The rows were measured at eps 0.25 only; a row applies at every eps of its dataset."""
     return GUARD_MITIGATIONS.get(dataset, GUARD_DEFAULT)
 
 
