@@ -118,7 +118,7 @@ def test_fastat_preset_definition():
     assert (c.weight_averaging, c.val_split, c.eval_steps, c.eval_restarts) == (0.9995, 1000, 50, 10)
     assert c.method_args["lam"] == 0.2 and cfgs["aaer-eps8_255-seed0"].method_args["lam3"] == 0.15
     assert preset.needs_data_root("paper") and not preset.needs_data_root("embedded")
-    assert (pap.options["model"], emb.options["model"]) == ("resnet18", "small_cnn")   # BatchNorm at both scales
+    assert (pap.options["model"], emb.options["model"]) == ("resnet18", "small_cnn_w16")   # BatchNorm at both scales
 
 
 def test_the_benchmark_numbers_beside_ours_are_its_published_entries():

@@ -20,7 +20,7 @@ def one_thread():
 
 
 def test_registry():
-    assert set(MODELS) == {"cnn4", "small_cnn", "preact_resnet18", "resnet18", "wrn28_10", "wrn34_10"}
+    assert set(MODELS) == {"cnn4", "small_cnn", "small_cnn_w16", "preact_resnet18", "resnet18", "wrn28_10", "wrn34_10"}
     with pytest.raises(UsageError, match="unknown model 'resnet50'"):
         build_model("resnet50", dataset_spec("cifar10"))
 
@@ -42,7 +42,7 @@ def test_output_shape_on_every_dataset(name, dataset):
     assert len(getattr(model, "blocks", [])) == RESIDUAL_BLOCKS.get(name, 0)
 
 
-@pytest.mark.parametrize("name", ["cnn4", "small_cnn", "preact_resnet18", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn4", "small_cnn", "small_cnn_w16", "preact_resnet18", "resnet18"])
 def test_real_forward_and_input_gradient(name):
     torch.manual_seed(0)
     spec = dataset_spec("fashion_mnist" if name not in ("preact_resnet18", "resnet18") else "cifar10")
