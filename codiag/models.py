@@ -107,7 +107,7 @@ def small_cnn(spec, width: int = 32, hidden: int = 128) -> nn.Sequential:
 
 def small_cnn_w16(spec) -> nn.Sequential:
     """``small_cnn`` at half width (16 and 32 filters; ours): about a quarter of its multiply-adds,
-    so that the embedded FastAT leaderboard's 63 runs take under two hours on 2 CPU cores."""
+    so that the embedded FastAT leaderboard's 63 runs take about two hours on 2 CPU cores."""
     return small_cnn(spec, width=16)
 
 

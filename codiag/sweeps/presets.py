@@ -130,7 +130,7 @@ FASTAT_PAPER = SweepSpec(
 #: stayed a constant classifier from epoch 2 on seed 2 for 15 of the 21 methods (FGSM and PGD-AT at
 #: lr 0.02, 0.01 and 0.005 alike); the small CNN at lr 0.05 trains that seed (FGSM at half width: clean
 #: 0.75, PGD 0.26, best checkpoint 0.34). Half width, 300 held-out images and PGD-50-1 on 500 test points
-#: are what fit 63 runs into under two hours on 2 cores (full width, 500 held out and PGD-50-2: about 6 h).
+#: are what fit 63 runs into about two hours on 2 cores (full width, 500 held out and PGD-50-2: about 6 h).
 FASTAT_EMBEDDED = SweepSpec(
     methods=FASTAT_METHODS, eps=("0.2",), seeds=(0, 1, 2),
     options=dict(dataset="fashion_mnist", model="small_cnn_w16", epochs=10, optimizer="sgd", lr=0.05,
