@@ -428,7 +428,7 @@ class BatchLoader:
     Iterating yields ``(x, y)`` or ``(x, y, SampleMeta)``; ``x`` float32 in [0, 1]
     on ``device``. Each ``iter()`` is one epoch; epoch ``e`` draws its order and
     augmentation from ``torch.Generator().manual_seed(f(seed, e))``, so the global
-    RNG is never used and :meth:`set_epoch` replays any epoch.
+    RNG is never used and :meth:`set_epoch` replays any epoch, or its tail.
     """
 
     def __init__(self, dataset: InMemoryDataset, batch_size: int, shuffle: bool, augment: bool = False,
@@ -448,6 +448,7 @@ class BatchLoader:
         self.flip = (getattr(spec, "name", None) in _FLIP) if flip is None else bool(flip)
         self.pad = int(pad)
         self.epoch = 0
+        self._start = 0      # the batch the next iter() starts at (set_epoch)
         self._tensors: tuple[Tensor, Tensor] | None = None
         self._lut: Tensor | None = None
 
@@ -455,14 +456,18 @@ class BatchLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` epoch ``epoch`` (to resume a run with the same batches)."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next ``iter()`` epoch ``epoch`` (to resume a run with the same batches), from its
+        batch ``start`` on: the epoch's order and augmentation, without its first ``start`` batches."""
+        if int(start) < 0:
+            raise UsageError(f"start must be a batch index >= 0, got {start}")
+        self.epoch, self._start = int(epoch), int(start)
 
     def __iter__(self) -> Iterator[tuple]:
         gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
         self.epoch += 1
-        return self._batches(gen)
+        start, self._start = self._start, 0
+        return self._batches(gen, start)
 
     def _to_float(self, x: Tensor) -> Tensor:
         """uint8 -> float32 in [0, 1] through a 256-entry table divided on the CPU: CUDA divides by
@@ -479,7 +484,7 @@ class BatchLoader:
             self._tensors = (self.dataset.images.to(self.device), self.dataset.labels.to(self.device))
         return self._tensors
 
-    def _batches(self, gen: torch.Generator) -> Iterator[tuple]:
+    def _batches(self, gen: torch.Generator, start: int = 0) -> Iterator[tuple]:
         images, labels = self._on_device()
         n = len(images)
         # the order and the augmentation are drawn on the CPU generator whatever the device, then
@@ -494,7 +499,7 @@ class BatchLoader:
             top, left, flip = top.to(self.device), left.to(self.device), flip.to(self.device)
         order = order.to(self.device)
         stop = n - n % self.batch_size if self.drop_last else n
-        for s in range(0, stop, self.batch_size):
+        for s in range(start * self.batch_size, stop, self.batch_size):
             idx = order[s:s + self.batch_size]
             x = images.index_select(0, idx)  # index_select skips advanced indexing's overhead
             aug = None

@@ -146,21 +146,23 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
             method.on_epoch_start(epoch)
             model.train()
             loss_sum = torch.zeros((), device=device)
-            rescue.position = epoch            # a snapshot taken inside the epoch returns to its start
-            for i, (x, y, meta) in enumerate(train_loader):
+            first = rescue.start_epoch(train_loader)   # > 0: a roll-back to a place inside this epoch
+            for i, (x, y, meta) in enumerate(train_loader, start=first):
                 lr = lr_at(epoch + (i + 1) / steps_per_epoch)
                 _set_lr(optimizer, lr, momentum_at and momentum_at(epoch + (i + 1) / steps_per_epoch))
+                before = mon.step
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), \
                         protocol.label_smoothing(cfg.label_smoothing):
                     loss = method.train_step(model, optimizer, x, y, meta)
                 extras.after_step(model)
+                rescue.after_step(mon.co_guard, before, epoch, i + 1, train_loader.epoch - 1)
                 passes.steps += 1
                 loss_sum += loss.detach().float()
                 if rescue.pending:
-                    break                      # the guard rolled back inside the epoch (a light event)
+                    break                      # the guard rolled back inside the epoch (an every=N or light event)
             if not rescue.pending:
-                mon.log("train", {"loss": loss_sum / max(steps_per_epoch, 1), "lr": lr_at(epoch + 1)})
-                rescue.position = epoch + 1
+                mon.log("train", {"loss": loss_sum / max(steps_per_epoch - first, 1), "lr": lr_at(epoch + 1)})
+                rescue.epoch_done(epoch, train_loader.epoch)
                 events = mon.n_events
                 mon.epoch_end()
                 if not rescue.pending:

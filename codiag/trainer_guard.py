@@ -14,9 +14,12 @@ policy's method for the rest of training:
 * ``auto`` (``--guard`` alone): the validated mitigation for the dataset and eps
   (``codiag.methods.settings.guard_mitigation``).
 
-The schedule restarts at the start of the restored event's epoch (at an epoch's end: the next
-epoch), and the weight average of ``--weight-averaging`` (an EMA updated every step) goes back
-to its state at the restored event, so the steps rolled back leave no trace in it; so does the
+Training goes on from the restored event's place in the schedule: after an event at an epoch's
+end, at the next epoch's start; after one inside an epoch (``--every N`` steps), at the batch after
+it, with that epoch's order and augmentation (the loader replays the epoch's tail), so a roll-back
+re-trains only the steps since the event. The weight average of ``--weight-averaging`` (an EMA
+updated every step) goes back to its state at the restored event, so the steps rolled back leave
+no trace in it; so does the
 checkpoint ``--select best`` keeps (a model of the discarded stretch is not selected). The guard's
 state (which method runs, its snapshot with the EMA's, its roll-backs) goes into the resumable
 checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
@@ -31,6 +34,7 @@ from .methods import METHODS, Method, get_method
 from .methods.settings import guard_mitigation, nearest_hparams
 from .monitoring.guard import Guard
 from .protocol import Extras
+from .snapshot import cpu_copy
 
 POLICIES = ("auto", "n_fgsm", "gradalign", "atas", "halve-step")
 
@@ -74,8 +78,10 @@ class TrainerGuard:
                            else self.policy_name)
         self.method = method
         self.mitigated = False
-        self.position = 0          # the schedule epoch a snapshot taken now returns to
+        # where a snapshot taken now returns to: the schedule epoch, the batch in it, the loader's epoch
+        self.position, self.offset, self.loader_epoch = 0, 0, 0
         self.pending: dict[str, Any] | None = None
+        self.restart: dict[str, int] | None = None   # a roll-back's place inside an epoch, until trained from
 
     def policy(self) -> Guard | None:
         """The monitor's ``guard=`` (None without ``--guard``)."""
@@ -84,7 +90,8 @@ class TrainerGuard:
         return Guard(mitigation=self.mitigation, max_rollbacks=3, extra_state=self.extra_state)
 
     def extra_state(self) -> dict[str, Any]:
-        state = {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
+        state = {"position": self.position, "offset": self.offset, "loader_epoch": self.loader_epoch,
+                 "mitigated": self.mitigated, "method": self.method.state_dict()}
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
         if self.best is not None:
@@ -94,6 +101,21 @@ class TrainerGuard:
     def callback(self) -> Any:
         """The monitor's ``on_co`` (None without ``--guard``)."""
         return self.on_co if self.enabled else None
+
+    def after_step(self, guard: Any, before: int, epoch: int, offset: int, loader_epoch: int) -> None:
+        """After the trainer's step (the method's and the weight average's updates done): a snapshot the
+        monitor took inside it (``guard.snapshot.step > before``, at an optimizer step hook) gets the
+        trainer's state of now, and the place to go on from, the batch ``offset`` of ``epoch``."""
+        snapshot = getattr(guard, "snapshot", None)
+        if not self.enabled or snapshot is None or snapshot.step <= before:
+            return
+        self.position, self.offset, self.loader_epoch = epoch, offset, loader_epoch
+        snapshot.extra = cpu_copy(self.extra_state())
+        self.offset = 0
+
+    def epoch_done(self, epoch: int, loader_epoch: int) -> None:
+        """The place a snapshot taken at the end of ``epoch`` returns to: the next epoch's start."""
+        self.position, self.offset, self.loader_epoch = epoch + 1, 0, loader_epoch
 
     def on_co(self, info: Mapping[str, Any]) -> None:
         """The monitor's ``on_co``: a roll-back is applied by the loop after the current step."""
@@ -128,15 +150,31 @@ class TrainerGuard:
         if extra.get("mitigated"):   # the restored state was already the mitigation's: its state too
             method.load_state_dict(extra["method"])
         self.method, self.mitigated = method, True
+        offset = int(extra.get("offset", 0))
+        self.restart = {"offset": offset, "loader_epoch": int(extra["loader_epoch"])} if offset else None
         return method, int(extra.get("position", 0))
 
+    def start_epoch(self, loader: Any) -> int:
+        """At an epoch's start: the batch to start from (0, or a pending roll-back's place inside the
+        epoch, for which ``loader`` replays that epoch from there)."""
+        restart, self.restart = self.restart, None
+        if restart is None:
+            return 0
+        loader.set_epoch(restart["loader_epoch"], start=restart["offset"])
+        return restart["offset"]
+
     def state_dict(self) -> dict[str, Any] | None:
-        return {"mitigated": self.mitigated} if self.enabled else None
+        if not self.enabled:
+            return None
+        return {"mitigated": self.mitigated, **({"restart": dict(self.restart)} if self.restart else {})}
 
     def resumed_method(self, state: Mapping[str, Any] | None, method: Method) -> Method:
-        """On resume: the method the checkpoint's state belongs to (the mitigation after a roll-back)."""
+        """On resume: the method the checkpoint's state belongs to (the mitigation after a roll-back),
+        and a roll-back's place inside an epoch that training had not gone on from yet."""
         if state and state.get("mitigated"):
             self.method, self.mitigated = self.mitigated_method(), True
         else:
             self.method = method
+        restart = (state or {}).get("restart")
+        self.restart = None if not restart else {k: int(restart[k]) for k in ("offset", "loader_epoch")}
         return self.method

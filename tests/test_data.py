@@ -326,6 +326,12 @@ def test_loader_is_seeded_and_leaves_the_global_rng_alone():
     loader = make_loader(ds, 7, shuffle=True, augment=True, with_index=True, seed=5)
     loader.set_epoch(1)
     assert torch.equal(flat([batches(loader)]), flat([runs[0][1]]))
+    # ... or its tail (a roll-back inside an epoch), once: the next epoch is whole again
+    loader.set_epoch(1, start=3)
+    assert torch.equal(flat([batches(loader)]), flat([runs[0][1][3:]]))
+    assert loader.epoch == 2 and len(batches(loader)) == len(loader)
+    with pytest.raises(UsageError, match="start"):
+        loader.set_epoch(0, start=-1)
 
 
 @pytest.mark.parametrize("name,flips", [("cifar10", True), ("cifar100", True), ("svhn", False)])

@@ -6,7 +6,8 @@ second epoch (the alarm fires at step 64; final PGD-10 accuracy near 0); with ``
 n_fgsm`` the alarm rolls the run back to its last healthy probe event and it trains on
 with N-FGSM, ending robust. The guarded run keeps a weight average (``--weight-averaging``),
 which goes back with the roll-back. A run killed after the roll-back's checkpoint and resumed
-ends with the weights (and the weight average) of the run that was never stopped.
+ends with the weights (and the weight average) of the run that was never stopped; so does a
+run whose roll-back goes back to an event inside an epoch (``--every 10``) and re-trains from there.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
-    for name, extra in (("plain", {}), ("guarded", GUARDED)):
+    for name, extra in (("plain", {}), ("guarded", GUARDED), ("inside", dict(GUARDED, every=10))):
         d = tmp_path_factory.mktemp(name) / "run"
         train(dict(SETTING, out=str(d), **extra))
         out[name] = d
@@ -63,10 +64,12 @@ def test_plain_fgsm_collapses_and_the_guard_saves_the_run(runs):
         set(torch.load(runs["guarded"] / "checkpoints" / "final.pt", weights_only=True))
 
 
-def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+@pytest.mark.parametrize("name", ["guarded", "inside"])
+def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_path, name):
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "codiag", "train", *CLI, "--out", str(killed)], env=env,
+    every = ("--every", "10") if name == "inside" else ()
+    proc = subprocess.Popen([sys.executable, "-m", "codiag", "train", *CLI, *every, "--out", str(killed)], env=env,
                             stderr=subprocess.DEVNULL)
     events, ckpt = killed / "events.jsonl", killed / "checkpoints" / "resume.pt"
     deadline = time.monotonic() + 600
@@ -81,18 +84,20 @@ def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_
     proc.wait()
     assert not (killed / "checkpoints" / "final.pt").exists(), "the run ended before it could be killed"
     state = torch.load(ckpt, weights_only=True)
-    assert state["guard"] == {"mitigated": True}
     rollback, = load_run(killed).events_of("rollback")
+    inside = rollback["restored_step"] % 32     # the restored event's batch in its epoch (32 batches an epoch)
+    assert state["guard"] == {"mitigated": True, **({"restart": {"offset": inside, "loader_epoch": 1}}
+                                                    if name == "inside" else {})}
     # the weight average went back with the model: it counts the steps up to the restored event only
     assert int(state["averaged"]["n_averaged"]) == rollback["restored_step"] < rollback["step"]
     torch.set_num_threads(1)
-    train(dict(SETTING, out=str(killed), **GUARDED), resume=True)
-    for name in ("final.pt", "averaged.pt"):
-        resumed = torch.load(killed / "checkpoints" / name, weights_only=True)
-        whole = torch.load(runs["guarded"] / "checkpoints" / name, weights_only=True)
+    train(dict(SETTING, out=str(killed), **GUARDED, **({"every": 10} if name == "inside" else {})), resume=True)
+    for file in ("final.pt", "averaged.pt"):
+        resumed = torch.load(killed / "checkpoints" / file, weights_only=True)
+        whole = torch.load(runs[name] / "checkpoints" / file, weights_only=True)
         for k, v in whole.items():
-            assert torch.equal(resumed[k], v), (name, k)
-    a, b = load_run(killed), load_run(runs["guarded"])
+            assert torch.equal(resumed[k], v), (file, k)
+    a, b = load_run(killed), load_run(runs[name])
     assert [e["step"] for e in a.events_of("rollback")] == [e["step"] for e in b.events_of("rollback")]
     assert a.meta["best"] == b.meta["best"] and a.meta["final"] == b.meta["final"]
 
@@ -127,14 +132,16 @@ def test_the_page_marks_rollbacks_and_the_sweep_table_counts_saved_runs(runs, tm
     assert training_curves(guarded, tmp_path).files
 
 
-def test_a_rollback_inside_an_epoch_restarts_that_epoch(tmp_path):
-    """With events every 10 steps (32 steps an epoch) the alarm fires inside an epoch: the trainer
-    leaves the epoch at once and restarts the restored event's epoch with the mitigation."""
-    torch.set_num_threads(1)
-    out = tmp_path / "every10"
-    train(dict(SETTING, out=str(out), guard="n_fgsm", every=10, eval_n=200))
-    run = load_run(out)
+def test_a_rollback_inside_an_epoch_retrains_only_the_steps_since_the_restored_event(runs):
+    """With events every 10 steps (32 steps an epoch) the alarm fires inside an epoch and the target is
+    an event inside one: the trainer leaves the epoch at once and goes on from the batch after the
+    restored event, with the mitigation: the run is longer by exactly the steps rolled back."""
+    run = load_run(runs["inside"])
     rollback, = run.events_of("rollback")
-    assert rollback["step"] % 32 != 0 and rollback["restored_step"] % 10 == 0
-    assert run.meta["steps_per_epoch"] == 32        # the loader's, not the longer first pass
+    assert rollback["step"] % 32 != 0 and rollback["restored_step"] % 10 == 0 and rollback["restored_step"] % 32
+    lost = rollback["step"] - rollback["restored_step"]
+    assert 0 < lost < 32
+    train_rows = run.scalar("train", "loss")
+    assert len(train_rows) == 6 and int(train_rows["step"].max()) == 6 * 32 + lost
+    assert run.meta["steps_per_epoch"] == 32
     assert run.status == "finished" and run.meta["final"]["pgd_acc"] > 0.15
