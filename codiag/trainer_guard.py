@@ -19,10 +19,10 @@ end, at the next epoch's start; after one inside an epoch (``--every N`` steps),
 it, with that epoch's order and augmentation (the loader replays the epoch's tail), so a roll-back
 re-trains only the steps since the event. The weight average of ``--weight-averaging`` (an EMA
 updated every step) goes back to its state at the restored event, so the steps rolled back leave
-no trace in it; so does the
-checkpoint ``--select best`` keeps (a model of the discarded stretch is not selected). The guard's
-state (which method runs, its snapshot with the EMA's, its roll-backs) goes into the resumable
-checkpoint as weights-only data, so ``--resume`` after a roll-back continues exactly.
+no trace in it; so does the checkpoint ``--select best`` keeps (a model of the discarded stretch
+is not selected). The guard's state (which method runs, its snapshot with the EMA's, its
+roll-backs, a pending place inside an epoch) goes into the resumable checkpoint as weights-only
+data, so ``--resume`` after a roll-back continues exactly.
 """
 from __future__ import annotations
 

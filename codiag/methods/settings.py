@@ -91,7 +91,14 @@ fgsm_mep_cs  step eps (FGSM-MEP's)                       0.06 (seed 2)       col
 fgsm_mep_cs  **step 0.75** (as FGSM-PGI's row)           0.54 / 0.53 / 0.66  chosen
 ssat         step 1.25 eps (CIFAR-10 default); 1.0;      0.01; 0.01; 0.11;   seed 2; seeds 0
              0.75; 0.5                                   0.23                and 1 not run
+ssat         init 1.0, step 0.35                         0.15                seed 2
+ssat         init 0.5, step 1.0; 0.75; 0.5               0.00; 0.03; 0.04    seed 2
+ssat         init 0 (no start), step 1.0; 0.5            0.00; 0.00          seed 2
 ===========  ==========================================  ==================  ================
+
+SSAT has no row: no step or start held (clean 0.80-0.84 throughout, the best 0.23 where the rows
+above hold about 0.5); a sample misclassified at its start trains on the clean image, which at
+eps 0.2 on Fashion-MNIST leaves it weak whatever the step. ``checkpoints`` was not searched.
 
 Test PGD-50-10 with the two rows, seeds 0 / 1 / 2: fgsm_rs_cs 0.484 / 0.470 / 0.478; fgsm_mep_cs
 0.457 / 0.432 / 0.619 (``python examples/methods_vs_co.py --methods fgsm_rs_cs fgsm_mep_cs``).
