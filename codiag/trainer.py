@@ -155,7 +155,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                         protocol.label_smoothing(cfg.label_smoothing):
                     loss = method.train_step(model, optimizer, x, y, meta)
                 extras.after_step(model)
-                rescue.after_step(mon.co_guard, before, epoch, i + 1, train_loader.epoch - 1)
+                rescue.after_step(mon.co_guard, before, epoch, i + 1, train_loader)
                 passes.steps += 1
                 loss_sum += loss.detach().float()
                 if rescue.pending:

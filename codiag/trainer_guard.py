@@ -102,14 +102,18 @@ class TrainerGuard:
         """The monitor's ``on_co`` (None without ``--guard``)."""
         return self.on_co if self.enabled else None
 
-    def after_step(self, guard: Any, before: int, epoch: int, offset: int, loader_epoch: int) -> None:
+    def after_step(self, guard: Any, before: int, epoch: int, offset: int, loader: Any) -> None:
         """After the trainer's step (the method's and the weight average's updates done): a snapshot the
         monitor took inside it (``guard.snapshot.step > before``, at an optimizer step hook) gets the
-        trainer's state of now, and the place to go on from, the batch ``offset`` of ``epoch``."""
+        trainer's state of now, and the place to go on from: batch ``offset`` of ``epoch`` (whose
+        order ``loader`` is drawing now), or the next epoch's start after the epoch's last batch."""
         snapshot = getattr(guard, "snapshot", None)
         if not self.enabled or snapshot is None or snapshot.step <= before:
             return
-        self.position, self.offset, self.loader_epoch = epoch, offset, loader_epoch
+        if offset >= len(loader):
+            self.epoch_done(epoch, loader.epoch)
+        else:
+            self.position, self.offset, self.loader_epoch = epoch, offset, loader.epoch - 1
         snapshot.extra = cpu_copy(self.extra_state())
         self.offset = 0
 

@@ -440,3 +440,44 @@ def test_on_event_carries_the_warning_and_the_alarm(tmp_path, data):
     by_step = [(e["step"], (e["co_warning"] or {}).get("step"), (e["co_alarm"] or {}).get("step")) for e in seen]
     assert by_step == [(0, None, None), (4, None, None), (8, 8, None), (12, 8, None), (16, 8, 16), (20, 8, 16)]
     assert seen[-1]["co_warning"] == mon.co_warning
+
+
+@pytest.mark.parametrize("offset", [3, 5])
+def test_a_snapshot_inside_a_trainer_step_returns_to_the_next_batch(offset):
+    """A snapshot the monitor takes at an optimizer step hook (``every=N`` steps) gets the trainer's
+    state after that step and its place: the next batch of the same epoch, which the loader replays
+    from there after the roll-back, or, after the epoch's last batch, the next epoch's start."""
+    from codiag.data import InMemoryDataset, dataset_spec, make_loader
+    from codiag.monitoring.guard import GuardState
+    from codiag.trainer import TrainConfig, build_method
+    from codiag.trainer_guard import TrainerGuard
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    loader = make_loader(InMemoryDataset(images, torch.arange(40) % 10, dataset_spec("fashion_mnist")), 8,
+                         shuffle=True, with_index=True, seed=1)   # 5 batches an epoch
+    model, cfg = make_model(), TrainConfig.from_dict(dict(dataset="fashion_mnist", eps=0.25, method="fgsm",
+                                                          guard="n_fgsm"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rescue = TrainerGuard(cfg, 40, build_method(cfg, 40))
+    guard = GuardState(rescue.policy())
+    order = []
+    for i, (_, _, meta) in enumerate(loader):
+        order.append(meta.index)
+        if i + 1 == offset:   # the event of this step, inside it: then the trainer's after_step
+            guard.observe(model, opt, 7, 1, {("robust_acc", "pgd_acc"): 0.3, ("robust_acc", "fgsm_acc"): 0.35})
+            rescue.after_step(guard, 6, 0, i + 1, loader)
+        else:
+            rescue.after_step(guard, 7 + i, 0, i + 1, loader)   # no snapshot in this step: nothing changes
+    rescue.on_co(guard.act(model, opt, {"step": 9, "rule": "user"}))
+    _, position = rescue.switch()
+    pending = rescue.state_dict()            # what a checkpoint written now holds (a resume goes on from it)
+    first = rescue.start_epoch(loader)
+    tail = [meta.index for _, _, meta in loader]
+    if offset < len(loader):
+        assert pending == {"mitigated": True, "restart": {"offset": offset, "loader_epoch": 0}}
+        assert (position, first) == (0, offset) and rescue.state_dict() == {"mitigated": True}
+        assert len(tail) == len(loader) - offset and all(torch.equal(a, b) for a, b in zip(tail, order[offset:]))
+    else:
+        assert pending == {"mitigated": True} and (position, first) == (1, 0) and len(tail) == len(loader)
+        assert not torch.equal(torch.cat(tail), torch.cat(order))   # the next epoch's order
