@@ -11,7 +11,7 @@ policy's method for the rest of training:
   at the switch);
 * ``halve-step``: the run's own method with half its step and, for methods with a random
   start, half its noise;
-* ``auto`` (``--guard`` alone): the validated mitigation for the dataset and eps
+* ``auto`` (``--guard`` alone): the validated mitigation for the dataset and model
   (``codiag.methods.settings.guard_mitigation``).
 
 Training goes on from the restored event's place in the schedule: after an event at an epoch's
@@ -74,7 +74,7 @@ class TrainerGuard:
         self.best = None if extras is None else extras.best
         self.enabled = cfg.guard is not None
         self.policy_name = canonical_policy(cfg.guard) if self.enabled else None
-        self.mitigation = (guard_mitigation(cfg.dataset, cfg.eps) if self.policy_name == "auto"
+        self.mitigation = (guard_mitigation(cfg.dataset, cfg.eps, cfg.model) if self.policy_name == "auto"
                            else self.policy_name)
         self.method = method
         self.mitigated = False

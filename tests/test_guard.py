@@ -311,8 +311,10 @@ def test_trainer_policies_build_their_mitigation():
 
     auto = mitigation(method="fgsm", guard="auto")                # the measured mitigation on Fashion-MNIST
     assert (auto.name, auto.c, auto.warmup_epochs) == ("atas", 0.002, 0)
-    c = TrainConfig.from_dict(dict(dataset="mnist", eps=0.3, method="fgsm", guard="auto"))
-    assert TrainerGuard(c, 100, None).mitigated_method().name == "n_fgsm"   # elsewhere N-FGSM
+    c = TrainConfig.from_dict(dict(dataset="mnist", eps=0.3, method="fgsm", guard="auto", model="cnn4"))
+    assert TrainerGuard(c, 100, None).mitigated_method().name == "n_fgsm"   # elsewhere N-FGSM ...
+    c = TrainConfig.from_dict(dict(dataset="mnist", eps=0.3, method="fgsm", guard="auto", model="small_cnn"))
+    assert TrainerGuard(c, 100, None).mitigated_method().name == "atas"     # ... but ATAS with small_cnn
     n = mitigation(method="fgsm", guard="n_fgsm")
     assert (n.name, n.step, n.noise) == ("n_fgsm", 0.75, 2.0)      # the Fashion-MNIST row (eps 0.2)
     g = mitigation(method="fgsm", guard="gradalign")

@@ -93,7 +93,7 @@ def add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> N
     p.add_argument("--guard", nargs="?", const="auto", default=d.guard, metavar="POLICY",
                    help="on the CO alarm, roll back to the last healthy probe event and continue with POLICY: "
                         "n_fgsm, gradalign, atas, halve-step, or auto (the default: the validated mitigation for the "
-                        "dataset and eps); changes training on purpose, at most 3 roll-backs")
+                        "dataset and model); changes training on purpose, at most 3 roll-backs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing codiag run directory (never a directory that is not a run)")
     p.add_argument("--resume", action="store_true",
