@@ -118,6 +118,13 @@ def test_fastat_preset_definition():
     assert (c.weight_averaging, c.val_split, c.eval_steps, c.eval_restarts) == (0.9995, 1000, 50, 10)
     assert c.method_args["lam"] == 0.2 and cfgs["aaer-eps8_255-seed0"].method_args["lam3"] == 0.15
     assert preset.needs_data_root("paper") and not preset.needs_data_root("embedded")
+    protocol = protocol_of(emb.options, split_method_args(emb.method_args, emb.methods))
+    cell = {c.name: c for c in make_cells(emb.methods, emb.eps, emb.seeds)}
+    embedded = {m: TrainConfig.from_dict(cell_config(cell[f"{m}-eps0.2-seed0"], protocol, "x", device="cpu"))
+                for m in ("elle", "liet", "fgsm_rs_cs")}   # the recipe's own options; the rest: settings rows
+    assert embedded["elle"].method_args["lam"] == 2000.0
+    assert (embedded["liet"].method_args["lam"], embedded["liet"].method_args["ls"]) == (10.0, 0.3)
+    assert embedded["fgsm_rs_cs"].method_args["step"] == 0.6
     assert (pap.options["model"], emb.options["model"]) == ("resnet18", "small_cnn_w16")   # BatchNorm at both scales
 
 
