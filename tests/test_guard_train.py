@@ -85,8 +85,8 @@ def test_killed_after_a_rollback_resumes_to_the_uninterrupted_weights(runs, tmp_
     assert not (killed / "checkpoints" / "final.pt").exists(), "the run ended before it could be killed"
     state = torch.load(ckpt, weights_only=True)
     rollback, = load_run(killed).events_of("rollback")
-    inside = rollback["restored_step"] % 32     # the restored event's batch in its epoch (32 batches an epoch)
-    assert state["guard"] == {"mitigated": True, **({"restart": {"offset": inside, "loader_epoch": 1}}
+    epoch, inside = divmod(rollback["restored_step"], 32)   # the restored event's epoch and batch (32 an epoch)
+    assert state["guard"] == {"mitigated": True, **({"restart": {"offset": inside, "loader_epoch": epoch}}
                                                     if name == "inside" else {})}
     # the weight average went back with the model: it counts the steps up to the restored event only
     assert int(state["averaged"]["n_averaged"]) == rollback["restored_step"] < rollback["step"]

@@ -215,8 +215,8 @@ GUARD_DEFAULT = "n_fgsm"
 #: gave": FGSM at eps 0.25, 5 seeds): on Fashion-MNIST the guard switching to ATAS ended above the best of
 #: N-FGSM, GradAlign and ATAS trained alone on each of 15 runs (cnn4 over 6 and 10 epochs, small_cnn over
 #: 6); on MNIST small_cnn N-FGSM does not train (a constant classifier on seeds 5-9) and the guard switching
-#: to ATAS saved both runs that collapsed among seeds 5-9, ending above ATAS alone, where it switching to
-#: N-FGSM (seeds 0-4) ended under it on every seed
+#: to ATAS saved both alarmed runs among seeds 5-9, ending above ATAS alone, where switching to N-FGSM
+#: (seeds 0-4) ended under ATAS alone on every seed
 GUARD_MITIGATIONS: dict[str | tuple[str, str], str] = {"fashion_mnist": "atas", ("mnist", "small_cnn"): "atas"}
 
 
