@@ -162,7 +162,7 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                     break                      # the guard rolled back inside the epoch (an every=N or light event)
             if not rescue.pending:
                 mon.log("train", {"loss": loss_sum / max(steps_per_epoch - first, 1), "lr": lr_at(epoch + 1)})
-                rescue.epoch_done(epoch, train_loader.epoch)
+                rescue.position = epoch + 1        # a snapshot at this epoch's end goes on from the next
                 events = mon.n_events
                 mon.epoch_end()
                 if not rescue.pending:

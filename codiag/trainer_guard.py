@@ -78,8 +78,7 @@ class TrainerGuard:
                            else self.policy_name)
         self.method = method
         self.mitigated = False
-        # where a snapshot taken now returns to: the schedule epoch, the batch in it, the loader's epoch
-        self.position, self.offset, self.loader_epoch = 0, 0, 0
+        self.position = 0          # the schedule epoch a snapshot taken at an epoch's end returns to
         self.pending: dict[str, Any] | None = None
         self.restart: dict[str, int] | None = None   # a roll-back's place inside an epoch, until trained from
 
@@ -90,8 +89,7 @@ class TrainerGuard:
         return Guard(mitigation=self.mitigation, max_rollbacks=3, extra_state=self.extra_state)
 
     def extra_state(self) -> dict[str, Any]:
-        state = {"position": self.position, "offset": self.offset, "loader_epoch": self.loader_epoch,
-                 "mitigated": self.mitigated, "method": self.method.state_dict()}
+        state = {"position": self.position, "mitigated": self.mitigated, "method": self.method.state_dict()}
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
         if self.best is not None:
@@ -110,16 +108,9 @@ class TrainerGuard:
         snapshot = getattr(guard, "snapshot", None)
         if not self.enabled or snapshot is None or snapshot.step <= before:
             return
-        if offset >= len(loader):
-            self.epoch_done(epoch, loader.epoch)
-        else:
-            self.position, self.offset, self.loader_epoch = epoch, offset, loader.epoch - 1
-        snapshot.extra = cpu_copy(self.extra_state())
-        self.offset = 0
-
-    def epoch_done(self, epoch: int, loader_epoch: int) -> None:
-        """The place a snapshot taken at the end of ``epoch`` returns to: the next epoch's start."""
-        self.position, self.offset, self.loader_epoch = epoch + 1, 0, loader_epoch
+        place = ({"position": epoch + 1} if offset >= len(loader)
+                 else {"position": epoch, "offset": offset, "loader_epoch": loader.epoch - 1})
+        snapshot.extra = cpu_copy({**self.extra_state(), **place})
 
     def on_co(self, info: Mapping[str, Any]) -> None:
         """The monitor's ``on_co``: a roll-back is applied by the loop after the current step."""
