@@ -35,7 +35,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -139,61 +139,64 @@ class RunWriter:
         #: called with (kind, record) after each event is written (the monitor's trackers)
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         meta_written, had_arrays = False, True
-        # before the first file is written: a SIGTERM from here on ends the run "interrupted"
-        self._holds_signals = _sigterm_raises(True)
+        self._holds_signals = False
         try:
-            kind = classify(self.path)  # again, under the lock
-            if kind == "foreign":
-                raise refuse_foreign(self.path)
-            if kind == "run" and not (resume or overwrite):
-                raise UsageError(f"{self.path} already holds a run: choose another directory, "
-                                 "or resume=True or overwrite=True")
-            if overwrite and kind == "run":
-                clear_run(self.path)
-            if kind == "run":   # under the lock: what a killed writer left half-written goes
-                for folder in (self.path, self.path / "checkpoints", self.path / "arrays"):
-                    atomic.remove_stale_temps(folder)
-            had_arrays = (self.path / "arrays").is_dir()
-            (self.path / "arrays").mkdir(exist_ok=True)
-            resuming = resume and kind == "run"
-            if resuming:
-                self.meta = read_meta(self.path)
-                self.meta["status"] = "running"
-                self.meta.setdefault("resumes", []).append(_now())
-                for name in ("metrics.csv", "events.jsonl"):
-                    drop_partial_line(self.path / name)
-            else:
-                self.meta = {
-                    "format_version": FORMAT_VERSION,
-                    "run_id": uuid.uuid4().hex,   # a resume.pt names the run it belongs to
-                    "config": to_jsonable(dict(config or {})),
-                    "env": environment_info(),
-                    "status": "running",
-                    "start_time": _now(),
-                    "end_time": None,
-                }
-            meta_written = True   # first: a signal may land once run.json is renamed into place
-            try:
-                self._write_meta()
-            except OSError as e:   # a full disk: one line naming the file
-                raise OSError(e.errno, e.strerror, str(self.path / "run.json")) from None
-            csv_path = self.path / "metrics.csv"
-            new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
-            self._csv = open(csv_path, "a", newline="")
-            if new_csv:
-                self._csv.write(",".join(METRIC_COLUMNS) + "\n")
-                self._csv.flush()
-            self._events = open(self.path / "events.jsonl", "a")
-            self.event("resume" if resuming else "run_start",
-                       **({"previous_pid": self._lock.previous_pid} if resuming and self._lock.previous_pid else {}))
+            with _signals_held():   # a signal in the middle of the start is raised at its end
+                # before the first file is written: a SIGTERM from here on ends the run "interrupted"
+                self._holds_signals = _sigterm_raises(True)
+                kind = classify(self.path)  # again, under the lock
+                if kind == "foreign":
+                    raise refuse_foreign(self.path)
+                if kind == "run" and not (resume or overwrite):
+                    raise UsageError(f"{self.path} already holds a run: choose another directory, "
+                                     "or resume=True or overwrite=True")
+                if overwrite and kind == "run":
+                    clear_run(self.path)
+                if kind == "run":   # under the lock: what a killed writer left half-written goes
+                    for folder in (self.path, self.path / "checkpoints", self.path / "arrays"):
+                        atomic.remove_stale_temps(folder)
+                had_arrays = (self.path / "arrays").is_dir()
+                (self.path / "arrays").mkdir(exist_ok=True)
+                resuming = resume and kind == "run"
+                if resuming:
+                    self.meta = read_meta(self.path)
+                    self.meta["status"] = "running"
+                    self.meta.setdefault("resumes", []).append(_now())
+                    for name in ("metrics.csv", "events.jsonl"):
+                        drop_partial_line(self.path / name)
+                else:
+                    self.meta = {
+                        "format_version": FORMAT_VERSION,
+                        "run_id": uuid.uuid4().hex,   # a resume.pt names the run it belongs to
+                        "config": to_jsonable(dict(config or {})),
+                        "env": environment_info(),
+                        "status": "running",
+                        "start_time": _now(),
+                        "end_time": None,
+                    }
+                meta_written = True   # first: a signal may land once run.json is renamed into place
+                try:
+                    self._write_meta()
+                except OSError as e:   # a full disk: one line naming the file
+                    raise OSError(e.errno, e.strerror, str(self.path / "run.json")) from None
+                csv_path = self.path / "metrics.csv"
+                new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
+                self._csv = open(csv_path, "a", newline="")
+                if new_csv:
+                    self._csv.write(",".join(METRIC_COLUMNS) + "\n")
+                    self._csv.flush()
+                self._events = open(self.path / "events.jsonl", "a")
+                previous = {"previous_pid": self._lock.previous_pid} if resuming and self._lock.previous_pid else {}
+                self.event("resume" if resuming else "run_start", **previous)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             if self._csv is not None and self._events is not None:   # the run exists: close it as such
                 self._closed = False
                 self.close(status)
                 raise
-            self._abandon(status, meta_written, made=[p for p, had in ((self.path / "arrays", had_arrays),
-                                                                       (self.path, existed)) if not had])
+            with _signals_held(raise_after=False):   # the start's own error is the one to see
+                self._abandon(status, meta_written, made=[p for p, had in ((self.path / "arrays", had_arrays),
+                                                                           (self.path, existed)) if not had])
             raise
         self._closed = False
 
@@ -302,6 +305,12 @@ class RunWriter:
         """
         if self._closed:
             return
+        # a signal that lands while the run ends is raised once it has ended, and only if it was
+        # finishing (an interruption or failure under way already stops the program)
+        with _signals_held(raise_after=status == "finished" and sys.exc_info()[0] is None):
+            self._close(status)
+
+    def _close(self, status: str) -> None:
         self._closed = True
         error: BaseException | None = None
         try:
@@ -357,21 +366,56 @@ def open_writers() -> int:
     return _sigterm_users
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
+_held = 0                    # depth of _signals_held blocks open in the main thread
+_held_signals: list[int] = []   # what arrived meanwhile
 
 
-def _ours(signum: int) -> Any:
-    return _raise_terminated if signum == signal.SIGTERM else signal.default_int_handler
+def _interruption(signum: int) -> KeyboardInterrupt:
+    return Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_or_hold(signum: int, frame: Any) -> None:
+    """Our SIGTERM and SIGINT handler: raise, unless a run is being opened or closed."""
+    if _held:
+        _held_signals.append(signum)
+        return
+    raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def _signals_held(raise_after: bool = True) -> Iterator[None]:
+    """Hold SIGTERM and SIGINT (where our handler has them) until the block ends, then raise the
+    first that arrived, if ``raise_after`` and the block itself raised nothing.
+
+    Opening or closing a run writes several files in turn; a signal raised between two of them
+    would leave a run with no ``run_end`` event, or one still "running" (a SIGTERM sent the
+    moment metrics.csv appeared did that). Handlers run only in the main thread, so only its
+    blocks hold them.
+    """
+    global _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        arrived = [] if _held else _held_signals[:]
+        if not _held:
+            _held_signals.clear()
+    if arrived and raise_after:
+        raise _interruption(arrived[0])
 
 
 def _sigterm_raises(on: bool) -> bool:
     """While any writer is open, SIGTERM raises Terminated and SIGINT KeyboardInterrupt.
 
-    Only where nobody else handles them: a handler of the user's is left alone. SIGINT
-    gets Python's own handler also where the process inherited it ignored (a test suite
-    or a training started as a background job), so Ctrl-C or ``kill -INT`` ends the run
-    "interrupted" whatever the shell did; both dispositions are put back at the last close.
+    Only where nobody else handles them (Python's own SIGINT handler counts as nobody): a
+    handler of the user's is left alone. SIGINT is taken also where the process inherited it
+    ignored (a test suite or a training started as a background job), so Ctrl-C or ``kill -INT``
+    ends the run "interrupted" whatever the shell did; both dispositions are put back at the
+    last close.
     Handlers can be set only in the main thread: a writer opened elsewhere holds nothing
     (returns False), and a last close outside it leaves the handlers to the next close there.
     Returns whether this call took a hold, which the caller gives back once.
@@ -384,15 +428,15 @@ def _sigterm_raises(on: bool) -> bool:
         _sigterm_users += 1
         for signum in (signal.SIGTERM, signal.SIGINT):   # at every open: someone may have reset them since
             current = signal.getsignal(signum)
-            if current in (signal.SIG_DFL, signal.SIG_IGN, None):
+            if current in (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None):
                 _previous_handlers.setdefault(signum, current)
-                signal.signal(signum, _ours(signum))
+                signal.signal(signum, _raise_or_hold)
         return True
     if _sigterm_users > 0:
         _sigterm_users -= 1
     if _sigterm_users == 0 and main:
         for signum, previous in list(_previous_handlers.items()):
-            if signal.getsignal(signum) is _ours(signum) and previous is not None:
+            if signal.getsignal(signum) is _raise_or_hold and previous is not None:
                 signal.signal(signum, previous)
         _previous_handlers.clear()
     return False

@@ -308,29 +308,47 @@ def test_sigterm_and_sigint_end_the_run_interrupted(tmp_path, signum, inherited)
     assert after is before      # the handler is the user's (or the inherited one) again
 
 
-def test_signal_just_after_run_json_lands_leaves_no_running_run(tmp_path, monkeypatch):
-    """A SIGTERM between run.json and the first metrics line: the run ends "interrupted", not "running"."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_run_starts_ends_it_interrupted_with_its_run_end(tmp_path, monkeypatch, signum):
+    """A real signal just after run.json lands, before metrics.csv and events.jsonl are open (a
+    SIGTERM sent the moment metrics.csv appeared once left an "interrupted" run with no events):
+    it is held until the run's files are open, then ends the run like any interruption."""
     from codiag import atomic
-    from codiag.errors import Terminated
     write_text, calls = atomic.write_text, []
 
     def write_then_signal(path, text, **kw):   # the signal's timing, pinned to the narrowest window
         write_text(path, text, **kw)
         calls.append(json.loads(text)["status"])
         if len(calls) == 1:
-            raise Terminated(signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(atomic, "write_text", write_then_signal)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     with pytest.raises(KeyboardInterrupt):
         RunWriter(tmp_path / "r", {"method": "fgsm"})
     assert calls == ["running", "interrupted"]
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "interrupted"
-    assert not (tmp_path / "r" / "run.lock").exists() and signal.getsignal(signal.SIGTERM) is before
+    run = load_run(tmp_path / "r")
+    assert run.status == "interrupted" and [e["kind"] for e in run.events] == ["run_start", "run_end"]
+    assert not (tmp_path / "r" / "run.lock").exists() and signal.getsignal(signum) is before
     monkeypatch.undo()
     w = RunWriter(tmp_path / "r", resume=True)   # what is left is a run, resumable
     w.close("finished")
     assert load_run(tmp_path / "r").status == "finished"
+
+
+def test_a_sigterm_while_a_run_closes_lets_it_finish_then_ends_the_program(tmp_path, monkeypatch):
+    """A SIGTERM in the middle of close (here: while its last rows are flushed) is raised once the
+    run has ended: the run is "finished" with its run_end event, not left "running"."""
+    from codiag.errors import Terminated
+    w = RunWriter(tmp_path / "r", {"method": "fgsm"})
+    w.log(0, 0, "loss", "train", 1.0)
+    flush = w.flush
+    monkeypatch.setattr(w, "flush", lambda: flush() or os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Terminated):
+        w.close("finished")
+    run = load_run(tmp_path / "r")
+    assert run.status == "finished" and run.events[-1]["kind"] == "run_end" and len(run.metrics) == 1
+    assert not (tmp_path / "r" / "run.lock").exists()
 
 
 @pytest.mark.parametrize("code,status", [(0, "finished"), (None, "finished"), (3, "interrupted")])
