@@ -174,7 +174,7 @@ class RunWriter:
                         "start_time": _now(),
                         "end_time": None,
                     }
-                meta_written = True   # first: a signal may land once run.json is renamed into place
+                meta_written = True   # first: a failure may come once run.json is renamed into place
                 try:
                     self._write_meta()
                 except OSError as e:   # a full disk: one line naming the file
