@@ -151,10 +151,11 @@ def train(config: Mapping[str, Any] | TrainConfig, resume: bool = False,
                 lr = lr_at(epoch + (i + 1) / steps_per_epoch)
                 _set_lr(optimizer, lr, momentum_at and momentum_at(epoch + (i + 1) / steps_per_epoch))
                 before = mon.step
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), \
-                        protocol.label_smoothing(cfg.label_smoothing):
-                    loss = method.train_step(model, optimizer, x, y, meta)
-                extras.after_step(model)
+                with mon.events_held() if method.several_steps else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), \
+                            protocol.label_smoothing(cfg.label_smoothing):
+                        loss = method.train_step(model, optimizer, x, y, meta)
+                    extras.after_step(model)
                 rescue.after_step(mon.co_guard, before, epoch, i + 1, train_loader)
                 passes.steps += 1
                 loss_sum += loss.detach().float()

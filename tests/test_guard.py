@@ -483,3 +483,18 @@ def test_a_snapshot_inside_a_trainer_step_returns_to_the_next_batch(offset):
     else:
         assert pending == {"mitigated": True} and (position, first) == (1, 0) and len(tail) == len(loader)
         assert not torch.equal(torch.cat(tail), torch.cat(order))   # the next epoch's order
+
+
+def test_free_m_probe_events_come_at_batch_ends(tmp_path):
+    """Free-m makes m optimizer steps a batch, and its state between two of them (the model of one
+    replay, the perturbation carried to the next) is not one a roll-back can go on from: the trainer
+    holds the events due inside a batch to the batch's end. With m = 4 and an event every 6 steps,
+    the events land at steps 8, 12 and 20 (the ends of the batches that held steps 6, 12 and 18)."""
+    from codiag.trainer import train
+    out = tmp_path / "free"
+    train(dict(dataset="fashion_mnist", model="cnn4", method="free", method_args={"m": 4}, eps=0.1,
+               train_limit=640, epochs=1, every=6, probes=["robust_acc"], probe_n=64, eval_n=0,
+               progress=False, guard="n_fgsm", out=str(out)))
+    run = load_run(out)
+    steps = sorted(set(run.scalar("robust_acc", "pgd_acc")["step"]))
+    assert steps[0] == 0 and 20 in steps and all(s % 4 == 0 for s in steps), steps

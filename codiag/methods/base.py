@@ -191,6 +191,10 @@ class Method:
     #: ``CyclicLR(step_size_up=lr_steps / 2)``. The trainer's default for ``--lr-peak``.
     lr_peak: ClassVar[float] = 0.4
 
+    #: whether :meth:`train_step` takes several optimizer steps (Free-m's replays): the trainer then
+    #: holds the probe events due inside a batch to its end, the first state training can go on from
+    several_steps: ClassVar[bool] = False
+
     #: radius (in eps) of the uniform random start, or the name of the hparam that holds it;
     #: 0 means the method starts at the clean input
     start_radius: ClassVar[float | str] = 0.0

@@ -14,7 +14,9 @@ so the perturbation the probes see for Free is a stand-in (``probe_perturbation`
 
 :meth:`train_step` performs the ``m`` optimizer steps itself, so to keep the
 total number of optimizer steps of a single-step run, train for ``epochs / m``
-epochs (GradAlign trains Free-8 for 96 epochs instead of 30, ATAS for 10).
+epochs (GradAlign trains Free-8 for 96 epochs instead of 30, ATAS for 10). In ``codiag train`` a
+probe event due at one of a batch's replays comes at the batch's end (``Monitor.events_held``):
+the state between two replays is no place to measure, or for the guard to roll back to.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Free(Method):
     probe_stand_in = ("Free's perturbation is carried over from the last training batch: the probes "
                       "apply that one to the probe points, it is not a perturbation of their own")
     defaults = {"m": 8, "step": 1.0}
+    several_steps = True
     checks = {"m": Integer(1), "step": POSITIVE}
 
     def __init__(self, eps: float, **hparams: Any) -> None:

@@ -13,7 +13,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,8 @@ class Monitor:
         self._finalizer: weakref.finalize | None = None
         self._pid = os.getpid()
         self._in_event = False
+        self._held: str | None = None   # inside events_held(): the event due since it began ("full", "light")
+        self._holding = False
         self.recorder: Recorder | None = None
         self.probe_set = self.train_set = self.light_set = None
         self._confirm_set: ProbeSet | None | bool = None   # read at the first confirmation; False: none
@@ -453,6 +455,23 @@ class Monitor:
                     self.recorder.step_norms.append((self.step, self.row_epoch, total))
         due = self.cadence.after_step(self.step)
         if due == "full" or due == "light" and self.light_probes:
+            if self._holding:
+                self._held = "full" if "full" in (due, self._held) else due
+            else:
+                self.probe_event(light=due == "light")
+
+    @contextlib.contextmanager
+    def events_held(self) -> Iterator[None]:
+        """Hold the probe events due at the optimizer steps inside the block to its end, then run
+        one (full if any due was). For a loop whose one training step takes several optimizer
+        steps (Free-m's replays): the state between them is no place to measure and roll back to."""
+        self._holding, self._held = True, None
+        try:
+            yield
+        finally:
+            self._holding = False
+        due, self._held = self._held, None
+        if due is not None:
             self.probe_event(light=due == "light")
 
     # -- probe events ----------------------------------------------------------------------
