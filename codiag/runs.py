@@ -335,6 +335,22 @@ class RunWriter:
         if error is not None and status in ("finished", "failed") and sys.exc_info()[0] is None:
             raise error
 
+    def detach(self) -> None:
+        """Leave the run as a killed writer leaves it (status "running", no ``run_end`` event, the
+        buffered rows flushed) and give up this process's hold on it: its files, lock and signal
+        handlers. For synthetic runs that stand for a killed one."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        finally:
+            for f in (self._csv, self._events):
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._lock.release()
+            self._release_signals()
+
     def __enter__(self) -> "RunWriter":
         return self
 

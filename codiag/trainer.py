@@ -235,15 +235,23 @@ def _after_epoch(cfg: TrainConfig, mon: Any, method: Method, rescue: TrainerGuar
 _RESUME_FREE = ("out", "device", "data_root", "download", "progress")
 
 
+def config_differences(recorded: Mapping[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(option, value in ``recorded``, value in ``cfg``) for each option that decides what a run
+    computes (``_RESUME_FREE`` aside) where ``recorded``, a run.json's config, has another value."""
+    now = json.loads(json.dumps(to_jsonable(dataclasses.asdict(cfg))))
+    return [(key, recorded[key], value) for key, value in now.items()
+            if key not in _RESUME_FREE and key in recorded and recorded[key] != value]
+
+
 def _check_same_config(out: Path, recorded: Mapping[str, Any], cfg: TrainConfig) -> None:
     """UsageError unless ``cfg`` is the configuration ``out`` was started with."""
     if "method" not in recorded or "epochs" not in recorded:
         raise UsageError(f"{out} was not written by codiag train; it cannot be resumed by it")
-    now = json.loads(json.dumps(to_jsonable(dataclasses.asdict(cfg))))
-    for key, value in now.items():
-        if key not in _RESUME_FREE and key in recorded and recorded[key] != value:
-            raise UsageError(f"{out} was trained with {key}={recorded[key]!r}, not {value!r}: "
-                             "resume=True continues a run with its own options")
+    differences = config_differences(recorded, cfg)
+    if differences:
+        key, old, new = differences[0]
+        raise UsageError(f"{out} was trained with {key}={old!r}, not {new!r}: "
+                         "resume=True continues a run with its own options")
 
 
 def _restore(out: Path, load: Callable[[], Any]) -> None:

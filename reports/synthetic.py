@@ -112,8 +112,8 @@ def write_synthetic_run(run_dir: str | Path, method: str = "fgsm", epochs: int =
                         co_epoch: int | None = 6, seed: int = 0, eps: float = 8 / 255,
                         close: bool = True, events: Sequence[tuple[str, int]] = (), **config: Any) -> Path:
     """Write a run with one probe event per epoch (step 0 included) and a collapse at
-    ``co_epoch`` (None: no collapse); ``events``: more (kind, epoch) events, e.g. ``("warning", 3)``.
-    Returns the run directory."""
+    ``co_epoch`` (None: no collapse); ``events``: more (kind, epoch) events, e.g. ``("warning", 3)``;
+    ``close=False``: left as a killed run ("running", no ``run_end``). Returns the run directory."""
     rng = np.random.default_rng(seed)
     cfg = {"synthetic": True, "method": method, "eps": eps, "seed": seed, "dataset": "cifar10",
            "model": "cnn4", "epochs": epochs, "batch_size": 128, "train_size": 128 * STEPS_PER_EPOCH,
@@ -158,7 +158,7 @@ def write_synthetic_run(run_dir: str | Path, method: str = "fgsm", epochs: int =
     if close:
         w.close()
     else:
-        w.flush()
+        w.detach()
     return Path(run_dir)
 
 

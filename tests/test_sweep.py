@@ -123,6 +123,19 @@ def test_rerun_skips_extension_adds_conflict_refused(swept, capsys):
         codiag.sweep("fgsm", "0.1", "0", out=out, **{**TINY, "epochs": 2})
 
 
+def test_a_finished_run_of_a_setting_that_changed_since_is_refused(swept, monkeypatch):
+    """A validated setting that changed after a cell was trained (here: a new row for FGSM at eps
+    0.1) is refused in one line naming the run, rather than mixing two settings in one table."""
+    from codiag.methods import settings
+    out, *_ = swept
+    row = settings.Setting("fgsm", "fashion_mnist", 0.1, {"step": 0.5}, "a test")
+    monkeypatch.setattr(settings, "SETTINGS", (*settings.SETTINGS, row))
+    before = {p.name: run_starts(p) for p in out.iterdir() if (p / "run.json").exists()}
+    with pytest.raises(UsageError, match=r"fgsm-eps0\.1-seed0 .*method_args=\{\}, .*\{'step': 0\.5\}"):
+        codiag.sweep("fgsm,pgd10", "0.1,0.3", "0", out=out, jobs=1, **TINY)
+    assert {p.name: run_starts(p) for p in out.iterdir() if (p / "run.json").exists()} == before
+
+
 def test_sweep_report_draws_the_figures(swept, tmp_path):
     out, *_ = swept
     assert main(["report", str(out), "-o", str(tmp_path / "rep")]) == 0

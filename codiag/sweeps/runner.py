@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import UsageError
-from ..trainer import TrainConfig
+from ..rundir import read_meta
+from ..trainer import TrainConfig, config_differences
 from .grid import Cell, cell_config, make_cells, protocol_of, split_method_args
 from .index import cell_status, iter_cells, open_index
 from .progress import ProgressPrinter, results_table
@@ -92,6 +93,7 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
     every = list(iter_cells(index))
     result = SweepResult(root, every, done=0)
     status = {c.name: cell_status(root, c) for c in every}
+    _check_finished_runs(root, [c for c in every if status[c.name] == "finished"], protocol, local)
     # Seed by seed: a sweep stopped half-way already draws every method at every eps.
     seeds_order = list(dict.fromkeys(c.seed for c in every))
     todo = sorted((c for c in every if status[c.name] != "finished"), key=lambda c: seeds_order.index(c.seed))
@@ -136,6 +138,26 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
         if table:
             say(table)
     return result
+
+
+def _check_finished_runs(root: Path, finished: Sequence[Cell], protocol: Mapping[str, Any],
+                         local: Mapping[str, Any]) -> None:
+    """UsageError (one line) unless each finished run was trained with the options its cell gets
+    now. A validated setting (``codiag.methods.settings``) that changed since it was trained would
+    otherwise leave runs of the old setting in a table that names the new one."""
+    stale = []
+    for c in finished:
+        recorded = read_meta(root / c.name).get("config")
+        cfg = TrainConfig.from_dict(cell_config(c, protocol, str(root / c.name), device="cpu", local=local))
+        differences = config_differences(recorded if isinstance(recorded, dict) else {}, cfg)
+        if differences:
+            stale.append((c.name, *differences[0]))
+    if stale:
+        name, key, old, new = stale[0]
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        raise UsageError(f"{root}: the finished run {name}{more} was trained with {key}={old!r}, but this "
+                         f"codiag gives its cell {new!r} (a validated setting changed since): use another "
+                         "sweep directory, or delete those runs' folders to train them again")
 
 
 def _execute(executor: str, root: Path, todo: Sequence[Cell], cell_dicts: list[dict[str, Any]],
