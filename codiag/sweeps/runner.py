@@ -155,8 +155,8 @@ def _check_finished_runs(root: Path, finished: Sequence[Cell], protocol: Mapping
     if stale:
         name, key, old, new = stale[0]
         more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
-        raise UsageError(f"{root}: the finished run {name}{more} was trained with {key}={old!r}, but this "
-                         f"codiag gives its cell {new!r} (a validated setting changed since): use another "
+        raise UsageError(f"{root}: the finished run {name}{more} was trained with {key}={repr(old)[:80]}, but "
+                         f"this codiag gives its cell {new!r} (a validated setting changed since): use another "
                          "sweep directory, or delete those runs' folders to train them again")
 
 
