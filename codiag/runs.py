@@ -327,13 +327,17 @@ class RunWriter:
                 error = error or e
                 self._patch_status(status)
         finally:
-            for f in (self._csv, self._events):
-                with contextlib.suppress(OSError):
-                    f.close()
-            self._lock.release()
-            self._release_signals()
+            self._let_go()
         if error is not None and status in ("finished", "failed") and sys.exc_info()[0] is None:
             raise error
+
+    def _let_go(self) -> None:
+        """Close the files, release the lock and the signal handlers, whatever fails."""
+        for f in (self._csv, self._events):
+            with contextlib.suppress(OSError):
+                f.close()
+        self._lock.release()
+        self._release_signals()
 
     def detach(self) -> None:
         """Leave the run as a killed writer leaves it (status "running", no ``run_end`` event, the
@@ -345,11 +349,7 @@ class RunWriter:
         try:
             self.flush()
         finally:
-            for f in (self._csv, self._events):
-                with contextlib.suppress(OSError):
-                    f.close()
-            self._lock.release()
-            self._release_signals()
+            self._let_go()
 
     def __enter__(self) -> "RunWriter":
         return self
