@@ -93,6 +93,13 @@ def test_cache_reuses_only_a_finished_run_with_the_same_config(tmp_path):
     assert not ok and "epochs" in why
     ok, why = cached(done, {**cfg, "method_args": {"step": 2.0}})
     assert not ok and "method_args" in why
+    # a validated setting that changed since the run was trained (the preset itself names none)
+    from codiag.methods import settings
+    row = settings.Setting("fgsm", spec["dataset"], spec["eps"], {"step": 0.5}, "a test")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(settings, "SETTINGS", (row, *settings.SETTINGS))
+        ok, why = cached(done, cfg)
+    assert not ok and "method_args={}" in why and "'step': 0.5" in why
     half = write_synthetic_run(tmp_path / "half", close=False, **{k: v for k, v in spec.items() if k != "method"})
     ok, why = cached(half, cfg)
     assert not ok and "running" in why

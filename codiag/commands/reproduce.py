@@ -73,6 +73,7 @@ def _same(a: Any, b: Any) -> bool:
 def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     """(reusable, why not): a finished run whose recorded config matches ``config``."""
     from ..runs import load_run
+    from ..trainer import TrainConfig, config_differences
 
     if not (run_dir / "run.json").exists():
         return False, "not trained yet"
@@ -88,6 +89,11 @@ def cached(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
         have = run.config.get(key)
         if not _same(have, want):
             return False, f"the cached run has {key}={have!r}, the preset {want!r}"
+    # what the preset leaves to codiag (a validated setting of the method) may have changed since
+    differences = config_differences(run.config, TrainConfig.from_dict(config))
+    if differences:
+        key, have, want = differences[0]
+        return False, f"the cached run has {key}={have!r}, this codiag trains it with {want!r}"
     return True, ""
 
 
