@@ -351,6 +351,29 @@ def test_a_sigterm_while_a_run_closes_lets_it_finish_then_ends_the_program(tmp_p
     assert not (tmp_path / "r" / "run.lock").exists()
 
 
+def test_a_sigterm_in_the_closing_event_ends_the_run_interrupted(tmp_path, monkeypatch):
+    """A SIGTERM during the probe event that closing a run runs: the run ends "interrupted" (the
+    program was stopped before the run ended as asked), not "finished" with its last event cut."""
+    from codiag.errors import Terminated
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = codiag.monitor(model, opt, tmp_path / "r", eps=0.1, probe_data=(x, y), probes="none").start()
+    for _ in range(2):   # an epoch, then a step after its event: closing runs one more event
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if mon.epoch == 0:
+            mon.epoch_end()
+    event = mon.probe_event
+    monkeypatch.setattr(mon, "probe_event", lambda **kw: os.kill(os.getpid(), signal.SIGTERM) or event(**kw))
+    with pytest.raises(Terminated):
+        mon.close()
+    run = load_run(tmp_path / "r")
+    assert run.status == "interrupted" and run.events[-1] == {**run.events[-1], "kind": "run_end",
+                                                              "status": "interrupted"}
+    assert not (tmp_path / "r" / "run.lock").exists()
+
+
 @pytest.mark.parametrize("code,status", [(0, "finished"), (None, "finished"), (3, "interrupted")])
 def test_sys_exit_inside_the_block(tmp_path, code, status):
     with pytest.raises(SystemExit):

@@ -197,6 +197,9 @@ class Monitor:
             else:
                 self.recorder.flush([], [], self.row_epoch)
             self._record_rescue()
+        except BaseException as e:   # Ctrl-C or SIGTERM in the final event: the run did not end as asked
+            status = exit_status(type(e), e) if status == "finished" else status
+            raise
         finally:
             self._open = False
             self._remove_hooks()
