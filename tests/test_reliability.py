@@ -275,13 +275,23 @@ def test_second_writer_refused_across_processes_then_dead_writer_named(tmp_path)
 
 
 # ------------------------------------------------------------------------- signals and exits
-def _monitored(run_dir: Path, body) -> None:
+def _tiny_monitor(run_dir: Path):
+    """A linear model, its optimizer and a monitor on 8 random points (not started), and a training step."""
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,))
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with codiag.monitor(model, opt, run_dir, eps=0.1, probe_data=(x, y), probes="none") as mon:
+
+    def step() -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+
+    return codiag.monitor(model, opt, run_dir, eps=0.1, probe_data=(x, y), probes="none"), step
+
+
+def _monitored(run_dir: Path, body) -> None:
+    mon, step = _tiny_monitor(run_dir)
+    with mon:
+        step()
         mon.epoch_end()
         body()
 
@@ -355,15 +365,11 @@ def test_a_sigterm_in_the_closing_event_ends_the_run_interrupted(tmp_path, monke
     """A SIGTERM during the probe event that closing a run runs: the run ends "interrupted" (the
     program was stopped before the run ended as asked), not "finished" with its last event cut."""
     from codiag.errors import Terminated
-    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = codiag.monitor(model, opt, tmp_path / "r", eps=0.1, probe_data=(x, y), probes="none").start()
-    for _ in range(2):   # an epoch, then a step after its event: closing runs one more event
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if mon.epoch == 0:
-            mon.epoch_end()
+    mon, step = _tiny_monitor(tmp_path / "r")
+    mon.start()
+    step()
+    mon.epoch_end()
+    step()   # a step after the epoch's event: closing runs one more event
     event = mon.probe_event
     monkeypatch.setattr(mon, "probe_event", lambda **kw: os.kill(os.getpid(), signal.SIGTERM) or event(**kw))
     with pytest.raises(Terminated):

@@ -87,13 +87,18 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
     overrides = split_method_args(method_args, sorted({c.method for c in cells}))
     protocol = protocol_of(train_options, overrides)
     local = {"data_root": str(Path(data_root).resolve()) if data_root else None, "download": bool(download)}
-    for c in cells:   # every cell's config is checked before anything runs (one line on bad input)
-        TrainConfig.from_dict(cell_config(c, protocol, str(root / c.name), device="cpu", local=local))
+
+    def train_config(c: Cell) -> TrainConfig:
+        return TrainConfig.from_dict(cell_config(c, protocol, str(root / c.name), device="cpu", local=local))
+
+    # every cell's config is checked before anything runs (one line on bad input)
+    configs = {c.name: train_config(c) for c in cells}
     index = open_index(root, protocol, cells, extra={"preset": preset})
     every = list(iter_cells(index))
     result = SweepResult(root, every, done=0)
     status = {c.name: cell_status(root, c) for c in every}
-    _check_finished_runs(root, [c for c in every if status[c.name] == "finished"], protocol, local)
+    _check_finished_runs(root, {c.name: configs.get(c.name) or train_config(c)   # a cell of an earlier grid
+                                for c in every if status[c.name] == "finished"})
     # Seed by seed: a sweep stopped half-way already draws every method at every eps.
     seeds_order = list(dict.fromkeys(c.seed for c in every))
     todo = sorted((c for c in every if status[c.name] != "finished"), key=lambda c: seeds_order.index(c.seed))
@@ -140,18 +145,16 @@ def sweep(methods: str | Sequence[str], eps: str | Sequence[Any], seeds: str | S
     return result
 
 
-def _check_finished_runs(root: Path, finished: Sequence[Cell], protocol: Mapping[str, Any],
-                         local: Mapping[str, Any]) -> None:
-    """UsageError (one line) unless each finished run was trained with the options its cell gets
-    now. A validated setting (``codiag.methods.settings``) that changed since it was trained would
-    otherwise leave runs of the old setting in a table that names the new one."""
+def _check_finished_runs(root: Path, finished: Mapping[str, TrainConfig]) -> None:
+    """UsageError (one line) unless each finished run (name -> the config its cell gets now) was
+    trained with that config. A validated setting (``codiag.methods.settings``) that changed since
+    it was trained would otherwise leave runs of the old setting in a table that names the new one."""
     stale = []
-    for c in finished:
-        recorded = read_meta(root / c.name).get("config")
-        cfg = TrainConfig.from_dict(cell_config(c, protocol, str(root / c.name), device="cpu", local=local))
+    for name, cfg in finished.items():
+        recorded = read_meta(root / name).get("config")
         differences = config_differences(recorded if isinstance(recorded, dict) else {}, cfg)
         if differences:
-            stale.append((c.name, *differences[0]))
+            stale.append((name, *differences[0]))
     if stale:
         name, key, old, new = stale[0]
         more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
